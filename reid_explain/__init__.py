@@ -1,0 +1,36 @@
+"""reid-explain: make person re-identification models explain themselves.
+
+    from reid_explain import explainify
+    with explainify(model) as exp:
+        result = exp.explain(query, gallery, method="gradcam", top_k=5)
+"""
+
+from __future__ import annotations
+
+from .adapter import Adapter
+from .attribution import Attribution
+from .errors import (
+    AdapterError,
+    DataFormatError,
+    InputError,
+    PluginConflictError,
+    PluginError,
+    ReidExplainError,
+    UnknownPluginError,
+)
+from .explainer import Explainer, explainify
+from .hookspecs import hookimpl, hookspec
+from .maps import GroundingMap, PairExplanation, TextImageExplanation, TokenRelevance
+from .metric import Metric
+from .plugin_manager import list_plugins, register, unregister
+from .targets import CosineSimilarity, Target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter", "AdapterError", "Attribution", "CosineSimilarity", "DataFormatError",
+    "Explainer", "GroundingMap", "InputError", "Metric", "PairExplanation",
+    "PluginConflictError", "PluginError", "ReidExplainError", "Target", "TextImageExplanation",
+    "TokenRelevance", "UnknownPluginError", "explainify", "hookimpl", "hookspec",
+    "list_plugins", "register", "unregister",
+]

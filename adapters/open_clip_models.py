@@ -1,0 +1,149 @@
+"""Adapter for open_clip CLIP models (ViT image tower + text tower).
+
+Attention capture: open_clip blocks call ``nn.MultiheadAttention`` with ``need_weights=False``;
+a forward pre-hook switches on ``need_weights=True, average_attn_weights=False`` and a forward
+hook records the per-head weights. PyTorch returns them as a *view* of the probabilities that
+``bmm`` used, so gradients are taken w.r.t. the view's base (shape ``(B*heads, N, N)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from reid_explain.adapter import AttentionCapture
+from reid_explain.errors import AdapterError
+from reid_explain.hookspecs import hookimpl
+
+from ._vit import ViTAdapter
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _is_open_clip_vit(model: nn.Module) -> bool:
+    visual = getattr(model, "visual", None)
+    return (type(model).__module__.startswith("open_clip")
+            and visual is not None and hasattr(visual, "transformer")
+            and hasattr(visual.transformer, "resblocks") and hasattr(visual, "conv1"))
+
+
+class OpenClipAdapter(ViTAdapter):
+    """open_clip CLIP with a ViT image tower: image/text embeddings, patch grid, attention."""
+
+    name = "open_clip"
+    priority = 60
+    capabilities = frozenset({"attention", "text"})
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
+                 tokenizer: Callable[[Sequence[str]], Tensor] | None = None,
+                 **options: Any) -> None:
+        if not _is_open_clip_vit(model):
+            raise AdapterError(f"{type(model).__name__} is not an open_clip model with a ViT "
+                               "image tower")
+        self.batch_first = getattr(model.visual.transformer, "batch_first", True)
+        super().__init__(model, layer=layer, **options)
+        self.num_prefix_tokens = 1
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def matches(cls, model: nn.Module, layer: object = None) -> bool:
+        return _is_open_clip_vit(model)
+
+    def default_token_layer(self) -> nn.Module:
+        return self.model.visual.transformer.resblocks[-1].ln_1
+
+    def vit_patch_size(self) -> tuple[int, int]:
+        p = self.model.visual.patch_size
+        return (p, p) if isinstance(p, int) else (int(p[0]), int(p[1]))
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.visual.transformer.resblocks)
+
+    def text_blocks(self) -> list[nn.Module]:
+        return list(self.model.transformer.resblocks)
+
+    def _embed_image(self, images: Tensor) -> Tensor:
+        return self.model.encode_image(images)
+
+    # -- text ---------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        if self.tokenizer is not None:
+            tokens = self.tokenizer(list(texts))
+        else:
+            import open_clip
+
+            tokens = open_clip.tokenize(list(texts), context_length=self.model.context_length)
+        return tokens.to(self.device)
+
+    def embed_text(self, tokens: Tensor) -> Tensor:
+        return self.model.encode_text(tokens)
+
+    def text_embedding_layer(self) -> nn.Module:
+        layer = getattr(self.model, "token_embedding", None)
+        if layer is None:
+            raise AdapterError(f"{type(self.model).__name__} has no token_embedding; token "
+                               "attributions support open_clip.CLIP text towers")
+        return layer
+
+    def special_tokens(self, tokens: Tensor) -> Tensor:
+        end = tokens.argmax(dim=-1, keepdim=True)  # open_clip pools at the end token (max id)
+        positions = torch.arange(tokens.shape[-1], device=tokens.device).expand_as(tokens)
+        return (positions == 0) | (positions >= end)
+
+    def decode_tokens(self, tokens: Tensor) -> list[list[str]]:
+        from open_clip.tokenizer import _tokenizer
+
+        decoder = _tokenizer.decoder
+        return [[decoder.get(int(t), "").replace("</w>", "") for t in row] for row in tokens]
+
+    # -- attention ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def capture_attention(self, blocks: Sequence[nn.Module] | None = None
+                          ) -> Iterator[AttentionCapture]:
+        blocks = list(blocks) if blocks is not None else self.blocks()
+        heads = blocks[0].attn.num_heads
+        capture = AttentionCapture(
+            as_heads=lambda t: t.reshape(-1, heads, t.shape[-2], t.shape[-1]))
+
+        def pre(_m: nn.Module, args: Any, kwargs: dict) -> tuple[Any, dict]:
+            return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+        def post(_m: nn.Module, args: Any, kwargs: dict, output: Any) -> None:
+            weights = output[1]
+            if weights is None:
+                raise AdapterError("nn.MultiheadAttention returned no weights")
+            capture.tensors.append(weights._base if weights._base is not None else weights)
+
+        handles = []
+        try:
+            for block in blocks:
+                attn = block.attn
+                if not isinstance(attn, nn.MultiheadAttention):
+                    raise AdapterError(f"block attention is {type(attn).__name__}, not "
+                                       "nn.MultiheadAttention; cannot capture its weights")
+                handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
+                handles.append(attn.register_forward_hook(post, with_kwargs=True))
+            yield capture
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @property
+    def pixel_mean(self) -> tuple[float, float, float]:
+        return tuple(getattr(self.model.visual, "image_mean", None) or OPENAI_MEAN)
+
+    @property
+    def pixel_std(self) -> tuple[float, float, float]:
+        return tuple(getattr(self.model.visual, "image_std", None) or OPENAI_STD)
+
+
+@hookimpl
+def register_adapters(register):
+    register(OpenClipAdapter)

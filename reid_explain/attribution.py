@@ -1,0 +1,44 @@
+"""The Attribution base class: one explanation method, Captum-style.
+
+A subclass sets ``name`` and implements ``attribute(inputs, target, baselines=None, **options)``
+returning one map per input row: ``(B, h, w)`` over the image (any resolution; the patch grid is
+typical) for ``modality = "image"``, ``(B, L)`` over text tokens for ``modality = "text"``.
+``target`` is a callable turning embeddings into the score to explain (see
+:mod:`reid_explain.targets`), so the same method explains image-image similarity and
+text-image similarity. Inputs are batched: one call explains many pairs at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from .adapter import Adapter
+from .targets import Target
+
+
+class Attribution:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: "image": maps over image inputs; "text": relevance over token inputs
+    modality: ClassVar[str] = "image"
+    #: adapter capabilities this method needs ("attention", "text")
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+
+    def forward_func(self, target: Target) -> Callable[..., Tensor]:
+        """``f(inputs, *target.args) -> (B,)`` scores: the function Captum differentiates."""
+        embed = self.adapter.embed_text if self.modality == "text" else self.adapter.embed_image
+
+        def forward(inputs: Tensor, *args: Tensor) -> Tensor:
+            return target(embed(inputs), *args)
+
+        return forward
+
+    def attribute(self, inputs: Tensor, target: Target, baselines: Any = None,
+                  **options: Any) -> Tensor:
+        raise NotImplementedError

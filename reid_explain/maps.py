@@ -1,0 +1,196 @@
+"""Results of explanation: grounding maps over images and relevance over text tokens."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._io import atomic_path
+
+
+def _min_max(x: Tensor) -> Tensor:
+    flat = x.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, *[1] * (x.dim() - 1))
+    hi = flat.max(dim=1).values.view(-1, *[1] * (x.dim() - 1))
+    return (x - lo) / (hi - lo).clamp_min(1e-12)
+
+
+@dataclass
+class GroundingMap:
+    """Maps over images, one per explained item, with the score each map explains.
+
+    ``maps`` are ``(N, h, w)`` at the resolution the method produced (the patch grid for
+    Grad-CAM, occlusion and attention methods; pixels for Integrated Gradients). ``on_grid()``
+    gives them on the host's patch grid, ``upsampled()`` at image size (bilinear).
+    """
+
+    maps: Tensor
+    scores: Tensor
+    method: str
+    image_size: tuple[int, int]
+    grid_size: tuple[int, int]
+    images: Tensor | None = None
+    #: the fixed embedding each map's score is measured against (for perturbation metrics)
+    references: Tensor | None = None
+    labels: list[str] = field(default_factory=list)
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.maps.dim() != 3:
+            raise ValueError(f"maps must be (N, h, w), got {tuple(self.maps.shape)}")
+        if not self.labels:
+            self.labels = [str(i) for i in range(len(self.maps))]
+
+    def __len__(self) -> int:
+        return int(self.maps.shape[0])
+
+    def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> GroundingMap:
+        if isinstance(index, int):
+            index = [index]
+        idx = torch.as_tensor(range(len(self))[index] if isinstance(index, slice) else index,
+                              dtype=torch.long)
+        return replace(self, maps=self.maps[idx], scores=self.scores[idx],
+                       images=None if self.images is None else self.images[idx],
+                       references=None if self.references is None else self.references[idx],
+                       labels=[self.labels[int(i)] for i in idx])
+
+    def on_grid(self) -> Tensor:
+        """``(N, h, w)`` on the host's patch grid (area-averaged if finer)."""
+        if tuple(self.maps.shape[-2:]) == tuple(self.grid_size):
+            return self.maps
+        return F.adaptive_avg_pool2d(self.maps[:, None], self.grid_size)[:, 0]
+
+    def upsampled(self, size: tuple[int, int] | None = None, mode: str = "bilinear") -> Tensor:
+        """``(N, H, W)`` at image size (or ``size``)."""
+        size = tuple(size or self.image_size)
+        if tuple(self.maps.shape[-2:]) == size:
+            return self.maps
+        kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+        return F.interpolate(self.maps[:, None].float(), size=size, mode=mode, **kwargs)[:, 0]
+
+    def normalized(self) -> GroundingMap:
+        """Each map rescaled to [0, 1] (for display and threshold-based metrics)."""
+        return replace(self, maps=_min_max(self.maps))
+
+    def numpy(self, upsampled: bool = True) -> np.ndarray:
+        return (self.upsampled() if upsampled else self.maps).detach().cpu().numpy()
+
+    # -- rendering ----------------------------------------------------------------------------
+    def _display_image(self, i: int) -> np.ndarray:
+        if self.images is None:
+            raise ValueError("this GroundingMap holds no images; pass image= to overlay()")
+        image = self.images[i].detach().cpu().float()
+        mean = torch.tensor(self.pixel_mean).view(3, 1, 1)
+        std = torch.tensor(self.pixel_std).view(3, 1, 1)
+        return (image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+    def overlay(self, i: int = 0, alpha: float = 0.5, cmap: str = "jet",
+                image: np.ndarray | None = None):
+        """A PIL image: the ``i``-th map (normalised) blended over its image."""
+        from matplotlib import colormaps
+        from PIL import Image
+
+        base = self._display_image(i) if image is None else np.asarray(image, dtype=np.float32)
+        if base.max() > 1.0:
+            base = base / 255.0
+        heat = _min_max(self.upsampled(size=base.shape[:2])[i: i + 1])[0].cpu().numpy()
+        colored = colormaps[cmap](heat)[..., :3]
+        blend = (1 - alpha) * base + alpha * colored
+        return Image.fromarray((blend * 255).round().astype(np.uint8))
+
+    def save_png(self, path: str | os.PathLike, indices: Sequence[int] | None = None,
+                 alpha: float = 0.5, scale: int = 2) -> Path:
+        """Save overlays of the chosen maps side by side in one PNG (atomically)."""
+        from PIL import Image, ImageDraw
+
+        indices = list(range(len(self))) if indices is None else list(indices)
+        tiles = [self.overlay(i, alpha=alpha) for i in indices]
+        w, h = tiles[0].size
+        canvas = Image.new("RGB", (w * scale * len(tiles), h * scale + 14), "white")
+        draw = ImageDraw.Draw(canvas)
+        for k, (i, tile) in enumerate(zip(indices, tiles, strict=True)):
+            canvas.paste(tile.resize((w * scale, h * scale), Image.NEAREST), (k * w * scale, 14))
+            draw.text((k * w * scale + 2, 1), f"{self.labels[i]} {float(self.scores[i]):.3f}",
+                      fill="black")
+        with atomic_path(path) as tmp:
+            canvas.save(tmp, format="PNG")
+        return Path(path)
+
+
+@dataclass
+class TokenRelevance:
+    """Relevance of each text token for the score of a (text, image) pair."""
+
+    relevance: Tensor  # (N, L), zero on special tokens
+    tokens: list[list[str]]
+    scores: Tensor
+    method: str
+    special: Tensor  # (N, L) bool: start/end/padding
+
+    def __len__(self) -> int:
+        return int(self.relevance.shape[0])
+
+    def words(self, i: int = 0) -> list[tuple[str, float]]:
+        """``(token, relevance)`` for the word tokens of item ``i``, in caption order."""
+        keep = ~self.special[i]
+        return [(tok, float(r)) for tok, r, k in
+                zip(self.tokens[i], self.relevance[i], keep, strict=True) if k]
+
+    def numpy(self) -> np.ndarray:
+        return self.relevance.detach().cpu().numpy()
+
+
+@dataclass
+class PairExplanation:
+    """Why query ``pairs[:, 0]`` matches gallery ``pairs[:, 1]``: maps on both images."""
+
+    pairs: Tensor  # (P, 2) long: (query index, gallery index)
+    scores: Tensor  # (P,) cosine similarity of each pair
+    method: str
+    query: GroundingMap | None
+    gallery: GroundingMap | None
+
+    def __len__(self) -> int:
+        return int(self.pairs.shape[0])
+
+    def save_png(self, directory: str | os.PathLike) -> list[Path]:
+        """One PNG per pair: query overlay beside gallery overlay."""
+        from PIL import Image
+
+        directory = Path(directory)
+        paths = []
+        for p in range(len(self)):
+            q, g = (int(v) for v in self.pairs[p])
+            sides = [m.overlay(p) for m in (self.query, self.gallery) if m is not None]
+            w, h = sides[0].size
+            canvas = Image.new("RGB", (w * len(sides), h), "white")
+            for k, tile in enumerate(sides):
+                canvas.paste(tile, (k * w, 0))
+            path = directory / f"{self.method}_q{q}_g{g}.png"
+            with atomic_path(path) as tmp:
+                canvas.resize((w * len(sides) * 2, h * 2), Image.NEAREST).save(tmp, format="PNG")
+            paths.append(path)
+        return paths
+
+
+@dataclass
+class TextImageExplanation:
+    """Why caption ``pairs[:, 0]`` matches image ``pairs[:, 1]``: patches and words."""
+
+    pairs: Tensor
+    scores: Tensor
+    method: str
+    image: GroundingMap | None
+    text: TokenRelevance | None
+    texts: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.pairs.shape[0])

@@ -1,0 +1,47 @@
+"""Targets: small callables that turn embeddings into the score being explained.
+
+A target is called as ``target(embeddings, *target.args)`` and returns one score per row. Its
+``args`` are tensors with one row per explained input, so that batch-expanding attributions
+(Integrated Gradients repeats inputs ``n_steps`` times, occlusion ``perturbations_per_eval``
+times) can repeat them alongside the inputs.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class Target:
+    """Base class: subclasses implement ``__call__(embeddings, *args) -> (B,)``."""
+
+    args: tuple[Tensor, ...] = ()
+
+    def __call__(self, embeddings: Tensor, *args: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def select(self, index: Tensor | slice) -> Target:
+        """The same target restricted to some rows (for chunked attribution)."""
+        raise NotImplementedError
+
+
+class CosineSimilarity(Target):
+    """Cosine similarity of each embedding with its own reference embedding (held fixed).
+
+    The ReID matching score: explaining it on the query image with the gallery embedding as the
+    reference, and on the gallery image with the query embedding as the reference, gives the
+    two halves of a pair explanation.
+    """
+
+    def __init__(self, references: Tensor) -> None:
+        if references.dim() != 2:
+            raise ValueError(f"references must be (B, D), got {tuple(references.shape)}")
+        self.references = references.detach()
+        self.args = (self.references,)
+
+    def __call__(self, embeddings: Tensor, references: Tensor | None = None) -> Tensor:
+        references = self.references if references is None else references
+        return F.cosine_similarity(embeddings, references.to(embeddings.dtype), dim=-1)
+
+    def select(self, index: Tensor | slice) -> CosineSimilarity:
+        return CosineSimilarity(self.references[index])
