@@ -71,10 +71,13 @@ def register(plugin: object, name: str | None = None) -> str:
     """Register a plugin object (module, class instance, ...) and return its plugin name."""
     pm = get_plugin_manager()
     with _lock:
-        registered = pm.register(plugin, name=name)
+        try:
+            registered = pm.register(plugin, name=name)
+        except ValueError as exc:
+            raise PluginConflictError(f"cannot register plugin {name or plugin!r}: {exc}") from exc
         _cache.clear()
     if registered is None:
-        raise PluginConflictError(f"plugin {name or plugin!r} is already registered or blocked")
+        raise PluginConflictError(f"plugin {name or plugin!r} is blocked")
     return registered
 
 
@@ -100,7 +103,7 @@ def registry(kind: str) -> dict[str, Entry]:
             return _cache[kind]
         entries: dict[str, Entry] = {}
         hook = getattr(pm.hook, KINDS[kind])
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order
             plugin_name = _plugin_name(pm, impl.plugin)
 
             def _register(obj: Any, _plugin: str = plugin_name) -> None:

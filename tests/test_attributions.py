@@ -1,0 +1,200 @@
+"""Acceptance 2: each attribution equals a reference computed pair by pair or by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
+from conftest import images, make_osnet, make_timm_vit, make_tiny_clip
+
+from reid_explain import InputError, explainify
+
+
+def _cos_forward(embed, reference):
+    return lambda x: F.cosine_similarity(embed(x), reference.expand(x.shape[0], -1), dim=-1)
+
+
+def test_batched_gradcam_equals_captum_pair_by_pair_on_cnn():
+    model = make_osnet()
+    q, g = images(2, (128, 64)), images(3, (128, 64), seed=1)
+    with explainify(model) as exp:
+        result = exp.explain(q, g, method="gradcam")
+        assert len(result) == 6
+        layer = exp.adapter.layer
+        for p, (qi, gi) in enumerate(result.pairs.tolist()):
+            with torch.no_grad():
+                q_emb, g_emb = model(q[qi: qi + 1]), model(g[gi: gi + 1])
+            ref_q = LayerGradCam(_cos_forward(model, g_emb), layer).attribute(
+                q[qi: qi + 1], relu_attributions=True)[0, 0]
+            ref_g = LayerGradCam(_cos_forward(model, q_emb), layer).attribute(
+                g[gi: gi + 1], relu_attributions=True)[0, 0]
+            assert (result.query.maps[p] - ref_q).abs().max() <= 1e-5
+            assert (result.gallery.maps[p] - ref_g).abs().max() <= 1e-5
+            assert ref_q.abs().sum() > 0  # not trivially equal
+        scores = F.normalize(model(q), dim=1) @ F.normalize(model(g), dim=1).T
+        torch.testing.assert_close(result.scores, scores[result.pairs[:, 0], result.pairs[:, 1]]
+                                   .detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_gradcam_on_vit_tokens_equals_manual_gradcam():
+    """On ViT tokens: weights = mean over patches of d(score)/d(token), map = relu(sum_c w*a)."""
+    vit = make_timm_vit()
+    q, g = images(1), images(2, seed=1)
+    layer = vit.blocks[-1].norm1
+    with explainify(vit) as exp:
+        result = exp.explain(q, g, method="gradcam", side="gallery")
+        g_ref = None
+        for p, (qi, gi) in enumerate(result.pairs.tolist()):
+            saved = {}
+            handle = layer.register_forward_hook(lambda m, a, o: saved.setdefault("a", o))
+            with torch.no_grad():
+                g_ref = vit(q[qi: qi + 1])
+            saved.clear()
+            score = F.cosine_similarity(vit(g[gi: gi + 1]), g_ref, dim=-1).sum()
+            handle.remove()
+            tokens = saved["a"][:, 1:]
+            grad = torch.autograd.grad(score, saved["a"])[0][:, 1:]
+            weights = grad.mean(dim=1, keepdim=True)
+            manual = (weights * tokens).sum(-1).clamp(min=0).view(4, 2)
+            assert (result.gallery.maps[p] - manual).abs().max() <= 1e-5
+        assert result.query is None
+
+
+def _manual_timm_forward(vit, x):
+    """A timm ViT forward written out, returning the embedding and each block's attention."""
+    attentions = []
+    h = vit._pos_embed(vit.patch_embed(x))
+    h = vit.norm_pre(vit.patch_drop(h))
+    for block in vit.blocks:
+        y = block.norm1(h)
+        b, n, c = y.shape
+        attn_mod = block.attn
+        qkv = attn_mod.qkv(y).reshape(b, n, 3, attn_mod.num_heads, c // attn_mod.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = (q * attn_mod.scale @ k.transpose(-2, -1)).softmax(-1)
+        if attn.requires_grad:
+            attn.retain_grad()
+        attentions.append(attn)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        h = h + block.ls1(attn_mod.proj(out))
+        h = h + block.ls2(block.mlp(block.norm2(h)))
+    h = vit.norm(h)
+    return vit.forward_head(h, pre_logits=True), attentions
+
+
+def test_rollout_equals_reference_implementation():
+    vit = make_timm_vit()
+    x = images(2)
+    with torch.no_grad():
+        emb, attentions = _manual_timm_forward(vit, x)
+        torch.testing.assert_close(emb, vit(x), atol=1e-5, rtol=1e-5)
+    # the textbook recipe: mean over heads, add identity, renormalise rows, multiply
+    reference = torch.eye(9).expand(2, 9, 9)
+    for attn in attentions:
+        a = attn.mean(dim=1) + torch.eye(9)
+        a = a / a.sum(dim=-1, keepdim=True)
+        reference = a @ reference
+    expected = reference[:, 0, 1:].reshape(2, 4, 2)
+    with explainify(vit) as exp:
+        result = exp.explain(x, images(1, seed=3), method="rollout", side="query")
+    assert (result.query.maps - expected).abs().max() <= 1e-5
+
+
+def test_attention_relevance_equals_reference_implementation():
+    vit = make_timm_vit()
+    q, g = images(2), images(1, seed=4)
+    with torch.no_grad():
+        ref_emb = vit(g)
+    emb, attentions = _manual_timm_forward(vit, q)
+    F.cosine_similarity(emb, ref_emb.expand(2, -1), dim=-1).sum().backward()
+    relevance = torch.eye(9).expand(2, 9, 9)
+    for attn in attentions:
+        cam = (attn.grad * attn).clamp(min=0).mean(dim=1)
+        relevance = relevance + cam @ relevance
+    expected = relevance[:, 0, 1:].reshape(2, 4, 2).detach()
+    with explainify(vit) as exp:
+        result = exp.explain(q, g, method="attention_relevance", side="query")
+    assert (result.query.maps - expected).abs().max() <= 1e-5
+    assert expected.abs().sum() > 0
+
+
+def test_attention_relevance_on_open_clip_uses_attention_gradients():
+    clip = make_tiny_clip()
+    with explainify(clip) as exp:
+        a = exp.explain(images(1), images(2, seed=1), method="attention_relevance")
+        b = exp.explain(images(1), images(2, seed=1), method="rollout")
+    assert a.query.maps.shape == (2, 8, 4)
+    # relevance depends on the pair explained, rollout does not
+    assert not torch.allclose(a.query.maps[0], a.query.maps[1])
+    torch.testing.assert_close(b.query.maps[0], b.query.maps[1])
+
+
+def test_occlusion_equals_captum_occlusion_on_patch_windows():
+    clip = make_tiny_clip()
+    q, g = images(2), images(2, seed=1)
+    with explainify(clip) as exp:
+        result = exp.explain(q, g, method="occlusion", pairs=[(0, 1), (1, 0)])
+    for p, (qi, gi) in enumerate(result.pairs.tolist()):
+        with torch.no_grad():
+            g_emb = clip.encode_image(g[gi: gi + 1])
+        reference = Occlusion(_cos_forward(clip.encode_image, g_emb)).attribute(
+            q[qi: qi + 1], sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8), baselines=0.0)
+        assert (result.query.maps[p] - reference[0, 0, ::8, ::8]).abs().max() <= 1e-5
+
+
+def test_integrated_gradients_equals_captum_and_is_complete():
+    model = make_osnet()
+    q, g = images(1, (128, 64)), images(2, (128, 64), seed=1)
+    with explainify(model) as exp:
+        result = exp.explain(q, g, method="integrated_gradients", side="query", n_steps=16)
+    for p, (qi, gi) in enumerate(result.pairs.tolist()):
+        with torch.no_grad():
+            g_emb = model(g[gi: gi + 1])
+        forward = _cos_forward(model, g_emb)
+        attr, delta = IntegratedGradients(forward).attribute(
+            q[qi: qi + 1], n_steps=16, return_convergence_delta=True)
+        assert (result.query.maps[p] - attr.sum(1)[0]).abs().max() <= 1e-5
+        # completeness: attributions sum to f(x) - f(baseline), up to the quadrature error
+        gap = float(forward(q[qi: qi + 1]) - forward(torch.zeros_like(q[:1])))
+        assert abs(float(result.query.maps[p].sum()) - gap) <= abs(float(delta)) + 1e-4
+
+
+def test_text_side_token_relevance_is_complete():
+    clip = make_tiny_clip()
+    texts = ["a man in a red shirt and black trousers", "a woman carrying a black backpack"]
+    with explainify(clip) as exp:
+        result = exp.explain_text(texts, images(2), method="gradcam", text_method="token_ig",
+                                  top_k=1)
+        tokens = exp.adapter.tokenize(texts)
+    assert result.image.maps.shape == (2, 8, 4)
+    words = [w for w, _ in result.text.words(0)]
+    assert words == texts[result.pairs[0, 0]].split()
+    # IG completeness on the text side: relevance sums to score - score(word tokens -> pad)
+    for p, (ti, ii) in enumerate(result.pairs.tolist()):
+        with torch.no_grad():
+            i_emb = F.normalize(clip.encode_image(images(2)[ii: ii + 1]), dim=-1)
+            full = F.cosine_similarity(clip.encode_text(tokens[ti: ti + 1]), i_emb)
+            special = torch.zeros_like(tokens[ti: ti + 1], dtype=torch.bool)
+            end = int(tokens[ti].argmax())
+            special[0, 0] = True
+            special[0, end:] = True
+            base = torch.where(special, tokens[ti: ti + 1], 0)
+            empty = F.cosine_similarity(clip.encode_text(base), i_emb)
+        assert abs(float(result.text.relevance[p].sum()) - float(full - empty)) < 5e-3
+        assert float(result.text.relevance[p][special[0]].abs().sum()) == 0.0
+
+
+def test_explain_validates_inputs():
+    model = make_osnet()
+    with explainify(model) as exp:
+        bad = images(1, (128, 64))
+        bad[0, 0, 0, 0] = float("nan")
+        with pytest.raises(InputError, match="query contains NaN"):
+            exp.explain(bad, images(1, (128, 64)))
+        with pytest.raises(InputError, match=r"gallery must be \(B, 3, H, W\)"):
+            exp.explain(images(1, (128, 64)), torch.zeros(2, 5))
+        with pytest.raises(InputError, match="side must be"):
+            exp.explain(images(1, (128, 64)), images(1, (128, 64)), side="left")
+        with pytest.raises(InputError, match="pairs index"):
+            exp.explain(images(1, (128, 64)), images(1, (128, 64)), pairs=[(0, 3)])

@@ -1,0 +1,78 @@
+"""Acceptance 4: every adapter x every attribution leaves hooks, parameters, modes and
+requires_grad exactly as they were (also when the host starts in train mode with frozen parts
+and a user's own hook)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import images, make_osnet, make_plain, make_timm_vit, make_tiny_clip
+from hygiene import host_state
+
+from reid_explain import explainify
+from reid_explain.plugin_manager import registry
+
+HOSTS = {
+    "torchreid": (make_osnet, {}, (128, 64)),
+    "open_clip": (make_tiny_clip, {}, (64, 32)),
+    "timm_vit": (make_timm_vit, {}, (64, 32)),
+    "module": (make_plain, {"layer": "trunk"}, (64, 32)),
+}
+FAST = {"integrated_gradients": {"n_steps": 4}, "occlusion": {"perturbations_per_eval": 16}}
+
+
+def _prepare(model: torch.nn.Module) -> list[torch.Tensor]:
+    """A host as users have it mid-training: train mode, a frozen layer, a hook of their own."""
+    model.train()
+    first = next(model.parameters())
+    first.requires_grad_(False)
+    calls: list[torch.Tensor] = []
+    leaf = next(m for m in model.modules() if not list(m.children()) and
+                any(True for _ in m.parameters()))
+    leaf.register_forward_hook(lambda m, a, out: calls.append(out))
+    return calls
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_every_attribution_leaves_the_host_untouched(host):
+    factory, options, size = HOSTS[host]
+    model = factory()
+    user_hook_calls = _prepare(model)
+    before = host_state(model)
+    methods = [name for name, e in registry("attributions").items()
+               if e.obj.modality == "image" and not name.startswith("test_")]
+    exp = explainify(model, **options)
+    assert host_state(model) == before
+    ran = []
+    for method in methods:
+        if not set(registry("attributions")[method].obj.requires) <= exp.adapter.capabilities:
+            continue
+        result = exp.explain(images(1, size), images(2, size, seed=1), method=method, top_k=1,
+                             **FAST.get(method, {}))
+        assert len(result) == 1
+        assert host_state(model) == before, f"{method} changed the host"
+        ran.append(method)
+    exp.score(result, ["masking_drop"])
+    assert host_state(model) == before
+    if "text" in exp.adapter.capabilities:
+        exp.explain_text(["a man in a red shirt"], images(2, size), top_k=1)
+        assert host_state(model) == before
+    exp.close()
+    assert host_state(model) == before
+    assert model.training
+    assert user_hook_calls, "the user's own hook must keep working during explanation"
+    expected = {"gradcam", "integrated_gradients", "occlusion"}
+    if "attention" in exp.adapter.capabilities:
+        expected |= {"rollout", "attention_relevance"}
+    assert expected <= set(ran)
+
+
+def test_context_manager_closes_on_error():
+    model = make_tiny_clip()
+    before = host_state(model)
+    with pytest.raises(ZeroDivisionError), explainify(model) as exp:
+        with exp.adapter.capture_attention():
+            1 / 0
+    assert host_state(model) == before
+    with pytest.raises(RuntimeError, match="closed"):
+        exp.embed(images(1))
