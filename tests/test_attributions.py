@@ -47,7 +47,8 @@ def test_gradcam_on_vit_tokens_equals_manual_gradcam():
         g_ref = None
         for p, (qi, gi) in enumerate(result.pairs.tolist()):
             saved = {}
-            handle = layer.register_forward_hook(lambda m, a, o: saved.setdefault("a", o))
+            handle = layer.register_forward_hook(
+                lambda m, a, o, store=saved: store.setdefault("a", o))
             with torch.no_grad():
                 g_ref = vit(q[qi: qi + 1])
             saved.clear()

@@ -152,7 +152,8 @@ def test_entry_point_plugin_is_loaded_listed_and_used(tmp_path):
             r = exp.explain(torch.randn(1, 3, 32, 16), torch.randn(2, 3, 32, 16),
                             method="center_prior")
             m = exp.score(r, ["map_mass"])["map_mass"]
-            print(tuple(r.query.maps.shape), float((r.query.maps.flatten(1).sum(1) - m).abs().max()))
+            diff = (r.query.maps.flatten(1).sum(1) - m).abs().max()
+            print(tuple(r.query.maps.shape), float(diff))
     ''')
     out = subprocess.run([sys.executable, "-c", use], capture_output=True, text=True, env=env,
                          check=True)
@@ -218,7 +219,9 @@ def test_conflicting_names_are_an_error_naming_both_plugins():
     twin = Twin()
     reid_explain.register(twin, name="twin")
     try:
-        with pytest.raises(PluginConflictError, match="attribution method 'gradcam' is registered by both plugin 'gradcam' and plugin 'twin'"):
+        expected = ("attribution method 'gradcam' is registered by both plugin 'gradcam' and "
+                    "plugin 'twin'")
+        with pytest.raises(PluginConflictError, match=expected):
             reid_explain.plugin_manager.registry("attributions")
     finally:
         reid_explain.unregister(twin)

@@ -1,0 +1,90 @@
+"""Batched explanation, pair selection and the result objects."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from conftest import images, make_osnet, make_tiny_clip
+from PIL import Image
+
+from reid_explain import explainify
+
+
+def _count_forwards(model):
+    sizes: list[int] = []
+    handle = model.register_forward_hook(lambda m, a, out: sizes.append(int(a[0].shape[0])))
+    return sizes, handle
+
+
+def test_top_k_is_one_batched_forward_backward():
+    model = make_osnet()
+    q, g = images(1, (128, 64)), images(6, (128, 64), seed=1)
+    with explainify(model) as exp:
+        exp.adapter.grid_size((128, 64))  # warm the cached grid probe
+        sizes, handle = _count_forwards(model)
+        result = exp.explain(q, g, method="gradcam", top_k=3)
+        handle.remove()
+        scores = exp.similarity(q, g)[0]
+    # one embedding pass per input set, then ONE pass for 3 pairs x 2 sides
+    assert sizes == [1, 6, 6]
+    assert result.pairs[:, 1].tolist() == scores.topk(3).indices.tolist()
+    assert torch.all(result.scores[:-1] >= result.scores[1:])
+
+
+def test_internal_batch_size_splits_but_gives_the_same_maps():
+    model = make_osnet()
+    q, g = images(2, (128, 64)), images(3, (128, 64), seed=1)
+    with explainify(model) as exp:
+        whole = exp.explain(q, g, method="gradcam")
+        sizes, handle = _count_forwards(model)
+        split = exp.explain(q, g, method="gradcam", internal_batch_size=5)
+        handle.remove()
+    assert sizes == [2, 3, 5, 5, 2]
+    torch.testing.assert_close(whole.query.maps, split.query.maps, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(whole.gallery.maps, split.gallery.maps, atol=1e-6, rtol=1e-5)
+
+
+def test_grounding_map_views_and_png(tmp_path):
+    model = make_tiny_clip()
+    with explainify(model) as exp:
+        result = exp.explain(images(1), images(2, seed=1), method="gradcam")
+    grounding = result.query
+    assert grounding.on_grid().shape == (2, 8, 4)
+    up = grounding.upsampled()
+    assert up.shape == (2, 64, 32)
+    assert isinstance(grounding.numpy(), np.ndarray) and grounding.numpy().shape == (2, 64, 32)
+    # bilinear upsampling preserves the mean of each map up to border effects
+    torch.testing.assert_close(up.mean(dim=(1, 2)), grounding.maps.mean(dim=(1, 2)),
+                               atol=0.05 * float(grounding.maps.abs().max()), rtol=0)
+    norm = grounding.normalized().maps
+    assert float(norm.min()) == 0.0 and abs(float(norm.amax(dim=(1, 2)).min()) - 1) < 1e-6
+    overlay = grounding.overlay(0)
+    assert overlay.size == (32, 64)
+    path = grounding.save_png(tmp_path / "maps.png")
+    with Image.open(path) as png:
+        assert png.size == (2 * 32 * 2, 64 * 2 + 14)
+    paths = result.save_png(tmp_path / "pairs")
+    assert len(paths) == 2 and all(p.exists() for p in paths)
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temp leftovers
+    sub = grounding[[1]]
+    assert len(sub) == 1 and sub.labels == [grounding.labels[1]]
+    torch.testing.assert_close(sub.maps[0], grounding.maps[1])
+
+
+def test_masking_drop_is_consistent_with_direct_masking():
+    model = make_tiny_clip()
+    q, g = images(1), images(1, seed=1)
+    with explainify(model) as exp:
+        result = exp.explain(q, g, method="gradcam")
+        values = exp.score(result, ["masking_drop"], masking_drop={"fraction": 0.25,
+                                                                    "n_random": 2})
+        grid = result.query.maps[0]
+        top = grid.flatten().topk(8).indices  # 25% of 32 patches
+        mask = torch.zeros(32, dtype=torch.bool)
+        mask[top] = True
+        pixels = mask.view(8, 4).repeat_interleave(8, 0).repeat_interleave(8, 1)
+        masked = q.masked_fill(pixels, 0.0)
+        expected = result.scores[0] - (exp.embed(masked) @ exp.embed(g).T)[0, 0]
+    assert abs(float(values["masking_drop.query_top"][0]) - float(expected)) < 1e-5
+    assert set(values) == {f"masking_drop.{s}_{k}" for s in ("query", "gallery")
+                           for k in ("top", "random", "gap")}
