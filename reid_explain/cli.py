@@ -49,10 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attribution methods (default: every registered image method)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="fewer images, for smoke tests")
+    sub.add_parser("synth", add_help=False,
+                   help="render and export a SynthPedes data set (see synth --help)")
     return parser
 
 
+#: subcommands with their own argument parser: everything after the name is theirs
+DELEGATED = {"synth": ("reid_explain.data.synth", "synth_main")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        module, function = DELEGATED[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
     args = build_parser().parse_args(argv)
     from .errors import ReidExplainError
 

@@ -157,7 +157,8 @@ def test_integrated_gradients_equals_captum_and_is_complete():
             q[qi: qi + 1], n_steps=16, return_convergence_delta=True)
         assert (result.query.maps[p] - attr.sum(1)[0]).abs().max() <= 1e-5
         # completeness: attributions sum to f(x) - f(baseline), up to the quadrature error
-        gap = float(forward(q[qi: qi + 1]) - forward(torch.zeros_like(q[:1])))
+        with torch.no_grad():
+            gap = float(forward(q[qi: qi + 1]) - forward(torch.zeros_like(q[:1])))
         assert abs(float(result.query.maps[p].sum()) - gap) <= abs(float(delta)) + 1e-4
 
 
