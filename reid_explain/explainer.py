@@ -21,6 +21,7 @@ from .attribution import Attribution
 from .errors import AdapterError, InputError, PluginError
 from .host_guard import HostGuard
 from .maps import GroundingMap, PairExplanation, TextImageExplanation, TokenRelevance
+from .metric import MetricContext
 from .targets import CosineSimilarity, Target
 
 SIDES = ("both", "query", "gallery")
@@ -308,11 +309,12 @@ class Explainer:
         self._check_open()
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)
         results: dict[str, Tensor] = {}
+        context = MetricContext(explainer=self, explanation=explanation)
         for name in metrics:
             entry = plugins.get("metrics", name)
             with self.guard:
                 try:
-                    values = entry.obj(**options.get(name, {})).compute(self, explanation)
+                    values = entry.obj(**options.get(name, {})).compute(context)
                 except Exception as exc:
                     raise PluginError(f"metric {name!r} from plugin {entry.plugin!r} raised "
                                       f"{type(exc).__name__}: {exc}") from exc

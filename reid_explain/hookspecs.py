@@ -65,6 +65,17 @@ def register_metrics(register: Callable[[type], None]) -> None:
 
 
 @hookspec
+def register_maskers(register: Callable[[type], None]) -> None:
+    """Register maskers for perturbation metrics: ``register(MaskerSubclass)``.
+
+    A masker removes image regions given as boolean masks on the patch grid: by filling them
+    with the data set mean, blurring, adding noise, or (ViT hosts) dropping their tokens. It is
+    chosen by ``name`` in perturbation metrics (``masker="blur"``). See
+    :class:`reid_explain.masker.Masker`.
+    """
+
+
+@hookspec
 def register_training_losses(register: Callable[[type], None]) -> None:
     """Register training-time auxiliary losses: ``register(TrainingLossSubclass)``.
 

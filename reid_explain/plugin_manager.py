@@ -8,6 +8,7 @@ messages can name the plugin.
 
 from __future__ import annotations
 
+import importlib.metadata
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ KINDS: dict[str, str] = {
     "adapters": "register_adapters",
     "attributions": "register_attributions",
     "metrics": "register_metrics",
+    "maskers": "register_maskers",
     "training_losses": "register_training_losses",
     "backbone_modifications": "register_backbone_modifications",
 }
@@ -30,6 +32,7 @@ _SINGULAR = {
     "adapters": "adapter",
     "attributions": "attribution method",
     "metrics": "metric",
+    "maskers": "masker",
     "training_losses": "training loss",
     "backbone_modifications": "backbone modification",
 }
@@ -62,9 +65,34 @@ def get_plugin_manager() -> pluggy.PluginManager:
         if _pm is None:
             pm = pluggy.PluginManager(hookspecs.PROJECT)
             pm.add_hookspecs(hookspecs)
-            pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+            _load_entry_points(pm)
             _pm = pm
         return _pm
+
+
+_sources: dict[str, str] = {}
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """Register every plugin of the ``reid_explain`` entry-point group.
+
+    Like pluggy's ``load_setuptools_entrypoints``, but a plugin that fails to import is an
+    error naming the entry point and its distribution, not a bare ImportError.
+    """
+    seen: set[str] = set()
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != hookspecs.PROJECT or ep.name in seen or pm.get_plugin(ep.name):
+                continue
+            seen.add(ep.name)
+            where = f"{dist.metadata['name']} {dist.version}"
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(f"plugin {ep.name!r} (entry point {ep.value!r} of {where}) "
+                                  f"failed to load: {type(exc).__name__}: {exc}") from exc
+            pm.register(plugin, name=ep.name)
+            _sources[ep.name] = f"entry point ({where})"
 
 
 def register(plugin: object, name: str | None = None) -> str:
@@ -143,8 +171,6 @@ def get(kind: str, name: str) -> Entry:
 def list_plugins() -> list[dict[str, Any]]:
     """One record per loaded plugin: its name, where it came from and what it provides."""
     pm = get_plugin_manager()
-    sources = {id(plugin): f"entry point ({dist.project_name} {dist.version})"
-               for plugin, dist in pm.list_plugin_distinfo()}
     provided: dict[str, dict[str, list[str]]] = {}
     for kind in KINDS:
         for entry in registry(kind).values():
@@ -154,7 +180,7 @@ def list_plugins() -> list[dict[str, Any]]:
         name = _plugin_name(pm, plugin)
         records.append({
             "name": name,
-            "source": sources.get(id(plugin), "register()"),
+            "source": _sources.get(name, "register()"),
             "provides": {k: sorted(v) for k, v in provided.get(name, {}).items()},
         })
     return sorted(records, key=lambda r: r["name"])

@@ -49,8 +49,8 @@ THIRD_PARTY = textwrap.dedent('''
 
         name = "map_mass"
 
-        def compute(self, explainer, explanation):
-            return {"map_mass": explanation.query.maps.flatten(1).sum(1)}
+        def compute(self, context):
+            return {"map_mass": context.explanation.query.maps.flatten(1).sum(1)}
 
 
     @reid_explain.hookimpl
@@ -80,8 +80,8 @@ class Saliency(Attribution):
 class MeanMap(Metric):
     name = "test_mean_map"
 
-    def compute(self, explainer, explanation):
-        return {"test_mean_map": explanation.gallery.maps.flatten(1).mean(1)}
+    def compute(self, context):
+        return {"test_mean_map": context.explanation.gallery.maps.flatten(1).mean(1)}
 
 
 class TestPlugin:

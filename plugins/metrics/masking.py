@@ -9,15 +9,13 @@ masked variants of all pairs go through the host in one batch.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from reid_explain.hookspecs import hookimpl
 from reid_explain.maps import GroundingMap
-from reid_explain.metric import Metric
+from reid_explain.metric import Metric, MetricContext
 
 
 def top_patch_masks(maps: Tensor, fraction: float) -> Tensor:
@@ -48,7 +46,8 @@ class MaskingDrop(Metric):
     name = "masking_drop"
     higher_is_better = True
 
-    def compute(self, explainer: Any, explanation: Any) -> dict[str, Tensor]:
+    def compute(self, context: MetricContext) -> dict[str, Tensor]:
+        explainer, explanation = context.explainer, context.explanation
         fraction = float(self.options.get("fraction", 0.2))
         n_random = int(self.options.get("n_random", 3))
         fill = float(self.options.get("fill", 0.0))

@@ -1,0 +1,42 @@
+"""The Masker base class: how "removing" image regions is done for perturbation metrics.
+
+Faithfulness metrics remove the regions a map points at and watch the score. What "remove"
+means changes the answer (a grey patch is itself a feature), so it is a choice, named and
+reported: fill with the data set mean, blur, noise, or, for ViT hosts, drop the patch tokens
+from the sequence. A masker is a plugin (``register_maskers``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .explainer import Explainer
+
+
+def grid_to_pixels(grid_masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(N, h, w)`` bool grid masks -> ``(N, 1, H, W)`` bool pixel masks (nearest)."""
+    return F.interpolate(grid_masks[:, None].float(), size=size, mode="nearest") > 0.5
+
+
+class Masker:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: adapter capabilities needed (e.g. "token_drop")
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def __call__(self, images: Tensor, grid_masks: Tensor) -> Tensor:
+        """Images with the cells of ``grid_masks`` (``(N, h, w)`` bool, True = remove)
+        removed."""
+        raise NotImplementedError
+
+    def embed(self, explainer: Explainer, images: Tensor, grid_masks: Tensor,
+              batch_size: int = 64) -> Tensor:
+        """L2-normalised embeddings of the masked images (token maskers override this)."""
+        return explainer.embed(self(images, grid_masks), batch_size=batch_size)
