@@ -29,7 +29,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out=args.out, methods=args.methods, seed=args.seed, quick=args.quick)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Explain every query of a data set against its true match and score the maps."""
+    from pathlib import Path
+
+    from .data.datasets import default_transform
+    from .evaluation.protocol import ReidEvalSet
+    from .explainer import explainify
+    from .hosts import build_host
+
+    size = (args.height, args.width)
+    model = build_host(args.model, args.weights, image_size=size)
+    with explainify(model, layer=args.layer) as exp:
+        transform = default_transform(*size)
+        transform.transforms[-1].mean = list(exp.adapter.pixel_mean)
+        transform.transforms[-1].std = list(exp.adapter.pixel_std)
+        root = Path(args.data)
+        data = (ReidEvalSet.from_synthpedes(root, transform)
+                if (root / "synthpedes" / "annotations.json").is_file()
+                else ReidEvalSet.from_market(root, transform))
+        result = exp.evaluate(data, method=args.method, metrics=args.metrics,
+                              masker=args.masker, batch_size=args.batch_size,
+                              max_queries=args.max_queries, seed=args.seed,
+                              random_baseline=not args.no_random_baseline,
+                              progress=not args.no_progress)
+    result.save(args.out)
+    print(result.summary.to_string(index=False))
+    print(f"{result.info['queries']} queries ({result.info['skipped_no_valid_match']} without a "
+          f"valid match skipped); wrote {args.out}/per_query.csv, summary.csv, summary.json")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "evaluate": cmd_evaluate,
     "plugins": cmd_plugins,
     "demo": cmd_demo,
 }
@@ -49,6 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attribution methods (default: every registered image method)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="fewer images, for smoke tests")
+    p = sub.add_parser("evaluate", help="explain and score every query of a data set")
+    p.add_argument("--data", required=True,
+                   help="root of a Market-1501-style folder or a SynthPedes export")
+    p.add_argument("--model", default="demo:osnet",
+                   help="family:name, e.g. torchreid:osnet_x1_0, open_clip:ViT-B-16, "
+                        "timm:vit_base_patch16_224, demo:osnet (default)")
+    p.add_argument("--weights", default=None, help="local checkpoint file")
+    p.add_argument("--layer", default=None, help="spatial layer name for other models")
+    p.add_argument("--method", default="gradcam")
+    p.add_argument("--metrics", nargs="+", default=["counterfactual_masking"])
+    p.add_argument("--masker", default="mean")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-queries", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-random-baseline", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", default="reid_explain_output/evaluate")
     sub.add_parser("synth", add_help=False,
                    help="render and export a SynthPedes data set (see synth --help)")
     return parser

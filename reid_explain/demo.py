@@ -26,7 +26,9 @@ from .explainer import explainify
 IMAGE_SIZE = (128, 64)
 
 
-def _hosts() -> dict[str, Callable[[], nn.Module]]:
+def demo_hosts(image_size: tuple[int, int] = IMAGE_SIZE) -> dict[str, Callable[[], nn.Module]]:
+    """Small random-initialised hosts of each family, sized for a CPU."""
+
     def osnet() -> nn.Module:
         import torchreid
 
@@ -36,7 +38,7 @@ def _hosts() -> dict[str, Callable[[], nn.Module]]:
         import open_clip
 
         return open_clip.CLIP(embed_dim=64, vision_cfg={
-            "image_size": IMAGE_SIZE, "layers": 4, "width": 128, "head_width": 32,
+            "image_size": tuple(image_size), "layers": 4, "width": 128, "head_width": 32,
             "patch_size": 16}, text_cfg={"context_length": 77, "vocab_size": 49408,
                                          "width": 128, "heads": 4, "layers": 3})
 
@@ -44,9 +46,12 @@ def _hosts() -> dict[str, Callable[[], nn.Module]]:
         import timm
 
         return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
-                                 img_size=IMAGE_SIZE, depth=4)
+                                 img_size=tuple(image_size), depth=4)
 
-    return {"torchreid-osnet_x0_25": osnet, "open_clip-vit": clip, "timm-vit_tiny": vit}
+    return {"osnet": osnet, "clip": clip, "vit": vit}
+
+
+HOST_LABELS = {"osnet": "torchreid-osnet_x0_25", "clip": "open_clip-vit", "vit": "timm-vit_tiny"}
 
 
 def synth_split(n_ids: int, seed: int) -> dict[str, Any]:
@@ -93,7 +98,8 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
     rows = []
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
-        for host_name, factory in _hosts().items():
+        for key, factory in demo_hosts().items():
+            host_name = HOST_LABELS[key]
             torch.manual_seed(seed)
             model = factory().eval()
             with explainify(model) as exp:

@@ -303,6 +303,27 @@ class Explainer:
                                     image=image_map, text=text_rel, texts=texts)
 
     # -- metrics ------------------------------------------------------------------------------
+    def evaluate(self, data: Any, method: str = "gradcam",
+                 metrics: Sequence[str] = ("counterfactual_masking",), **options: Any):
+        """Explain each query of ``data`` against its true match and score the maps.
+
+        ``data`` is a :class:`~reid_explain.evaluation.protocol.ReidEvalSet` or the root of a
+        Market-1501-style folder (a SynthPedes export brings its part masks). Returns an
+        :class:`~reid_explain.evaluation.protocol.EvaluationResult` (``.table``, ``.summary``,
+        ``.save(dir)``). Options: see :func:`reid_explain.evaluation.protocol.evaluate`.
+        """
+        from pathlib import Path
+
+        from .evaluation.protocol import ReidEvalSet, evaluate
+
+        self._check_open()
+        if isinstance(data, (str, Path)):
+            transform = options.pop("transform", None)
+            side = Path(data) / "synthpedes" / "annotations.json"
+            data = (ReidEvalSet.from_synthpedes(data, transform) if side.is_file()
+                    else ReidEvalSet.from_market(data, transform))
+        return evaluate(self, data, method=method, metrics=metrics, **options)
+
     def score(self, explanation: PairExplanation, metrics: Sequence[str] | str,
               **options: Any) -> dict[str, Tensor]:
         """Per-pair values of each metric, keyed ``"metric"`` or ``"metric.value"``."""

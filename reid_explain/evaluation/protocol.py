@@ -1,0 +1,276 @@
+"""The evaluation protocol: explain every query against its true match, then score the maps.
+
+For each query the *true match* is the gallery image of the same identity that the model ranks
+highest among the valid ones (Market-1501 protocol: same identity from the same camera is not a
+valid match). Queries without a valid match are skipped and counted. Queries are explained in
+batches (one batched attribution per batch); every metric plugin receives a
+:class:`~reid_explain.metric.MetricContext` with the unmodified gallery's embeddings, the
+identities and cameras, and (where the data set has them) ground-truth part masks. Each metric
+can also be computed on uniform random maps of the same shape (``random_baseline=True``), so
+every number comes with the value a map that knows nothing would get.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .. import plugin_manager
+from .._io import atomic_path
+from ..errors import InputError, PluginError
+from ..maps import PairExplanation
+from ..metric import MetricContext
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
+
+
+class ImageSource:
+    """Uniform access to images held as a tensor or a torch Dataset (items: tensors, tuples
+    whose first element is the image, or dicts with ``img``)."""
+
+    def __init__(self, images: Any, name: str) -> None:
+        self.images = images
+        self.name = name
+        if len(images) == 0:
+            raise InputError(f"{name} holds no images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _item(self, index: int) -> Tensor:
+        item = self.images[index]
+        if isinstance(item, dict):
+            item = item["img"]
+        elif isinstance(item, (tuple, list)):
+            item = item[0]
+        if not isinstance(item, Tensor) or item.dim() != 3:
+            raise InputError(f"{self.name}[{index}] is not a (3, H, W) image tensor")
+        return item
+
+    def get(self, indices: Sequence[int]) -> Tensor:
+        if isinstance(self.images, Tensor):
+            return self.images[torch.as_tensor(list(indices), dtype=torch.long)]
+        return torch.stack([self._item(int(i)) for i in indices])
+
+
+@dataclass
+class ReidEvalSet:
+    """Query and gallery images with identities, cameras and optional query part masks."""
+
+    query: Any
+    query_pids: np.ndarray
+    query_camids: np.ndarray
+    gallery: Any
+    gallery_pids: np.ndarray
+    gallery_camids: np.ndarray
+    #: (Q, K, H, W) bool part masks of the query images at the images' size, or None
+    query_masks: Tensor | None = None
+    part_names: tuple[str, ...] = ()
+    name: str = "data"
+
+    def __post_init__(self) -> None:
+        self.query_pids = np.asarray(self.query_pids)
+        self.query_camids = np.asarray(self.query_camids)
+        self.gallery_pids = np.asarray(self.gallery_pids)
+        self.gallery_camids = np.asarray(self.gallery_camids)
+        for what, images, pids, cams in (("query", self.query, self.query_pids,
+                                          self.query_camids),
+                                         ("gallery", self.gallery, self.gallery_pids,
+                                          self.gallery_camids)):
+            if not (len(images) == len(pids) == len(cams)):
+                raise InputError(f"{self.name}: {what} has {len(images)} images, {len(pids)} "
+                                 f"pids and {len(cams)} camids")
+        if self.query_masks is not None and len(self.query_masks) != len(self.query_pids):
+            raise InputError(f"{self.name}: {len(self.query_masks)} query masks for "
+                             f"{len(self.query_pids)} queries")
+
+    @classmethod
+    def from_market(cls, root: str | os.PathLike, transform: Callable | None = None,
+                    side: dict[str, dict[str, Any]] | None = None) -> ReidEvalSet:
+        """The query/gallery splits of a Market-1501-style folder; ``side`` (e.g. from
+        :func:`~reid_explain.data.synth_side.load_synthpedes_side`) adds query part masks."""
+        from ..data.datasets import ImageReidDataset
+
+        query = ImageReidDataset(root, "query", transform=transform)
+        gallery = ImageReidDataset(root, "gallery", transform=transform)
+        masks, parts = None, ()
+        if side is not None:
+            size = tuple(query[0]["img"].shape[-2:])
+            stacks = []
+            for path, *_ in query.data:
+                entry = side.get(str(Path(path).resolve()))
+                if entry is None:
+                    raise InputError(f"{path}: no part masks in the side mapping")
+                m = torch.from_numpy(np.asarray(entry["masks"]))[None].float()
+                stacks.append(torch.nn.functional.interpolate(m, size=size, mode="nearest")[0]
+                              > 0.5)
+                parts = tuple(entry["parts"])
+            masks = torch.stack(stacks)
+        return cls(query=query, query_pids=[d[1] for d in query.data],
+                   query_camids=[d[2] for d in query.data], gallery=gallery,
+                   gallery_pids=[d[1] for d in gallery.data],
+                   gallery_camids=[d[2] for d in gallery.data], query_masks=masks,
+                   part_names=parts, name=str(root))
+
+    @classmethod
+    def from_synthpedes(cls, root: str | os.PathLike,
+                        transform: Callable | None = None) -> ReidEvalSet:
+        """A SynthPedes export, with the ground-truth part masks of every query."""
+        from ..data.synth_side import load_synthpedes_side
+
+        return cls.from_market(root, transform=transform, side=load_synthpedes_side(root))
+
+
+@dataclass
+class EvaluationResult:
+    """Tidy per-query values (one row per query x metric value) and data-set summaries."""
+
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``per_query.csv``, ``summary.csv`` and ``summary.json`` (all or nothing)."""
+        import json
+
+        with atomic_path(directory) as tmp:
+            tmp.mkdir(parents=True)
+            self.table.to_csv(tmp / "per_query.csv", index=False)
+            self.summary.to_csv(tmp / "summary.csv", index=False)
+            records = {"info": self.info, "summary": self.summary.to_dict(orient="records")}
+            (tmp / "summary.json").write_text(json.dumps(records, indent=2, default=str))
+        return Path(directory)
+
+
+def true_matches(query_emb: Tensor, gallery_emb: Tensor, query_pids: np.ndarray,
+                 query_camids: np.ndarray, gallery_pids: np.ndarray,
+                 gallery_camids: np.ndarray) -> np.ndarray:
+    """Index of each query's highest-ranked valid true match, or -1 if it has none."""
+    sims = (query_emb @ gallery_emb.T).cpu().numpy()
+    same = query_pids[:, None] == gallery_pids[None, :]
+    valid = same & ~(query_camids[:, None] == gallery_camids[None, :])
+    sims = np.where(valid, sims, -np.inf)
+    best = sims.argmax(axis=1)
+    return np.where(valid.any(axis=1), best, -1)
+
+
+def random_maps(explanation: PairExplanation, generator: torch.Generator) -> PairExplanation:
+    """The same explanation with every map replaced by uniform random values."""
+    sides = {}
+    for side in ("query", "gallery"):
+        grounding = getattr(explanation, side)
+        if grounding is not None:
+            grid = grounding.on_grid()
+            sides[side] = replace(grounding, maps=torch.rand(grid.shape, generator=generator),
+                                  method="random")
+    return replace(explanation, method="random", **sides)
+
+
+def _progress(iterable: Any, total: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def evaluate(explainer: Explainer, data: ReidEvalSet, method: str = "gradcam",
+             metrics: Sequence[str] = ("counterfactual_masking",), *,
+             masker: str = "mean", masker_options: dict[str, Any] | None = None,
+             batch_size: int = 16, max_queries: int | None = None, seed: int = 0,
+             random_baseline: bool = True, progress: bool = True,
+             method_options: dict[str, Any] | None = None,
+             metric_options: dict[str, dict[str, Any]] | None = None) -> EvaluationResult:
+    """Explain each query against its true match with ``method`` and score with ``metrics``."""
+    metric_options = metric_options or {}
+    entries = [plugin_manager.get("metrics", name) for name in metrics]
+    masker_entry = plugin_manager.get("maskers", masker)
+    masker_obj = masker_entry.obj(**(masker_options or {}))
+    plugin_manager.get("attributions", method)
+    query_src = ImageSource(data.query, "query")
+    gallery_src = ImageSource(data.gallery, "gallery")
+    n_gallery = len(gallery_src)
+    gallery_emb = torch.cat([explainer.embed(gallery_src.get(range(s, min(s + 64, n_gallery))))
+                             for s in range(0, n_gallery, 64)])
+    n_queries = len(query_src) if max_queries is None else min(max_queries, len(query_src))
+    rows: list[dict[str, Any]] = []
+    collected: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {}
+    skipped = 0
+    generator = torch.Generator().manual_seed(seed)
+    batches = range(0, n_queries, batch_size)
+    for start in _progress(batches, math.ceil(n_queries / batch_size), progress,
+                           f"evaluate {method}"):
+        idx = np.arange(start, min(start + batch_size, n_queries))
+        query_images = query_src.get(idx)
+        q_emb = explainer.embed(query_images)
+        match = true_matches(q_emb, gallery_emb, data.query_pids[idx], data.query_camids[idx],
+                             data.gallery_pids, data.gallery_camids)
+        keep = match >= 0
+        skipped += int((~keep).sum())
+        if not keep.any():
+            continue
+        idx, match = idx[keep], match[keep]
+        query_images = query_images[torch.as_tensor(keep)]
+        explanation = explainer.explain(query_images, gallery_src.get(match), method=method,
+                                        pairs=[(i, i) for i in range(len(idx))],
+                                        **(method_options or {}))
+        variants = [(method, explanation)]
+        if random_baseline:
+            variants.append(("random", random_maps(explanation, generator)))
+        for variant, expl in variants:
+            context = MetricContext(
+                explainer=explainer, explanation=expl, masker=masker_obj, seed=seed + start,
+                gallery_embeddings=gallery_emb,
+                gallery_pids=torch.as_tensor(data.gallery_pids),
+                gallery_camids=torch.as_tensor(data.gallery_camids),
+                query_pids=torch.as_tensor(data.query_pids[idx]),
+                query_camids=torch.as_tensor(data.query_camids[idx]),
+                gallery_index=torch.as_tensor(match),
+                query_masks=None if data.query_masks is None else data.query_masks[idx],
+                part_names=data.part_names)
+            for entry in entries:
+                metric = entry.obj(**metric_options.get(entry.name, {}))
+                with explainer.guard:
+                    try:
+                        values = metric.compute(context)
+                    except Exception as exc:
+                        raise PluginError(f"metric {entry.name!r} from plugin {entry.plugin!r} "
+                                          f"raised {type(exc).__name__}: {exc}") from exc
+                store = collected.setdefault((variant, entry.name), {})
+                for key, value in values.items():
+                    array = np.asarray(torch.as_tensor(value).detach().cpu().float().numpy(),
+                                       dtype=np.float64).reshape(-1)
+                    if len(array) != len(idx):
+                        raise PluginError(f"metric {entry.name!r} returned {len(array)} values "
+                                          f"for {key!r}, expected one per query ({len(idx)})")
+                    store.setdefault(key, []).append(array)
+                    rows.extend({"query": int(q), "pid": data.query_pids[q].item(),
+                                 "match": int(m), "method": variant, "metric": entry.name,
+                                 "key": key, "value": float(v)}
+                                for q, m, v in zip(idx, match, array, strict=True))
+    summary_rows = []
+    for (variant, name), store in collected.items():
+        metric = plugin_manager.get("metrics", name).obj(**metric_options.get(name, {}))
+        values = {k: np.concatenate(v) for k, v in store.items()}
+        for key, value in metric.summarize(values).items():
+            summary_rows.append({"method": variant, "metric": name, "key": key,
+                                 "value": float(value),
+                                 "higher_is_better": metric.higher_is_better})
+    info = {"data": data.name, "method": method, "metrics": list(metrics), "masker": masker,
+            "queries": n_queries, "skipped_no_valid_match": skipped,
+            "gallery": len(gallery_src), "seed": seed, "adapter": explainer.adapter.describe()}
+    return EvaluationResult(table=pd.DataFrame(rows, columns=["query", "pid", "match", "method",
+                                                              "metric", "key", "value"]),
+                            summary=pd.DataFrame(summary_rows, columns=[
+                                "method", "metric", "key", "value", "higher_is_better"]),
+                            info=info)

@@ -1,0 +1,76 @@
+"""Building host models from a short spec and a local weights file (no downloads).
+
+``family:name`` with family ``torchreid`` (``build_model`` + ``load_pretrained_weights``),
+``open_clip`` (``create_model(name, pretrained=<file>, force_image_size=...)``), ``timm``
+(``create_model(name, pretrained_cfg_overlay=dict(file=<file>))``), or ``demo`` (the small
+random-initialised hosts of ``reid-explain demo``). Weights are always a local file: nothing is
+fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from .errors import InputError
+
+FAMILIES = ("torchreid", "open_clip", "timm", "demo")
+
+
+def _weights_file(weights: str | os.PathLike | None) -> str | None:
+    if weights is None:
+        return None
+    path = Path(weights)
+    if not path.is_file():
+        raise InputError(f"weights file {str(path)!r} does not exist")
+    return str(path)
+
+
+def build_host(spec: str, weights: str | os.PathLike | None = None,
+               image_size: tuple[int, int] = (256, 128), num_classes: int = 1) -> nn.Module:
+    """A host model in eval mode from ``family:name`` and an optional local weights file."""
+    family, _, name = spec.partition(":")
+    if family not in FAMILIES or not name:
+        raise InputError(f"model spec {spec!r} must be family:name with family one of "
+                         f"{FAMILIES}, e.g. torchreid:osnet_x1_0, open_clip:ViT-B-16, "
+                         "timm:vit_base_patch16_224, demo:osnet")
+    path = _weights_file(weights)
+    if family == "torchreid":
+        import torchreid
+
+        try:
+            model = torchreid.models.build_model(name, num_classes=num_classes, pretrained=False)
+        except KeyError as exc:
+            raise InputError(f"torchreid has no model {name!r}: {exc}") from None
+        if path is not None:
+            torchreid.utils.load_pretrained_weights(model, path)
+    elif family == "open_clip":
+        import open_clip
+
+        if name not in open_clip.list_models():
+            raise InputError(f"open_clip has no model config {name!r}; add one with "
+                             "open_clip.add_model_config(path)")
+        model = open_clip.create_model(name, pretrained=path, force_image_size=image_size)
+    elif family == "timm":
+        import timm
+
+        overlay = {"file": path} if path is not None else None
+        try:
+            model = timm.create_model(name, pretrained=path is not None, num_classes=0,
+                                      img_size=image_size, pretrained_cfg_overlay=overlay)
+        except RuntimeError as exc:
+            raise InputError(f"timm could not build {name!r}: {exc}") from None
+    else:
+        from .demo import demo_hosts
+
+        hosts = demo_hosts(image_size)
+        if name not in hosts:
+            raise InputError(f"demo host {name!r} unknown; known: {sorted(hosts)}")
+        model = hosts[name]()
+        if path is not None:
+            import torch
+
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()

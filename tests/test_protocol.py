@@ -1,0 +1,122 @@
+"""The evaluation protocol: true matches, batched scoring, tidy tables, random baselines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import images, make_osnet, make_plain
+
+import reid_explain
+from reid_explain import Metric, PluginError, explainify, hookimpl
+from reid_explain.data.datasets import default_transform
+from reid_explain.data.synth import SynthConfig, export_synthpedes
+from reid_explain.errors import InputError
+from reid_explain.evaluation.protocol import ReidEvalSet, true_matches
+
+
+def test_true_matches_follow_the_market_protocol():
+    q = torch.eye(3)[:2]                       # two queries
+    g = torch.tensor([[1.0, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.8, 0.2]])
+    g = torch.nn.functional.normalize(g, dim=1)
+    match = true_matches(q, g, np.array([1, 2]), np.array([0, 0]),
+                         np.array([1, 1, 2, 3]), np.array([0, 1, 0, 1]))
+    # query 0: gallery 0 is the same pid from the same camera -> excluded; gallery 1 is next
+    # query 1: its only same-pid gallery item shares its camera -> no valid match
+    assert match.tolist() == [1, -1]
+
+
+class CountingMetric(Metric):
+    """Per query: the map maximum, so rows can be checked against the explanation."""
+
+    name = "test_map_max"
+    higher_is_better = None
+
+    def compute(self, context):
+        assert context.gallery_embeddings is not None and context.query_pids is not None
+        return {"max": context.explanation.query.on_grid().flatten(1).amax(1)}
+
+
+class FailingMetric(Metric):
+    name = "test_failing"
+
+    def compute(self, context):
+        raise ValueError("cannot score")
+
+
+class MetricsPlugin:
+    @hookimpl
+    def register_metrics(self, register):
+        register(CountingMetric)
+        register(FailingMetric)
+
+
+@pytest.fixture(scope="module")
+def metrics_plugin():
+    plugin = MetricsPlugin()
+    reid_explain.register(plugin, name="test-protocol-metrics")
+    yield plugin
+    reid_explain.unregister(plugin)
+
+
+def _tensor_set(seed=0):
+    pids = np.array([1, 1, 2, 3])
+    return ReidEvalSet(query=images(4, (128, 64), seed=seed), query_pids=pids,
+                       query_camids=np.array([0, 1, 0, 0]),
+                       gallery=images(6, (128, 64), seed=seed + 1),
+                       gallery_pids=np.array([1, 1, 2, 2, 3, 4]),
+                       gallery_camids=np.array([1, 2, 1, 0, 0, 1]))
+
+
+def test_evaluate_rows_summary_baseline_and_skips(metrics_plugin, tmp_path):
+    data = _tensor_set()
+    with explainify(make_osnet()) as exp:
+        result = exp.evaluate(data, method="gradcam", metrics=["test_map_max"], batch_size=3,
+                              progress=False)
+        # query 3 (pid 3, camera 0) only has a same-camera gallery item: skipped
+        assert result.info["skipped_no_valid_match"] == 1
+        table = result.table
+        assert sorted(table["query"].unique()) == [0, 1, 2]
+        assert set(table["method"]) == {"gradcam", "random"}
+        direct = exp.explain(data.query[:3], data.gallery[table[table.method == "gradcam"]
+                                                           .sort_values("query")["match"]
+                                                           .to_numpy()],
+                             pairs=[(0, 0), (1, 1), (2, 2)], method="gradcam")
+    expected = direct.query.maps.flatten(1).amax(1).numpy()
+    got = table[table.method == "gradcam"].sort_values("query")["value"].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    summary = result.summary.set_index(["method", "key"])["value"]
+    assert summary[("gradcam", "max")] == pytest.approx(expected.mean(), rel=1e-5)
+    saved = result.save(tmp_path / "eval")
+    info = json.loads((saved / "summary.json").read_text())["info"]
+    assert info["queries"] == 4 and (saved / "per_query.csv").exists()
+
+
+def test_metric_errors_name_the_plugin(metrics_plugin):
+    with explainify(make_osnet()) as exp, pytest.raises(PluginError,
+                                                        match="'test_failing'.*cannot score"):
+        exp.evaluate(_tensor_set(), metrics=["test_failing"], progress=False)
+
+
+def test_bad_eval_sets_are_named():
+    with pytest.raises(InputError, match="query has 4 images, 3 pids"):
+        ReidEvalSet(query=images(4), query_pids=[1, 2, 3], query_camids=[0, 0, 0, 0],
+                    gallery=images(2), gallery_pids=[1, 2], gallery_camids=[1, 1])
+    with explainify(make_plain(), layer="trunk") as exp, pytest.raises(
+            reid_explain.UnknownPluginError, match="masker 'nope'"):
+        exp.evaluate(_tensor_set(), metrics=["masking_drop"], masker="nope")
+
+
+def test_synthpedes_export_brings_query_masks(tmp_path, metrics_plugin):
+    root = tmp_path / "sp"
+    export_synthpedes(root, SynthConfig(n_ids=8, images_per_id=4, seed=5))
+    data = ReidEvalSet.from_synthpedes(root, default_transform(128, 64))
+    assert data.query_masks is not None and data.query_masks.shape[1:] == (9, 128, 64)
+    assert data.part_names[3] == "upper_body"
+    assert data.query_masks[:, 3].flatten(1).any(1).all()  # every query shows an upper body
+    with explainify(make_osnet()) as exp:
+        result = exp.evaluate(root, metrics=["test_map_max"], progress=False,
+                              transform=default_transform(128, 64), max_queries=4)
+    assert result.info["queries"] == 4 and len(result.table) == 2 * 4
