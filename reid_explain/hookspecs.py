@@ -76,6 +76,17 @@ def register_maskers(register: Callable[[type], None]) -> None:
 
 
 @hookspec
+def register_phrase_extractors(register: Callable[[type], None]) -> None:
+    """Register part-phrase extractors: ``register(PhraseExtractorSubclass)``.
+
+    A phrase extractor finds, in a free-text caption, the phrases that describe a body part or
+    carried object with their modifiers ("a light-blue short-sleeved T-shirt") and their
+    character spans. PPIM supervision and ``explainer.ground(image, caption)`` use the one named
+    by ``phrase_extractor="name"``. See :class:`reid_explain.phrases.PhraseExtractor`.
+    """
+
+
+@hookspec
 def register_training_losses(register: Callable[[type], None]) -> None:
     """Register training-time auxiliary losses: ``register(TrainingLossSubclass)``.
 

@@ -24,6 +24,7 @@ KINDS: dict[str, str] = {
     "attributions": "register_attributions",
     "metrics": "register_metrics",
     "maskers": "register_maskers",
+    "phrase_extractors": "register_phrase_extractors",
     "training_losses": "register_training_losses",
     "backbone_modifications": "register_backbone_modifications",
 }
@@ -33,6 +34,7 @@ _SINGULAR = {
     "attributions": "attribution method",
     "metrics": "metric",
     "maskers": "masker",
+    "phrase_extractors": "phrase extractor",
     "training_losses": "training loss",
     "backbone_modifications": "backbone modification",
 }
