@@ -1,4 +1,5 @@
-"""Shared machinery of adapters for ViT hosts: patch-token grid tap and attention capture."""
+"""Shared machinery of adapters for ViT hosts: patch-token grid tap, attention capture and
+token dropping."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from reid_explain.adapter import Adapter, TokenGridTap, resolve_module
+from reid_explain.errors import AdapterError
 
 
 class ViTAdapter(Adapter):
@@ -18,7 +21,7 @@ class ViTAdapter(Adapter):
     only the class token reaches the embedding, so patch tokens there have no gradient.
     """
 
-    capabilities = frozenset({"attention"})
+    capabilities = frozenset({"attention", "token_drop"})
     num_prefix_tokens = 1
     batch_first = True
 
@@ -47,6 +50,46 @@ class ViTAdapter(Adapter):
     def spatial_tap(self) -> Iterator[nn.Module]:
         with self._tap.active() as tap:
             yield tap
+
+    # -- token dropping ------------------------------------------------------------------------
+    def token_sequence_module(self) -> nn.Module:
+        """The module whose ``(B, N, C)`` output is the whole token sequence with positions
+        added and nothing else applied yet (the host's patch-dropout slot)."""
+        raise NotImplementedError
+
+    def embed_image_without(self, images: Tensor, drop: Tensor) -> Tensor:
+        """Embeddings with the patch tokens flagged in ``drop`` (``(B, h*w)`` bool, the same
+        count per row) taken out of the sequence; prefix tokens always stay.
+
+        Removing tokens instead of painting pixels is the removal a ViT has seen in training
+        (patch dropout) and introduces no new content. The kept tokens are gathered, in order,
+        right after the positional embedding, and the host's own forward does the rest.
+        """
+        drop = drop.to(images.device).bool().reshape(drop.shape[0], -1)
+        if drop.shape[0] != images.shape[0]:
+            raise AdapterError(f"drop has {drop.shape[0]} rows for {images.shape[0]} images")
+        counts = drop.sum(dim=1)
+        if (counts != counts[0]).any():
+            raise AdapterError("embed_image_without needs the same number of dropped tokens "
+                               "in every row; group rows by count")
+        prefix = self.num_prefix_tokens
+        n_patches = drop.shape[1]
+        keep = drop.shape[1] - int(counts[0])
+        kept = torch.argsort(drop.to(torch.int8), dim=1, stable=True)[:, :keep]
+        head = torch.arange(prefix, device=drop.device).expand(drop.shape[0], prefix)
+        index = torch.cat([head, kept + prefix], dim=1)
+
+        def gather(_m: nn.Module, _args: Any, tokens: Tensor) -> Tensor:
+            if tokens.dim() != 3 or tokens.shape[1] != prefix + n_patches:
+                raise AdapterError(f"token sequence has shape {tuple(tokens.shape)}; expected "
+                                   f"(B, {prefix} + {n_patches}, C) for this drop mask")
+            return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+
+        handle = self.token_sequence_module().register_forward_hook(gather)
+        try:
+            return self.embed_image(images)
+        finally:
+            handle.remove()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "blocks": len(self.blocks()),

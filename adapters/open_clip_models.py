@@ -37,7 +37,7 @@ class OpenClipAdapter(ViTAdapter):
 
     name = "open_clip"
     priority = 60
-    capabilities = frozenset({"attention", "text"})
+    capabilities = frozenset({"attention", "text", "token_drop"})
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
                  tokenizer: Callable[[Sequence[str]], Tensor] | None = None,
@@ -70,6 +70,16 @@ class OpenClipAdapter(ViTAdapter):
     def _embed_image(self, images: Tensor) -> Tensor:
         return self.model.encode_image(images)
 
+    def token_sequence_module(self) -> nn.Module:
+        # VisionTransformer._embeds: conv1 -> class token -> + positional -> patch_dropout
+        # -> ln_pre; then transformer, _pool (attn_pool / ln_post / _global_pool), proj
+        module = getattr(self.model.visual, "patch_dropout", None)
+        if module is None:
+            raise AdapterError(f"{type(self.model.visual).__name__} has no patch_dropout slot "
+                               "after the positional embedding; token dropping needs an "
+                               "open_clip VisionTransformer")
+        return module
+
     # -- text ---------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         if isinstance(texts, str):
@@ -96,6 +106,20 @@ class OpenClipAdapter(ViTAdapter):
         end = tokens.argmax(dim=-1, keepdim=True)  # open_clip pools at the end token (max id)
         positions = torch.arange(tokens.shape[-1], device=tokens.device).expand_as(tokens)
         return (positions == 0) | (positions >= end)
+
+    def token_span(self, text: str, start: int, end: int) -> tuple[int, int]:
+        """Token positions ``[t0, t1)`` of the characters ``text[start:end]`` in ``tokenize``'s
+        output (the start token is position 0). CLIP's BPE splits words independently, so
+        the tokens of a prefix ending at a word boundary are a prefix of the caption's tokens.
+        """
+        from open_clip.tokenizer import _tokenizer
+
+        if not 0 <= start < end <= len(text):
+            raise ValueError(f"span ({start}, {end}) outside a text of {len(text)} characters")
+        t0 = 1 + len(_tokenizer.encode(text[:start]))
+        t1 = 1 + len(_tokenizer.encode(text[:end]))
+        last = self.model.context_length - 1  # room for the end token
+        return min(t0, last), min(t1, last)
 
     def decode_tokens(self, tokens: Tensor) -> list[list[str]]:
         from open_clip.tokenizer import _tokenizer

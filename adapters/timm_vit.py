@@ -54,6 +54,15 @@ class TimmViTAdapter(ViTAdapter):
     def _embed_image(self, images: Tensor) -> Tensor:
         return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
 
+    def token_sequence_module(self) -> nn.Module:
+        # forward_features: patch_embed -> _pos_embed -> patch_drop -> norm_pre -> blocks
+        module = getattr(self.model, "patch_drop", None)
+        if module is None:
+            raise AdapterError(f"{type(self.model).__name__} has no patch_drop slot after the "
+                               "positional embedding; token dropping needs a timm "
+                               "VisionTransformer")
+        return module
+
     @contextlib.contextmanager
     def capture_attention(self, blocks: Sequence[nn.Module] | None = None
                           ) -> Iterator[AttentionCapture]:
