@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics, faithfulness by perturbation, grounding and sanity checks."""
