@@ -21,7 +21,9 @@ from .errors import (
 from .explainer import Explainer, explainify
 from .hookspecs import hookimpl, hookspec
 from .maps import GroundingMap, PairExplanation, TextImageExplanation, TokenRelevance
-from .metric import Metric
+from .masker import Masker
+from .metric import Metric, MetricContext
+from .phrases import PartPhrase, PhraseExtractor, extract_phrases
 from .plugin_manager import list_plugins, register, unregister
 from .targets import CosineSimilarity, Target
 
@@ -29,7 +31,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adapter", "AdapterError", "Attribution", "CosineSimilarity", "DataFormatError",
-    "Explainer", "GroundingMap", "InputError", "Metric", "PairExplanation",
+    "Explainer", "GroundingMap", "InputError", "Masker", "Metric", "MetricContext",
+    "PairExplanation", "PartPhrase", "PhraseExtractor", "extract_phrases",
     "PluginConflictError", "PluginError", "ReidExplainError", "Target", "TextImageExplanation",
     "TokenRelevance", "UnknownPluginError", "explainify", "hookimpl", "hookspec",
     "list_plugins", "register", "unregister",

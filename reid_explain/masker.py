@@ -15,6 +15,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from .explainer import Explainer
+    from .metric import MetricContext
 
 
 def grid_to_pixels(grid_masks: Tensor, size: tuple[int, int]) -> Tensor:
@@ -40,3 +41,24 @@ class Masker:
               batch_size: int = 64) -> Tensor:
         """L2-normalised embeddings of the masked images (token maskers override this)."""
         return explainer.embed(self(images, grid_masks), batch_size=batch_size)
+
+
+def resolve_masker(context: MetricContext, masker: str | Masker | None = None,
+                   masker_options: dict[str, Any] | None = None) -> Masker:
+    """The masker a metric's options name, else the context's, else ``"mean"``; checked
+    against the host's capabilities so a ViT-only masker on a CNN fails with a reason."""
+    from . import plugin_manager
+
+    if isinstance(masker, Masker):
+        chosen = masker
+    elif masker is None and context.masker is not None:
+        chosen = context.masker
+    else:
+        cls = plugin_manager.get("maskers", masker or "mean").obj
+        chosen = cls(**(masker_options or {}))
+    adapter = context.explainer.adapter
+    missing = set(chosen.requires) - set(adapter.capabilities)
+    if missing:
+        raise ValueError(f"masker {chosen.name!r} needs {sorted(missing)}, which adapter "
+                         f"{adapter.name!r} ({type(adapter.model).__name__}) lacks")
+    return chosen

@@ -45,6 +45,8 @@ class MetricContext:
     gallery_index: Tensor | None = None
     #: (P, K, H, W) bool ground-truth part masks of each pair's query image, and part names
     query_masks: Tensor | None = None
+    #: (P, K, H, W) bool part masks of each pair's gallery image (or the image of a text pair)
+    gallery_masks: Tensor | None = None
     part_names: tuple[str, ...] = ()
     #: for text queries: the caption-side explanation
     text_explanation: TextImageExplanation | None = None

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reid_explain import plugin_manager
 from reid_explain.evaluation.bootstrap import bootstrap_ci
 from reid_explain.hookspecs import hookimpl
 from reid_explain.maps import GroundingMap
-from reid_explain.masker import Masker
+from reid_explain.masker import resolve_masker
 from reid_explain.metric import Metric, MetricContext
 
 __all__ = [
@@ -99,21 +97,6 @@ def retrieval_stats(sims: Tensor, target: Tensor, q_pids: Tensor, q_camids: Tens
     r1 = p_sorted.gather(1, first_valid)[:, 0].double()
     r1 = r1.masked_fill(~v_sorted.any(dim=1), float("nan"))
     return {"rank": rank, "ap": ap, "r1": r1}
-
-
-def resolve_masker(context: MetricContext, options: Mapping[str, Any]) -> Masker:
-    """The option ``masker`` (a name or a Masker) if given, else the context's, else "mean"."""
-    choice = options.get("masker")
-    if choice is None:
-        choice = context.masker if context.masker is not None else "mean"
-    if isinstance(choice, str):
-        choice = plugin_manager.get("maskers", choice).obj(**dict(options.get("masker_options",
-                                                                                {})))
-    missing = set(choice.requires) - set(context.explainer.adapter.capabilities)
-    if missing:
-        raise ValueError(f"masker {choice.name!r} needs {sorted(missing)}, which adapter "
-                         f"{context.explainer.adapter.name!r} lacks")
-    return choice
 
 
 def _nanmean(x: np.ndarray) -> float:
@@ -190,7 +173,8 @@ class CounterfactualMasking(Metric):
             raise ValueError(f"n_random must be >= 1, got {n_random}")
         batch_size = int(self.options.get("batch_size", 64))
         seed = int(self.options.get("seed", context.seed))
-        masker = resolve_masker(context, self.options)
+        masker = resolve_masker(context, self.options.get("masker"),
+                                self.options.get("masker_options"))
 
         grid = grounding.on_grid()
         n_pairs, h, w = grid.shape

@@ -17,16 +17,15 @@ chunks of ``batch_size``: one host forward per chunk, not one per step per image
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reid_explain import plugin_manager
 from reid_explain.hookspecs import hookimpl
 from reid_explain.maps import GroundingMap
-from reid_explain.masker import Masker
+from reid_explain.masker import Masker, resolve_masker
 from reid_explain.metric import Metric, MetricContext
 
 if TYPE_CHECKING:
@@ -37,25 +36,6 @@ CURVE_STEPS: tuple[float, ...] = tuple(i / 10 for i in range(11))
 #: Chefer et al.: 0% (unperturbed), 10%, ..., 90%
 PERTURBATION_STEPS: tuple[float, ...] = tuple(i / 10 for i in range(10))
 SIDES = ("query", "gallery")
-
-
-def resolve_masker(context: MetricContext, masker: str | Masker | None = None,
-                   masker_options: dict[str, Any] | None = None) -> Masker:
-    """The masker named in the metric's options, else the context's, else ``"mean"``; checked
-    against the host's capabilities so a ViT-only masker on a CNN fails with a reason."""
-    if isinstance(masker, Masker):
-        chosen = masker
-    elif masker is None and context.masker is not None:
-        chosen = context.masker
-    else:
-        cls = plugin_manager.get("maskers", masker or "mean").obj
-        chosen = cls(**(masker_options or {}))
-    adapter = context.explainer.adapter
-    missing = set(chosen.requires) - set(adapter.capabilities)
-    if missing:
-        raise ValueError(f"masker {chosen.name!r} needs {sorted(missing)}, which adapter "
-                         f"{adapter.name!r} ({type(adapter.model).__name__}) lacks")
-    return chosen
 
 
 def check_steps(steps: Sequence[float]) -> Tensor:
