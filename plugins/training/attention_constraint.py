@@ -1,0 +1,144 @@
+"""InterPartAbility's attention constraint: spatially concentrated patch activations per phrase.
+
+For each part phrase, a distribution over the image's patches says where the phrase is (the PPIM
+map when PPIM trains alongside, otherwise a softmax of the cosine between the phrase and the
+patch tokens at ``temperature``). The constraint reads the self-attention of the chosen last
+blocks of the host ViT: the attention rows of the phrase's patches, weighted by that
+distribution, averaged over heads, give the phrase-conditioned attention over patch keys. Its
+spatial spread (variance of the patch coordinates, in units of the grid, default) or its
+entropy (``penalty="entropy"``) is penalised, so the patches that carry a phrase attend to a
+compact region. The phrase distribution is a fixed weighting here (detached): the constraint
+trains the attention, not the phrase embeddings. With ``include_phrase_map`` the spread of the
+PPIM map itself is penalised too. See docs/interpartability.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from reid_explain.hookspecs import hookimpl
+from reid_explain.training.capture import ForwardCapture
+from reid_explain.training.phrase_tokens import phrase_index, pool_phrases
+from reid_explain.training_hooks import TrainingLoss
+
+PENALTIES = ("spread", "entropy")
+
+
+def grid_coordinates(h: int, w: int, device: torch.device | None = None) -> Tensor:
+    """``(h*w, 2)`` cell centres in [0, 1] x [0, 1], row-major."""
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+
+
+def spatial_spread(distribution: Tensor, coords: Tensor) -> Tensor:
+    """``(K,)`` expected squared distance to the distribution's centre (0 = one cell)."""
+    centre = distribution @ coords  # (K, 2)
+    sq = ((coords[None] - centre[:, None]) ** 2).sum(-1)  # (K, N)
+    return (distribution * sq).sum(-1)
+
+
+def normalized_entropy(distribution: Tensor) -> Tensor:
+    """``(K,)`` entropy divided by log N (1 = uniform)."""
+    n = distribution.shape[-1]
+    return -(distribution * distribution.clamp_min(1e-12).log()).sum(-1) / torch.log(
+        torch.tensor(float(n)))
+
+
+class AttentionConstraint(TrainingLoss):
+    """Penalise the spatial spread (or entropy) of phrase-conditioned self-attention."""
+
+    name = "attention_constraint"
+    requires = frozenset({"attention", "text"})
+
+    def __init__(self, adapter: Any, blocks: tuple[int, ...] = (-1,), weight: float = 1.0,
+                 penalty: str = "spread", temperature: float = 0.1,
+                 include_phrase_map: bool = True, phrase_extractor: str = "rules",
+                 capture: ForwardCapture | None = None, ppim: Any = None) -> None:
+        if penalty not in PENALTIES:
+            raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
+        super().__init__(adapter, blocks=blocks, weight=weight, penalty=penalty,
+                         temperature=temperature, include_phrase_map=include_phrase_map)
+        self.blocks = tuple(int(b) for b in blocks)
+        self.weight = weight
+        self.penalty = penalty
+        self.temperature = temperature
+        self.include_phrase_map = include_phrase_map
+        self.phrase_extractor = phrase_extractor
+        self.capture = capture
+        self._owns_capture = capture is None
+        self.ppim = ppim
+        self.last: dict[str, float] = {}
+
+    @property
+    def attention_blocks(self) -> tuple[int, ...]:
+        return self.blocks
+
+    def _attach(self) -> None:
+        if self.capture is None:
+            self.capture = ForwardCapture(self.adapter)
+            self.capture.attach(attention_blocks=self.blocks)
+
+    def _detach(self) -> None:
+        if self._owns_capture and self.capture is not None:
+            self.capture.detach()
+            self.capture = None
+
+    def _measure(self, distribution: Tensor, h: int, w: int) -> Tensor:
+        if self.penalty == "entropy":
+            return normalized_entropy(distribution)
+        return spatial_spread(distribution, grid_coordinates(h, w, distribution.device))
+
+    def loss(self, batch: Mapping[str, Any]) -> Tensor:
+        capture = self.capture
+        if capture is None or capture.patch_tokens is None or not capture.attention:
+            raise RuntimeError("attention_constraint: no image forward with attention was "
+                               "captured; attach() and run the host's encode_image first")
+        patches = capture.patch_tokens
+        n = patches.shape[1]
+        h, w = capture.grid_size or (0, 0)
+        if h * w != n:
+            raise RuntimeError(f"attention_constraint: {n} patch tokens for a {h}x{w} grid")
+        if self.ppim is not None and self.ppim.last_attention is not None:
+            phrase_maps = self.ppim.last_attention  # (K, N), trains the PPIM head too
+            owner = self.ppim.last_index.caption.to(patches.device)
+        else:
+            if capture.text_tokens is None:
+                raise RuntimeError("attention_constraint: no text forward was captured")
+            index = phrase_index(self.adapter, batch["captions"], batch.get("phrases"),
+                                 self.phrase_extractor)
+            if len(index) == 0:
+                return patches.sum() * 0.0
+            owner = index.caption.to(patches.device)
+            phrases = F.normalize(pool_phrases(capture.text_tokens, index).detach(), dim=-1)
+            cos = torch.einsum("kd,knd->kn", phrases, F.normalize(patches[owner].detach(),
+                                                                  dim=-1))
+            phrase_maps = (cos / self.temperature).softmax(dim=-1)
+        prefix = self.adapter.num_prefix_tokens
+        weights = phrase_maps.detach()
+        values = []
+        for attention in capture.attention:  # (B, heads, 1+N, 1+N)
+            patch_attention = attention[:, :, prefix:, prefix:].mean(dim=1)  # (B, N, N)
+            patch_attention = patch_attention / patch_attention.sum(-1, keepdim=True).clamp_min(
+                1e-12)
+            conditioned = torch.einsum("kn,knm->km", weights, patch_attention[owner])
+            values.append(self._measure(conditioned, h, w).mean())
+        attention_term = torch.stack(values).mean()
+        total = attention_term
+        self.last = {"constraint_attention": attention_term.item()}
+        if self.include_phrase_map and self.ppim is not None and \
+                self.ppim.last_attention is not None:
+            map_term = self._measure(phrase_maps, h, w).mean()
+            total = total + map_term
+            self.last["constraint_phrase_map"] = map_term.item()
+        return self.weight * total
+
+
+@hookimpl
+def register_training_losses(register):
+    register(AttentionConstraint)

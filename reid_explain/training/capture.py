@@ -1,0 +1,90 @@
+"""Reading what training losses need from the host's own forward passes.
+
+Auxiliary losses must not cost a second forward: while attached, forward hooks keep the last
+image forward's patch tokens (in the joint space), the last text forward's token features (in
+the joint space) and, if asked, the self-attention of chosen visual blocks, all still in the
+autograd graph so the losses train the host through them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..adapter import Adapter, AttentionCapture, HookSet
+from ..errors import AdapterError
+
+
+class ForwardCapture:
+    """Hooks on a CLIP-style host keeping the latest patch tokens, text tokens, attention."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        if "text" not in adapter.capabilities:
+            raise AdapterError(f"adapter {adapter.name!r} has no text tower; phrase supervision "
+                               "needs a CLIP-style host (open_clip)")
+        self.adapter = adapter
+        self.hooks = HookSet()
+        self.patch_tokens: Tensor | None = None  # (B, N, D) joint space
+        self.text_tokens: Tensor | None = None  # (B, L, D) joint space
+        self.attention: list[Tensor] = []  # per captured block, (B, heads, 1+N, 1+N)
+        self.attention_blocks: tuple[int, ...] = ()
+        self.grid_size: tuple[int, int] | None = None  # patch grid of the last image forward
+        self._attention_ctx: Any = None
+        self._attention_capture: AttentionCapture | None = None
+
+    def attach(self, attention_blocks: tuple[int, ...] = ()) -> None:
+        model = self.adapter.model
+        visual = model.visual
+        if getattr(visual, "attn_pool", None) is not None:
+            raise AdapterError("open_clip towers with attentional pooling are not supported "
+                               "for patch-level supervision")
+
+        def on_visual(_m: nn.Module, _a: Any, out: Tensor) -> None:
+            if out.dim() == 3 and out.shape[1] > 1:
+                tokens = out if self.adapter.batch_first else out.transpose(0, 1)
+                patches = tokens[:, self.adapter.num_prefix_tokens:]
+                self.patch_tokens = patches @ visual.proj if visual.proj is not None else patches
+                self.attention = [self._attention_capture.as_heads(t) for t in
+                                  self._attention_capture.tensors] \
+                    if self._attention_capture is not None else []
+                if self._attention_capture is not None:
+                    self._attention_capture.tensors.clear()
+
+        def on_text(_m: nn.Module, _a: Any, out: Tensor) -> None:
+            projection = getattr(model, "text_projection", None)
+            if projection is None:
+                self.text_tokens = out
+            elif isinstance(projection, nn.Linear):
+                self.text_tokens = projection(out)
+            else:
+                self.text_tokens = out @ projection
+
+        def on_patchify(_m: nn.Module, _a: Any, out: Tensor) -> None:
+            self.grid_size = (int(out.shape[-2]), int(out.shape[-1]))
+
+        if getattr(visual, "final_ln_after_pool", False):
+            raise AdapterError("open_clip towers with final_ln_after_pool apply ln_post to the "
+                               "pooled token only; patch-level supervision needs all tokens")
+        self.hooks.add(visual.conv1.register_forward_hook(on_patchify))
+        self.hooks.add(visual.ln_post.register_forward_hook(on_visual))
+        self.hooks.add(model.ln_final.register_forward_hook(on_text))
+        if attention_blocks:
+            blocks = self.adapter.blocks()
+            chosen = [blocks[i] for i in attention_blocks]
+            self.attention_blocks = tuple(attention_blocks)
+            self._attention_ctx = self.adapter.capture_attention(chosen)
+            self._attention_capture = self._attention_ctx.__enter__()
+
+    def detach(self) -> None:
+        if self._attention_ctx is not None:
+            self._attention_ctx.__exit__(None, None, None)
+            self._attention_ctx = None
+            self._attention_capture = None
+        self.hooks.remove()
+        self.clear()
+
+    def clear(self) -> None:
+        self.patch_tokens = None
+        self.text_tokens = None
+        self.attention = []
