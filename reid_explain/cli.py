@@ -100,17 +100,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-random-baseline", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="reid_explain_output/evaluate")
+    sub.add_parser("train", add_help=False,
+                   help="reference training loops: --task text-image (InterPartAbility "
+                        "plugins) or --task image --moe (MoSAIC experts)")
+    sub.add_parser("attributes", add_help=False,
+                   help="attribute-importance study: which attributes the model relies on")
     sub.add_parser("synth", add_help=False,
                    help="render and export a SynthPedes data set (see synth --help)")
     return parser
 
 
 #: subcommands with their own argument parser: everything after the name is theirs
-DELEGATED = {"synth": ("reid_explain.data.synth", "synth_main")}
+DELEGATED = {"synth": ("reid_explain.data.synth", "synth_main"),
+             "attributes": ("reid_explain.attributes.cli", "attributes_main")}
+#: ``reid-explain train --task TASK``: the reference training loop of each task
+TRAIN_TASKS = {"text-image": ("reid_explain.training.text_image", "train_text_image_main"),
+               "image": ("reid_explain.moe.train", "train_image_moe_main")}
+
+
+def _train(argv: list[str]) -> int:
+    import importlib
+
+    if "--task" not in argv or argv.index("--task") + 1 >= len(argv):
+        print(f"reid-explain train: error: --task is required ({', '.join(TRAIN_TASKS)})",
+              file=sys.stderr)
+        return 2
+    at = argv.index("--task")
+    task = argv[at + 1]
+    if task not in TRAIN_TASKS:
+        print(f"reid-explain train: error: unknown task {task!r}; known: "
+              f"{', '.join(TRAIN_TASKS)}", file=sys.stderr)
+        return 2
+    module, function = TRAIN_TASKS[task]
+    return getattr(importlib.import_module(module), function)(argv[:at] + argv[at + 2:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from .errors import ReidExplainError
+
+        try:
+            return _train(argv[1:])
+        except ReidExplainError as exc:
+            print(f"reid-explain train: error: {exc}", file=sys.stderr)
+            return 2
     if argv and argv[0] in DELEGATED:
         import importlib
 

@@ -1,0 +1,304 @@
+"""The attribute-importance study: every analysis on every response, side by side.
+
+``run_study(outcomes, attributes, schema)`` joins per-query outcomes to the attributes of the
+query identities, encodes them (:mod:`.design`), and for each response (AP, rank-1 hit, each
+ΔAP column) runs the GLM Wald tests (:mod:`.glm`), forest permutation importance (:mod:`.forest`),
+SHAP (:mod:`.shap_values`) and hypothesis tests (:mod:`.tests_stats`). Scores become ranks and
+the consensus is the mean rank over methods (:mod:`.consensus`). ΔAP columns also get a direct
+ranking of the ablated groups by mean ΔAP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+
+from reid_explain._io import atomic_path
+from reid_explain.data.attributes import resolve_schema
+from reid_explain.data.schema import AttributeSchema
+from reid_explain.errors import InputError
+
+from . import plots as figures
+from .consensus import consensus_ranking, method_ranks
+from .design import (
+    DELTA_PREFIX,
+    AttributeDesign,
+    Missing,
+    encode_attributes,
+    prepare_outcomes,
+    query_attributes,
+)
+from .forest import ForestFit, forest_importance
+from .glm import GlmFit, fit_glm, group_codes
+from .shap_values import ShapFit, tree_shap
+from .tests_stats import FDR_METHOD, contingency_tests, continuous_tests, fdr
+
+__all__ = ["AttributeStudy", "ResponseAnalysis", "delta_ranking", "run_study", "STUDY_KIND"]
+
+#: ``summary.json``'s ``kind``; ``save`` only replaces a directory that carries it
+STUDY_KIND = "reid_explain.attribute_study"
+
+#: methods entering the consensus, per response kind
+METHODS = {
+    "fraction": ("glm", "permutation", "shap", "rank_test", "mean_test"),
+    "delta": ("glm", "permutation", "shap", "rank_test", "mean_test"),
+    "binary": ("glm", "permutation", "shap", "contingency"),
+}
+
+
+@dataclass
+class ResponseAnalysis:
+    """Every analysis of one response; ``table`` has one row per attribute."""
+
+    name: str
+    kind: str
+    glm: GlmFit
+    forest: ForestFit
+    shap: ShapFit
+    tests: pd.DataFrame
+    scores: pd.DataFrame   # attribute × method, larger = more important
+    ranks: pd.DataFrame    # attribute × method, 1 = most important
+    table: pd.DataFrame
+
+
+@dataclass
+class AttributeStudy:
+    """Result of :func:`run_study`.
+
+    ``table``: one row per attribute (consensus order), every method's statistics for the
+    consensus responses as ``"<response>.<method>.<stat>"`` columns, then the consensus.
+    ``ranking``: the consensus ranking (``attribute``, ``consensus_rank``, ``mean_rank``,
+    ``best_rank`` and each ``"<response>.<method>"`` rank). ``delta_ranking``: ablated expert
+    groups by mean ΔAP (None without ΔAP columns).
+    """
+
+    design: AttributeDesign
+    outcomes: pd.DataFrame
+    analyses: dict[str, ResponseAnalysis]
+    table: pd.DataFrame
+    ranking: pd.DataFrame
+    delta_ranking: pd.DataFrame | None
+    config: dict
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def order(self) -> list[str]:
+        """Attributes from most to least important (consensus)."""
+        return list(self.ranking["attribute"])
+
+    def summary(self) -> dict:
+        return {
+            "kind": STUDY_KIND,
+            "n_queries": len(self.outcomes),
+            "n_identities": int(self.outcomes["pid"].nunique()),
+            "responses": {k: a.kind for k, a in self.analyses.items()},
+            "consensus_responses": self.config["consensus_responses"],
+            "consensus": "mean rank over (response, method) columns; ties: best rank, schema",
+            "ranking": self.order,
+            "dropped": self.dropped,
+            "reference_levels": self.design.reference,
+            "fdr_method": self.config["fdr_method"],
+            "config": self.config,
+            "delta_ranking": (None if self.delta_ranking is None
+                              else self.delta_ranking.to_dict(orient="records")),
+        }
+
+    def save(self, directory: str | os.PathLike, *, plots: bool = True) -> Path:
+        """Write tables, GLM summaries, SHAP values, ``summary.json`` and PNGs, atomically.
+
+        The whole directory appears at once; an existing directory is replaced only if it is an
+        earlier study output (its ``summary.json`` says so), never an unrelated folder.
+        """
+        out = Path(directory)
+        if out.exists():
+            marker = out / "summary.json"
+            try:
+                ours = json.loads(marker.read_text())["kind"] == STUDY_KIND
+            except (OSError, ValueError, KeyError, TypeError):
+                ours = False
+            if not (ours or (out.is_dir() and not any(out.iterdir()))):
+                raise InputError(f"{out}: exists and is not an attribute-study output; "
+                                 "choose a new or empty directory")
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            self.table.to_csv(tmp / "table.csv")
+            self.ranking.to_csv(tmp / "ranking.csv", index=False)
+            if self.delta_ranking is not None:
+                self.delta_ranking.to_csv(tmp / "delta_ranking.csv", index=False)
+            for name, analysis in self.analyses.items():
+                sub = tmp / "responses" / name
+                sub.mkdir(parents=True)
+                analysis.table.to_csv(sub / "table.csv")
+                (sub / "glm_summary.txt").write_text(str(analysis.glm.results.summary()))
+                shap_frame = pd.DataFrame(analysis.shap.values, columns=analysis.shap.features
+                                          .columns)
+                shap_frame.insert(0, "pid", self.outcomes["pid"].to_numpy())
+                shap_frame.insert(0, "query", self.outcomes["query"].to_numpy())
+                shap_frame.to_csv(sub / "shap_values.csv", index=False)
+            (tmp / "summary.json").write_text(json.dumps(self.summary(), indent=2, default=str))
+            if plots:
+                self._plots(tmp / "plots")
+        return out
+
+    def _plots(self, folder: Path) -> None:
+        folder.mkdir()
+        figures.consensus_bars(self.ranking, folder / "consensus.png")
+        for name, analysis in self.analyses.items():
+            scores = analysis.scores.loc[[a for a in self.order if a in analysis.scores.index]]
+            figures.importance_bars(scores, folder / f"{name}_importance.png",
+                                    title=f"{name}: importance per method")
+            figures.shap_beeswarm(analysis.shap.values, analysis.shap.features,
+                                  folder / f"{name}_shap_beeswarm.png", title=name)
+        if self.delta_ranking is not None:
+            figures.delta_bars(self.delta_ranking, folder / "delta_ap.png")
+
+
+def _analyse(name: str, kind: str, y: np.ndarray, pids: np.ndarray, design: AttributeDesign,
+             cfg: dict) -> ResponseAnalysis:
+    glm = fit_glm(design, y, pids, kind)
+    n_levels = [len(design.levels[a]) for a in design.attributes]
+    forest = forest_importance(design.features, y, pids, kind, n_levels,
+                               n_estimators=cfg["n_estimators"],
+                               min_samples_leaf=cfg["min_samples_leaf"],
+                               n_splits=cfg["n_splits"], n_repeats=cfg["n_repeats"],
+                               random_state=cfg["random_state"], n_jobs=cfg["n_jobs"])
+    shap_fit = tree_shap(forest.model, design.features, n_levels)
+    attrs = design.attributes
+    g = glm.importance.loc[attrs].copy()
+    g["q"] = fdr(g["p"], cfg["fdr_method"])
+    cols: dict[str, pd.Series] = {
+        "glm.chi2": g["chi2"], "glm.df": g["df"], "glm.p": g["p"], "glm.q": g["q"],
+        "glm.ame": g["ame"],
+        "permutation.mean": forest.importance.loc[attrs, "mean"],
+        "permutation.std": forest.importance.loc[attrs, "std"],
+        "shap.mean_abs": shap_fit.importance.loc[attrs],
+    }
+    scores = {"glm": g["neg_log10_p"], "permutation": forest.importance.loc[attrs, "mean"],
+              "shap": shap_fit.importance.loc[attrs]}
+    if kind == "binary":
+        tests = contingency_tests(design.features, y, random_state=cfg["random_state"],
+                                  fdr_method=cfg["fdr_method"])
+        for stat in ("test", "stat", "p", "q"):
+            cols[f"contingency.{stat}"] = tests[stat]
+        scores["contingency"] = tests["neg_log10_p"]
+    else:
+        tests = continuous_tests(design.features, y, fdr_method=cfg["fdr_method"])
+        for which in ("rank", "mean"):
+            cols[f"{which}_test.test"] = tests[f"{which}_test"]
+            for stat in ("stat", "p", "q"):
+                cols[f"{which}_test.{stat}"] = tests[f"{which}_{stat}"]
+            scores[f"{which}_test"] = tests[f"{which}_neg_log10_p"]
+    score_frame = pd.DataFrame(scores).loc[attrs, list(METHODS[kind])]
+    ranks = method_ranks(score_frame)
+    table = pd.DataFrame(cols).loc[attrs]
+    for method in ranks.columns:
+        table[f"{method}.rank"] = ranks[method]
+    per_response = consensus_ranking(ranks, attrs).set_index("attribute")
+    table["consensus.mean_rank"] = per_response["mean_rank"]
+    table["consensus.rank"] = per_response["consensus_rank"]
+    table.index.name = "attribute"
+    return ResponseAnalysis(name, kind, glm, forest, shap_fit, tests, score_frame, ranks, table)
+
+
+def delta_ranking(outcomes: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Ablated expert groups ranked by mean ΔAP, with identity-clustered 95% intervals.
+
+    The mean and its cluster-robust standard error come from an intercept-only OLS
+    (``cov_type="cluster"`` by pid); ``p`` tests mean ΔAP = 0.
+    """
+    groups = group_codes(outcomes["pid"].to_numpy())
+    rows = []
+    for column in columns:
+        d = outcomes[column].to_numpy(float)
+        with warnings.catch_warnings():  # a constant ΔAP (group never matters): se 0, p NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = sm.OLS(d, np.ones((len(d), 1))).fit(cov_type="cluster",
+                                                      cov_kwds={"groups": groups})
+        low, high = np.asarray(res.conf_int())[0]
+        name = column[len(DELTA_PREFIX):] if column.startswith(DELTA_PREFIX) else column
+        rows.append((name, column, float(res.params[0]), float(res.bse[0]), float(low),
+                     float(high), float(res.pvalues[0]), len(d)))
+    table = pd.DataFrame(rows, columns=["group", "column", "mean", "se", "ci_low", "ci_high",
+                                        "p", "n"])
+    table = table.sort_values("mean", ascending=False, kind="stable").reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    return table
+
+
+def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
+              schema: str | AttributeSchema | None = None, *, split: str | None = None,
+              ap: str | None = "ap", hit: str | None = None,
+              delta_columns: Sequence[str] | None = None,
+              consensus_responses: Sequence[str] | None = None, missing: Missing = "error",
+              n_estimators: int = 100, min_samples_leaf: int = 5, n_splits: int = 5,
+              n_repeats: int = 5, random_state: int = 0, n_jobs: int | None = 1,
+              fdr_method: str = FDR_METHOD) -> AttributeStudy:
+    """Run the attribute-importance study on per-query outcomes of any model.
+
+    ``outcomes``: one row per query with ``pid``, ``ap`` (in [0, 1]), a rank-1 hit column
+    (``hit``/``hit@1``/``rank1``, 0/1) and optionally ``delta_ap_<group>`` ΔAP columns (e.g. from
+    :func:`~reid_explain.attributes.outcomes.per_query_outcomes` or an expert ablation).
+    ``attributes``: the identities' labels, tidy or wide (see
+    :func:`~reid_explain.attributes.design.query_attributes`); ``schema`` defaults to the
+    table's. ``consensus_responses`` default to AP and hit (the ΔAP columns when there is
+    neither).
+    """
+    table, responses = prepare_outcomes(outcomes, ap=ap, hit=hit, delta_columns=delta_columns)
+    chosen = resolve_schema(schema if schema is not None else attributes.attrs.get("schema"),
+                            None, attributes.attrs.get("source", "attributes"))
+    values, keep = query_attributes(attributes, table["pid"].to_numpy(), chosen, split=split,
+                                    missing=missing)
+    table = table[keep].reset_index(drop=True)
+    design = encode_attributes(values, chosen)
+    pids = table["pid"].to_numpy()
+    dropped = dict(design.dropped)
+    deltas = [n for n, k in responses.items() if k == "delta"]  # constant ones rank too
+    for name in list(responses):
+        if table[name].nunique() < 2:
+            dropped[f"response:{name}"] = f"constant ({table[name].iloc[0]} for every query)"
+            warnings.warn(f"response {name!r} is constant; not analysed", UserWarning,
+                          stacklevel=2)
+            del responses[name]
+    if not responses:
+        raise InputError("outcomes: every response is constant; nothing to explain")
+    primary = [n for n, k in responses.items() if k != "delta"]
+    if consensus_responses is None:
+        consensus_responses = primary or list(responses)
+    unknown = [r for r in consensus_responses if r not in responses]
+    if unknown:
+        raise InputError(f"consensus_responses {unknown} are not analysed responses "
+                         f"({list(responses)})")
+    cfg = {"n_estimators": n_estimators, "min_samples_leaf": min_samples_leaf,
+           "n_splits": n_splits, "n_repeats": n_repeats, "random_state": random_state,
+           "n_jobs": n_jobs, "fdr_method": fdr_method, "split": split, "missing": missing,
+           "schema": chosen.name, "consensus_responses": list(consensus_responses)}
+    analyses = {name: _analyse(name, kind, table[name].to_numpy(), pids, design, cfg)
+                for name, kind in responses.items()}
+
+    ranks = pd.concat({r: analyses[r].ranks for r in consensus_responses}, axis=1)
+    ranks.columns = [f"{r}.{m}" for r, m in ranks.columns]
+    ranking = consensus_ranking(ranks, design.attributes)
+    wide = pd.concat({r: analyses[r].table.drop(columns=["consensus.mean_rank",
+                                                         "consensus.rank"])
+                      for r in consensus_responses}, axis=1)
+    wide.columns = [f"{r}.{c}" for r, c in wide.columns]
+    info = pd.DataFrame({
+        "kind": [chosen[a].kind.value for a in design.attributes],
+        "reference": [design.reference[a] for a in design.attributes],
+        "glm_columns": ["; ".join(design.blocks[a]) for a in design.attributes],
+        "levels": [len(design.levels[a]) for a in design.attributes],
+    }, index=pd.Index(design.attributes, name="attribute"))
+    by_attr = ranking.set_index("attribute")
+    full = pd.concat([info, wide], axis=1).loc[list(by_attr.index)]
+    full["consensus.mean_rank"] = by_attr["mean_rank"]
+    full["consensus.rank"] = by_attr["consensus_rank"]
+    return AttributeStudy(design, table, analyses, full, ranking,
+                          delta_ranking(table, deltas) if deltas else None, cfg, dropped)
