@@ -302,6 +302,16 @@ class Explainer:
         return TextImageExplanation(pairs=pairs, scores=pair_scores.cpu(), method=method or "",
                                     image=image_map, text=text_rel, texts=texts)
 
+    def ground(self, images: Tensor, captions: Sequence[str] | str, method: str = "similarity",
+               **options: Any):
+        """One map per part phrase of each caption over its image (``images[i]`` with
+        ``captions[i]``). ``method``: ``"ppim"`` (pass ``ppim=`` the trained PPIM),
+        ``"similarity"`` or an image attribution; see :mod:`reid_explain.grounding`."""
+        from .grounding import ground
+
+        self._check_open()
+        return ground(self, images, captions, method=method, **options)
+
     # -- metrics ------------------------------------------------------------------------------
     def evaluate(self, data: Any, method: str = "gradcam",
                  metrics: Sequence[str] = ("counterfactual_masking",), **options: Any):

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from reid_explain import plugin_manager as plugins
-from reid_explain.maps import GroundingMap, PairExplanation
-from reid_explain.metric import MetricContext
-from reid_explain.plugins.metrics.grounding import (
+from reid_explain.evaluation.grounding_scores import (
     dilate,
     energy_pointing_game,
-    part_regions,
     pointing_game,
     top_region_iou,
 )
+from reid_explain.maps import GroundingMap, PairExplanation
+from reid_explain.metric import MetricContext
+from reid_explain.plugins.metrics.grounding import part_regions
 
 NAN = float("nan")
 

@@ -1,0 +1,176 @@
+"""Phrase grounding: one map per part phrase of a caption, and part-wise matching scores.
+
+Three kinds of phrase map, all on the host's patch grid:
+
+* ``"ppim"``: the trained PPIM head's phrase-conditioned attention over the image's patch tokens
+  (phrase embedded in context: the caption's token features pooled over the phrase's span);
+* ``"similarity"``: the same without a head: a softmax over patches of the cosine between the
+  contextual phrase embedding and each patch token in the joint space (``temperature``);
+* any registered image attribution (``"gradcam"``, ``"attention_relevance"``, ...): it explains
+  the cosine between the image embedding and the phrase's own text embedding
+  (``encode_text(phrase)``), the usual open-vocabulary use of a CLIP attribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import InputError
+from .maps import GroundingMap
+from .phrases import extract_phrases
+from .targets import CosineSimilarity
+from .training.capture import ForwardCapture
+from .training.phrase_tokens import phrase_index, pool_phrases
+
+if TYPE_CHECKING:
+    from .explainer import Explainer
+
+
+@dataclass
+class PhraseGrounding:
+    """The maps of one caption's phrases over one image."""
+
+    caption: str
+    phrases: list[dict[str, Any]]  # start, end, text, part
+    maps: GroundingMap  # one map per phrase, labels = phrase texts
+
+    def __len__(self) -> int:
+        return len(self.phrases)
+
+
+def _phrase_dicts(captions: Sequence[str], phrases: Sequence[Sequence[Any]] | None,
+                  extractor: str) -> list[list[dict[str, Any]]]:
+    if phrases is None:
+        phrases = [extract_phrases(c, extractor=extractor) for c in captions]
+    out = []
+    for caption, items in zip(captions, phrases, strict=True):
+        rows = []
+        for p in items:
+            if isinstance(p, dict):
+                start, end, part = int(p["start"]), int(p["end"]), p.get("part")
+            else:
+                start, end, part = int(p.start), int(p.end), getattr(p, "part", None)
+            rows.append({"start": start, "end": end, "text": caption[start:end], "part": part})
+        out.append(rows)
+    return out
+
+
+def _head_of(ppim: Any) -> Any:
+    head = getattr(ppim, "head", ppim)
+    if not hasattr(head, "phrase_proj"):
+        raise InputError("method='ppim' needs the trained PPIM (a session's losses['ppim'] or "
+                         "its head)")
+    return head
+
+
+def contextual_maps(explainer: Explainer, images: Tensor, captions: Sequence[str],
+                    phrases: list[list[dict[str, Any]]], ppim: Any = None,
+                    temperature: float = 0.1) -> list[Tensor]:
+    """Per caption, ``(K, h, w)`` maps from contextual phrase embeddings (PPIM head or raw)."""
+    adapter = explainer.adapter
+    capture = ForwardCapture(adapter)
+    with explainer.guard, torch.no_grad():
+        capture.attach()
+        try:
+            adapter.embed_image(images)
+            adapter.embed_text(adapter.tokenize(captions))
+            patches, text_tokens, grid = capture.patch_tokens, capture.text_tokens, \
+                capture.grid_size
+        finally:
+            capture.detach()
+        index = phrase_index(adapter, captions, phrases)
+        embeddings = pool_phrases(text_tokens, index)
+        own = patches[index.caption]  # (K, N, D)
+        if ppim is not None:
+            head = _head_of(ppim)
+            q = F.normalize(head.phrase_proj(embeddings), dim=-1)
+            k = F.normalize(head.patch_proj(own), dim=-1)
+            scale = head.log_scale.exp().clamp(max=100)
+        else:
+            q, k = F.normalize(embeddings, dim=-1), F.normalize(own, dim=-1)
+            scale = 1.0 / temperature
+        maps = (torch.einsum("kd,knd->kn", q, k) * scale).softmax(dim=-1)
+    h, w = grid
+    maps = maps.reshape(-1, h, w).cpu()
+    counts = torch.bincount(index.caption, minlength=len(captions)).tolist()
+    return list(maps.split(counts))
+
+
+def ground(explainer: Explainer, images: Tensor, captions: Sequence[str] | str,
+           method: str = "similarity", phrases: Sequence[Sequence[Any]] | None = None,
+           ppim: Any = None, phrase_extractor: str = "rules", temperature: float = 0.1,
+           **options: Any) -> list[PhraseGrounding]:
+    """One :class:`PhraseGrounding` per (image, caption) row: a map per extracted phrase."""
+    from .explainer import _check_images, _check_texts
+
+    captions = _check_texts(captions)
+    images = _check_images(images, "images").to(explainer.adapter.device)
+    if len(images) != len(captions):
+        raise InputError(f"{len(images)} images for {len(captions)} captions: ground() pairs "
+                         "each image with its caption")
+    rows = _phrase_dicts(captions, phrases, phrase_extractor)
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    if method in ("ppim", "similarity"):
+        maps = contextual_maps(explainer, images, captions, rows,
+                               ppim=ppim if method == "ppim" else None, temperature=temperature)
+        references = [None] * len(captions)
+    else:
+        texts = [p["text"] for r in rows for p in r]
+        owner = torch.tensor([i for i, r in enumerate(rows) for _ in r], dtype=torch.long)
+        if not texts:
+            maps = [torch.zeros(0, *explainer.adapter.grid_size(size)) for _ in rows]
+            references = [None] * len(captions)
+        else:
+            phrase_emb = explainer.embed_text(texts)
+            flat = explainer.attribute(images[owner], CosineSimilarity(phrase_emb),
+                                       method=method, **options)
+            counts = torch.bincount(owner, minlength=len(captions)).tolist()
+            maps = list(flat.split(counts))
+            references = list(phrase_emb.split(counts))
+    out = []
+    for i, (caption, items) in enumerate(zip(captions, rows, strict=True)):
+        n = len(items)
+        grounding = GroundingMap(
+            maps=maps[i], scores=torch.full((n,), float("nan")), method=method,
+            image_size=size, grid_size=explainer.adapter.grid_size(size),
+            images=images[i: i + 1].expand(n, -1, -1, -1).detach().cpu(),
+            references=references[i], labels=[p["text"] for p in items],
+            pixel_mean=explainer.adapter.pixel_mean, pixel_std=explainer.adapter.pixel_std)
+        out.append(PhraseGrounding(caption=caption, phrases=items, maps=grounding))
+    return out
+
+
+@torch.no_grad()
+def part_wise_similarity(explainer: Explainer, images: Tensor, captions: Sequence[str],
+                         ppim: Any, alpha: float = 0.5,
+                         phrases: Sequence[Sequence[Any]] | None = None) -> Tensor:
+    """``(T, I)`` caption-image scores: global cosine + ``alpha`` x mean over the caption's
+    phrases of the cosine between the phrase and the region it attends to in the image."""
+    adapter = explainer.adapter
+    head = _head_of(ppim)
+    rows = _phrase_dicts(list(captions), phrases, "rules")
+    capture = ForwardCapture(adapter)
+    with explainer.guard:
+        capture.attach()
+        try:
+            image_emb = F.normalize(adapter.embed_image(images), dim=-1)
+            text_emb = F.normalize(adapter.embed_text(adapter.tokenize(list(captions))), dim=-1)
+            patches, text_tokens = capture.patch_tokens, capture.text_tokens
+        finally:
+            capture.detach()
+        index = phrase_index(adapter, list(captions), rows)
+        phrase_emb = pool_phrases(text_tokens, index)
+        attention = head.attention(phrase_emb, patches)  # (K, I, N)
+        regions = head.regions(attention, patches)  # (K, I, D)
+        cos = torch.einsum("kd,kid->ki", F.normalize(phrase_emb, dim=-1),
+                           F.normalize(regions, dim=-1))
+    part = torch.zeros(len(captions), len(images))
+    part.index_add_(0, index.caption, cos.cpu())
+    counts = torch.bincount(index.caption, minlength=len(captions)).clamp_min(1)
+    return (text_emb @ image_emb.T).cpu() + alpha * part / counts[:, None]

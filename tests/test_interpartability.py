@@ -1,0 +1,223 @@
+"""InterPartAbility plugins: PPIM, the attention constraint, sessions, grounding, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from hygiene import host_state
+
+from reid_explain import explainify, training
+from reid_explain.cli import main as cli_main
+from reid_explain.errors import InputError
+from reid_explain.grounding import part_wise_similarity
+from reid_explain.training.objectives import itc_loss, sdm_loss
+from reid_explain.training.text_image import (
+    TinyClipConfig,
+    TrainConfig,
+    load_checkpoint,
+    save_checkpoint,
+    synthpedes_text_image,
+    tiny_clip,
+    train_text_image,
+)
+
+CAPTIONS = ["A man wearing a red shirt and black trousers.",
+            "A woman in a blue dress with a black backpack."]
+PHRASES = [[{"start": 16, "end": 25}, {"start": 30, "end": 44}],
+           [{"start": 11, "end": 23}, {"start": 29, "end": 45}]]
+SMALL = TinyClipConfig(image_size=(64, 32), patch_size=8, width=64, layers=2, text_width=64,
+                       text_layers=2, text_heads=2, embed_dim=32, context_length=32)
+
+
+def _forward(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    model.encode_image(torch.randn(2, 3, 64, 32, generator=g))
+    model.encode_text(open_clip.tokenize(CAPTIONS, context_length=model.context_length))
+
+
+def _grads(model):
+    return {n: p.grad is not None and bool(p.grad.abs().sum() > 0)
+            for n, p in model.named_parameters()}
+
+
+def test_spans_map_to_tokens():
+    model = tiny_clip(SMALL)
+    with explainify(model) as exp:
+        tokens = exp.adapter.tokenize(CAPTIONS)
+        t0, t1 = exp.adapter.token_span(CAPTIONS[0], 16, 25)
+        words = exp.adapter.decode_tokens(tokens[:1, t0:t1])[0]
+    assert [CAPTIONS[0][p["start"]:p["end"]] for p in PHRASES[0]] == ["red shirt",
+                                                                      "black trousers"]
+    assert words == ["red", "shirt"]
+
+
+def test_ppim_trains_both_towers_and_its_head_only():
+    model = tiny_clip(SMALL)
+    with training.attach(model, losses=["ppim"]) as session:
+        _forward(model)
+        loss = training.auxiliary_losses(model, {"captions": CAPTIONS, "phrases": PHRASES,
+                                                 "pids": torch.tensor([0, 1])})
+        loss.backward()
+        grads = _grads(model)
+        head = list(session.parameters())
+        assert head and all(p.grad is not None for p in head)
+    assert grads["visual.transformer.resblocks.1.mlp.c_fc.weight"]
+    assert grads["visual.proj"] and grads["text_projection"]
+    assert grads["transformer.resblocks.0.attn.in_proj_weight"]
+    assert grads["token_embedding.weight"]
+    assert not grads["logit_scale"]  # the retrieval temperature is not PPIM's business
+
+
+def test_attention_constraint_trains_the_visual_attention_only():
+    model = tiny_clip(SMALL)
+    with training.attach(model, losses=["attention_constraint"],
+                         attention_constraint={"blocks": (-1,)}):
+        _forward(model)
+        training.auxiliary_losses(model, {"captions": CAPTIONS, "phrases": PHRASES}).backward()
+    grads = _grads(model)
+    assert grads["visual.transformer.resblocks.1.attn.in_proj_weight"]
+    assert grads["visual.transformer.resblocks.0.attn.in_proj_weight"]  # feeds block 1
+    # the phrase distribution is a fixed weighting: nothing reaches the text tower
+    assert not any(v for n, v in grads.items() if n.startswith(("transformer.", "token_")))
+    # blocks after the constrained one, the final norm and projection are untouched
+    assert not grads["visual.transformer.resblocks.1.mlp.c_fc.weight"]
+    assert not grads["visual.proj"]
+
+
+def test_spread_penalty_prefers_concentrated_attention():
+    from reid_explain.plugins.training.attention_constraint import (
+        grid_coordinates,
+        normalized_entropy,
+        spatial_spread,
+    )
+
+    coords = grid_coordinates(4, 2)
+    one_cell = torch.zeros(1, 8)
+    one_cell[0, 3] = 1
+    uniform = torch.full((1, 8), 1 / 8)
+    assert float(spatial_spread(one_cell, coords)) == 0.0
+    # uniform over a 4x2 grid of unit-square cells: variance (16-1)/(12*16) + (4-1)/(12*4)
+    assert float(spatial_spread(uniform, coords)) == pytest.approx(15 / 192 + 3 / 48)
+    assert float(normalized_entropy(uniform)) == pytest.approx(1.0)
+    assert float(normalized_entropy(one_cell)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_nothing_is_injected_until_asked_and_detach_restores_the_host():
+    model = tiny_clip(SMALL)
+    before = host_state(model)
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        reference = model.encode_image(x)
+    session = training.TrainingSession(model, ["ppim", "attention_constraint"])
+    assert host_state(model) == before
+    session.attach()
+    assert host_state(model) != before  # hooks are on
+    with torch.no_grad():  # capturing attention takes MHA's non-fused path: equal up to rounding
+        torch.testing.assert_close(model.encode_image(x), reference, atol=1e-5, rtol=1e-5)
+    session.detach()
+    assert host_state(model) == before
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(x), reference)  # bit-identical once removed
+    with pytest.raises(RuntimeError, match="no training losses are attached"):
+        training.auxiliary_losses(model, {"captions": CAPTIONS})
+
+
+def test_objectives_match_their_definitions():
+    torch.manual_seed(0)
+    img, txt = torch.randn(4, 8), torch.randn(4, 8)
+    pids = torch.tensor([0, 0, 1, 2])
+    scale = 10.0
+    sim = F.normalize(txt, dim=1) @ F.normalize(img, dim=1).T
+    labels = (pids[:, None] == pids[None]).float()
+    labels = labels / labels.sum(1, keepdim=True)
+    expected = 0.0
+    for s in (sim.T, sim):  # image-to-text, then text-to-image
+        p = F.softmax(scale * s, dim=1)
+        expected += (p * (F.log_softmax(scale * s, dim=1) - torch.log(labels + 1e-8))).sum(1)\
+            .mean()
+    torch.testing.assert_close(sdm_loss(img, txt, pids, scale), expected)
+    logits = scale * F.normalize(img, dim=1) @ F.normalize(txt, dim=1).T
+    clip = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.T,
+                                                                       torch.arange(4))) / 2
+    torch.testing.assert_close(itc_loss(img, txt, scale), clip)
+
+
+@pytest.fixture(scope="module")
+def synth_splits():
+    return synthpedes_text_image(n_ids=12, images_per_id=4, seed=0, image_size=(64, 32))
+
+
+def test_training_decreases_loss_and_checkpoint_round_trips(synth_splits, tmp_path):
+    model = tiny_clip(SMALL)
+    before = host_state(model)
+    config = TrainConfig(epochs=6, batch_size=16, lr=2e-3, losses=("ppim",
+                                                                   "attention_constraint"))
+    history, session = train_text_image(model, synth_splits["train"], config)
+    first = sum(h["loss"] for h in history[:3]) / 3
+    last = sum(h["loss"] for h in history[-3:]) / 3
+    assert last < first
+    after = host_state(model)
+    assert after["hooks"] == before["hooks"] and after["modules"] == before["modules"]
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, SMALL, session, config)
+    loaded, loaded_session, payload = load_checkpoint(path)
+    x = synth_splits["test"].images[:3]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(x), model.encode_image(x), rtol=0,
+                                   atol=0)
+    for key, value in session.losses["ppim"].state_dict().items():
+        assert torch.equal(loaded_session.losses["ppim"].state_dict()[key], value)
+    assert list(payload["train_config"]["losses"]) == ["ppim", "attention_constraint"]
+    with pytest.raises(InputError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_ground_gives_one_map_per_phrase(synth_splits):
+    model = tiny_clip(SMALL)
+    data = synth_splits["test"]
+    with explainify(model) as exp:
+        images = data.images[torch.as_tensor(data.caption_image[:2])]
+        captions = data.captions[:2]
+        similarity = exp.ground(images, captions, method="similarity", phrases=data.phrases[:2])
+        gradcam = exp.ground(images, captions, method="gradcam", phrases=data.phrases[:2])
+        extracted = exp.ground(images, captions)  # phrases found by the rule extractor
+    for row, (sim, cam, auto) in enumerate(zip(similarity, gradcam, extracted, strict=True)):
+        assert len(sim) == len(data.phrases[row]) == len(cam)
+        assert sim.maps.maps.shape == (len(sim), 8, 4)
+        torch.testing.assert_close(sim.maps.maps.flatten(1).sum(1), torch.ones(len(sim)))
+        assert [p["text"] for p in auto.phrases] == [p["text"] for p in sim.phrases]
+    with pytest.raises(InputError, match="pairs each image with its caption"):
+        with explainify(model) as exp:
+            exp.ground(images[:1], captions)
+
+
+def test_part_wise_similarity_adds_phrase_region_agreement(synth_splits):
+    model = tiny_clip(SMALL)
+    data = synth_splits["test"]
+    images = data.images[:3]
+    with training.attach(model, losses=["ppim"]) as session:
+        ppim = session.losses["ppim"]
+    with explainify(model) as exp:
+        plain = part_wise_similarity(exp, images, data.captions[:2], ppim, alpha=0.0,
+                                     phrases=data.phrases[:2])
+        mixed = part_wise_similarity(exp, images, data.captions[:2], ppim, alpha=0.5,
+                                     phrases=data.phrases[:2])
+        global_sim = exp.embed_text(data.captions[:2]) @ exp.embed(images).T
+    torch.testing.assert_close(plain, global_sim, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(mixed, plain)
+
+
+@pytest.mark.slow
+def test_train_command_writes_a_checkpoint(tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    assert cli_main(["train", "--task", "text-image", "--ids", "12", "--epochs", "1",
+                     "--batch-size", "32", "--ppim", "--constraint", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(printed[printed.rindex("\n{"):])
+    assert report["checkpoint"] == str(out) and out.exists()
+    model, session, payload = load_checkpoint(out)
+    assert set(session.losses) == {"ppim", "attention_constraint"}
+    assert payload["extra"]["test"]["R1"] == report["test"]["R1"]
