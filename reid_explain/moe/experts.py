@@ -130,7 +130,7 @@ class ExpertLayout:
         ``A`` is the schema's number of attributes (the layout's columns are picked out), code -1
         (or any code without an expert, e.g. presence "no") activates nothing in its group.
         """
-        codes = torch.as_tensor(codes, dtype=torch.long)
+        codes = torch.as_tensor(codes, dtype=torch.long).cpu()
         if codes.dim() != 2 or codes.shape[1] != len(self.schema):
             raise ValueError(f"attribute codes must be (B, {len(self.schema)}) in the order of "
                              f"schema {self.schema.name!r}, got shape {tuple(codes.shape)}")

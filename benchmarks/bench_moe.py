@@ -1,0 +1,98 @@
+"""Oracle-routed LoRA-MoE forward time against the host's own forward, same run.
+
+Two copies of the same random-initialised timm ViT-Tiny (12 blocks, patch 16): the host, and the
+host with ``lora_moe`` (Market-1501 schema: 35 experts, rank 4, in the last 2 blocks, every sample
+routed to its own experts from random attribute codes, experts made non-zero). Forwards alternate
+between the two (so machine load hits both alike). By default torch runs on one thread and the
+figure is the ratio of the minimum *thread CPU times* (robust on a shared, loaded machine); wall
+times are printed too. ``--threads N`` measures N-thread wall time instead. Target: <= 1.15x at
+batch 64.
+
+    python benchmarks/bench_moe.py [--height 128 --width 64 --batch 64 --repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+
+def _time(fn) -> tuple[float, float]:
+    """(CPU seconds of this thread, wall seconds) of one call."""
+    cpu, wall = time.thread_time(), time.perf_counter()
+    fn()
+    return time.thread_time() - cpu, time.perf_counter() - wall
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--last-n", type=int, default=2)
+    parser.add_argument("--soft", action="store_true",
+                        help="soft gates on every expert (the dense path) instead of the oracle's")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cpu_clock = args.threads == 1
+
+    import timm
+
+    from reid_explain.explainer import choose_adapter
+    from reid_explain.plugin_manager import get
+
+    torch.manual_seed(0)
+    host = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
+                             img_size=(args.height, args.width), depth=args.depth).eval()
+    moe_host = copy.deepcopy(host)
+    host_adapter = choose_adapter(host)(host)
+    adapter = choose_adapter(moe_host)(moe_host)
+    moe = get("backbone_modifications", "lora_moe").obj(adapter, rank=args.rank,
+                                                         last_n=args.last_n).apply()
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.normal_(0.0, 0.02)
+    codes = torch.stack([torch.randint(0, len(a.states), (args.batch,))
+                         for a in moe.layout.schema], dim=1)
+    gates = moe.layout.gates(codes)
+    if args.soft:
+        gates = torch.softmax(torch.randn_like(gates), dim=1)
+    images = torch.randn(args.batch, 3, args.height, args.width)
+
+    times: dict[str, list[tuple[float, float]]] = {"host": [], "moe": []}
+    with torch.no_grad(), moe.route(gates=gates):
+        host_adapter.embed_image(images)  # warm-up
+        adapter.embed_image(images)
+        for _ in range(args.repeats):
+            times["host"].append(_time(lambda: host_adapter.embed_image(images)))
+            times["moe"].append(_time(lambda: adapter.embed_image(images)))
+    moe.remove()
+
+    which = 0 if cpu_clock else 1
+    clock = "thread CPU time" if cpu_clock else "wall time"
+    host_t = [t[which] for t in times["host"]]
+    moe_t = [t[which] for t in times["moe"]]
+    ratio_min = min(moe_t) / min(host_t)
+    ratio_med = statistics.median(moe_t) / statistics.median(host_t)
+    print(f"lora_moe forward, ViT-Tiny depth {args.depth} at {args.height}x{args.width}, "
+          f"batch {args.batch}, {moe.layout.num_experts} experts rank {args.rank} in the last "
+          f"{args.last_n} blocks, {'soft gates (dense)' if args.soft else 'oracle routing'}, "
+          f"{torch.get_num_threads()} thread(s), {clock}, {args.repeats} alternating repeats")
+    for name in ("host", "moe"):
+        t, wall = [x[which] for x in times[name]], [x[1] for x in times[name]]
+        print(f"  {name:5s}  min {min(t) * 1e3:8.1f} ms  median "
+              f"{statistics.median(t) * 1e3:8.1f} ms   (wall min {min(wall) * 1e3:8.1f} ms)")
+    print(f"  ratio  {ratio_min:.3f}x (min)  {ratio_med:.3f}x (median)  target <= 1.15x: "
+          f"{'met' if ratio_min <= 1.15 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
