@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--ids", type=int, default=120)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--ppim-weight", type=float, default=1.0)
     parser.add_argument("--constraint-weight", type=float, default=1.0)

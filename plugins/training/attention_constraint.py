@@ -3,11 +3,13 @@
 For each part phrase, a distribution over the image's patches says where the phrase is (the PPIM
 map when PPIM trains alongside, otherwise a softmax of the cosine between the phrase and the
 patch tokens at ``temperature``). The constraint reads the self-attention of the chosen last
-blocks of the host ViT: the attention rows of the phrase's patches, weighted by that
-distribution, averaged over heads, give the phrase-conditioned attention over patch keys. Its
-spatial spread (variance of the patch coordinates, in units of the grid, default) or its
-entropy (``penalty="entropy"``) is penalised, so the patches that carry a phrase attend to a
-compact region. The phrase distribution is a fixed weighting here (detached): the constraint
+blocks of the host ViT (averaged over heads, restricted to patch keys). ``mode="rows"``
+(default): the spatial spread (variance of the patch coordinates in the unit square) or entropy
+(``penalty="entropy"``) of each patch's attention row, averaged with the phrase distribution
+as weights, so the patches that carry a phrase attend to a compact neighbourhood and keep their
+features local. ``mode="mixture"``: the spread of the phrase-conditioned attention (the
+weighted mixture of those rows), which cannot fall below the spread of the phrase distribution
+itself. The phrase distribution is a fixed weighting here (detached): the constraint
 trains the attention, not the phrase embeddings. With ``include_phrase_map`` the spread of the
 PPIM map itself is penalised too. See docs/interpartability.md.
 """
@@ -27,6 +29,7 @@ from reid_explain.training.phrase_tokens import phrase_index, pool_phrases
 from reid_explain.training_hooks import TrainingLoss
 
 PENALTIES = ("spread", "entropy")
+MODES = ("rows", "mixture")
 
 
 def grid_coordinates(h: int, w: int, device: torch.device | None = None) -> Tensor:
@@ -58,8 +61,11 @@ class AttentionConstraint(TrainingLoss):
 
     def __init__(self, adapter: Any, blocks: tuple[int, ...] = (-1,), weight: float = 1.0,
                  penalty: str = "spread", temperature: float = 0.1,
-                 include_phrase_map: bool = True, phrase_extractor: str = "rules",
+                 include_phrase_map: bool = False, phrase_extractor: str = "rules",
+                 mode: str = "rows",
                  capture: ForwardCapture | None = None, ppim: Any = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if penalty not in PENALTIES:
             raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
         super().__init__(adapter, blocks=blocks, weight=weight, penalty=penalty,
@@ -67,6 +73,7 @@ class AttentionConstraint(TrainingLoss):
         self.blocks = tuple(int(b) for b in blocks)
         self.weight = weight
         self.penalty = penalty
+        self.mode = mode
         self.temperature = temperature
         self.include_phrase_map = include_phrase_map
         self.phrase_extractor = phrase_extractor
@@ -126,8 +133,12 @@ class AttentionConstraint(TrainingLoss):
             patch_attention = attention[:, :, prefix:, prefix:].mean(dim=1)  # (B, N, N)
             patch_attention = patch_attention / patch_attention.sum(-1, keepdim=True).clamp_min(
                 1e-12)
-            conditioned = torch.einsum("kn,knm->km", weights, patch_attention[owner])
-            values.append(self._measure(conditioned, h, w).mean())
+            if self.mode == "mixture":
+                conditioned = torch.einsum("kn,knm->km", weights, patch_attention[owner])
+                values.append(self._measure(conditioned, h, w).mean())
+            else:  # each phrase patch's own attention row, weighted by the phrase map
+                per_row = self._measure(patch_attention.flatten(0, 1), h, w).view(-1, n)
+                values.append((weights * per_row[owner]).sum(-1).mean())
         attention_term = torch.stack(values).mean()
         total = attention_term
         self.last = {"constraint_attention": attention_term.item()}

@@ -41,6 +41,10 @@ class PPIMHead(nn.Module):
         proj_dim = proj_dim or dim
         self.phrase_proj = nn.Linear(dim, proj_dim)
         self.patch_proj = nn.Linear(dim, proj_dim)
+        if proj_dim == dim:  # start as the head-free phrase-patch similarity
+            for layer in (self.phrase_proj, self.patch_proj):
+                nn.init.eye_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
         self.match_log_scale = nn.Parameter(torch.tensor(math.log(1.0 / 0.07)))
 

@@ -151,7 +151,9 @@ def cuhk_text_image(annotations: str | os.PathLike, split: str,
 class TrainConfig:
     epochs: int = 8
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-4
+    #: learning rate of the plugins' own heads, as a multiple of ``lr`` (new, small modules)
+    plugin_lr_scale: float = 10.0
     weight_decay: float = 0.02
     seed: int = 0
     objective: str = "sdm"
@@ -182,8 +184,12 @@ def train_text_image(model: nn.Module, data: TextImageData, config: TrainConfig
     session = None
     if config.losses:
         session = TrainingSession(model, config.losses, options=config.loss_options).attach()
-    params = list(model.parameters()) + (list(session.parameters()) if session else [])
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    plugin_params = list(session.parameters()) if session else []
+    params = list(model.parameters()) + plugin_params
+    groups = [{"params": list(model.parameters())}]
+    if plugin_params:
+        groups.append({"params": plugin_params, "lr": config.lr * config.plugin_lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * max(1, len(data) // config.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, steps // 10))
@@ -295,7 +301,7 @@ def train_text_image_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--objective", default="sdm", choices=OBJECTIVES)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="reid_explain_output/text_image.pt")
     args = parser.parse_args(argv)
