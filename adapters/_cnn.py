@@ -26,6 +26,24 @@ def pool_embedding(output: Any, model: nn.Module) -> Tensor:
     return output
 
 
+def probe_output_shape(model: nn.Module, layer: nn.Module, embed: Any,
+                       image_size: tuple[int, int], device: torch.device) -> tuple[int, ...] | None:
+    """Shape of ``layer``'s output for one dummy image through ``embed`` (no grad, eval mode,
+    modes restored), or None if the layer did not run."""
+    shape: list[tuple[int, ...]] = []
+    handle = layer.register_forward_hook(lambda _m, _a, out: shape.append(tuple(out.shape)))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            embed(torch.zeros(1, 3, *image_size, device=device))
+    finally:
+        handle.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return shape[0] if shape else None
+
+
 def probe_spatial_layer(model: nn.Module, image_size: tuple[int, int]) -> str:
     """Name of the last top-level child that outputs a spatial map (``conv5``, ``layer4``).
 
@@ -78,23 +96,13 @@ class CNNAdapter(Adapter):
     def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         key = (int(image_size[0]), int(image_size[1]))
         if key not in self._grids:
-            shape: list[tuple[int, ...]] = []
-            handle = self.layer.register_forward_hook(
-                lambda _m, _a, out: shape.append(tuple(out.shape)))
-            modes = {m: m.training for m in self.model.modules()}
-            try:
-                self.model.eval()
-                with torch.no_grad():
-                    self._embed_image(torch.zeros(1, 3, *key, device=self.device))
-            finally:
-                handle.remove()
-                for m, mode in modes.items():
-                    m.training = mode
-            if not shape or len(shape[0]) != 4:
+            shape = probe_output_shape(self.model, self.layer, self._embed_image, key,
+                                       self.device)
+            if shape is None or len(shape) != 4:
                 raise AdapterError(f"layer {self.layer_name!r} of {type(self.model).__name__} "
-                                   f"gave output shape {shape[:1]}; a spatial layer must output "
+                                   f"gave output shape {shape}; a spatial layer must output "
                                    "(B, C, h, w)")
-            self._grids[key] = (shape[0][2], shape[0][3])
+            self._grids[key] = (shape[2], shape[3])
         return self._grids[key]
 
     @contextlib.contextmanager

@@ -12,14 +12,13 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from reid_explain.adapter import TokenGridTap, grid_from_tokens, resolve_module
 from reid_explain.errors import AdapterError
 from reid_explain.hookspecs import hookimpl
 
-from ._cnn import CNNAdapter, pool_embedding
+from ._cnn import CNNAdapter, pool_embedding, probe_output_shape
 
 
 class ModuleAdapter(CNNAdapter):
@@ -54,22 +53,12 @@ class ModuleAdapter(CNNAdapter):
         return pool_embedding(self.model(images), self.model)
 
     def _probe_layer_dims(self, image_size: tuple[int, int]) -> tuple[int, ...]:
-        shape: list[tuple[int, ...]] = []
-        handle = self.layer.register_forward_hook(
-            lambda _m, _a, out: shape.append(tuple(out.shape)))
-        modes = {m: m.training for m in self.model.modules()}
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                self.embed_image(torch.zeros(1, 3, *image_size, device=self.device))
-        finally:
-            handle.remove()
-            for m, mode in modes.items():
-                m.training = mode
-        if not shape or len(shape[0]) not in (3, 4):
-            raise AdapterError(f"layer {self.layer_name!r} gave output shape {shape[:1]}; "
+        shape = probe_output_shape(self.model, self.layer, self.embed_image, image_size,
+                                   self.device)
+        if shape is None or len(shape) not in (3, 4):
+            raise AdapterError(f"layer {self.layer_name!r} gave output shape {shape}; "
                                "expected (B, C, h, w) or tokens (B, N, C)")
-        return shape[0]
+        return shape
 
     def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         shape = self._probe_layer_dims(image_size)

@@ -58,6 +58,30 @@ class MetricContext:
                              " that provides them")
 
 
+SIDES = ("query", "gallery")
+
+
+def perturbable_sides(context: MetricContext, side: str = "both") -> list[tuple[str, Any]]:
+    """The explanation's ``(side name, GroundingMap)`` pairs a perturbation metric works on:
+    ``"query"``, ``"gallery"`` or ``"both"`` (those present), each with images and the fixed
+    reference embeddings its scores are measured against."""
+    if side not in ("both", *SIDES):
+        raise ValueError(f"side must be 'both', 'query' or 'gallery', got {side!r}")
+    chosen = []
+    for name in SIDES if side == "both" else (side,):
+        grounding = getattr(context.explanation, name, None)
+        if grounding is None:
+            if side != "both":
+                raise ValueError(f"the explanation has no {name} maps")
+            continue
+        if grounding.images is None or grounding.references is None:
+            raise ValueError(f"the {name} maps hold no images/references to perturb")
+        chosen.append((name, grounding))
+    if not chosen:
+        raise ValueError("the explanation has no maps to perturb")
+    return chosen
+
+
 class Metric:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from reid_explain.hookspecs import hookimpl
 from reid_explain.maps import GroundingMap
-from reid_explain.metric import Metric, MetricContext
+from reid_explain.metric import Metric, MetricContext, perturbable_sides
 from reid_explain.targets import CosineSimilarity
 
 if TYPE_CHECKING:
@@ -75,24 +75,6 @@ def pixel_attributions(grounding: GroundingMap, mode: str = "bilinear") -> Tenso
     return maps[:, None].expand_as(grounding.images).contiguous()
 
 
-def _sides(context: MetricContext, side: str) -> list[tuple[str, GroundingMap]]:
-    if side not in ("both", *SIDES):
-        raise ValueError(f"side must be 'both', 'query' or 'gallery', got {side!r}")
-    chosen = []
-    for name in SIDES if side == "both" else (side,):
-        grounding = getattr(context.explanation, name, None)
-        if grounding is None:
-            if side != "both":
-                raise ValueError(f"the explanation has no {name} maps")
-            continue
-        if grounding.images is None or grounding.references is None:
-            raise ValueError(f"the {name} maps hold no images/references to perturb")
-        chosen.append((name, grounding))
-    if not chosen:
-        raise ValueError("the explanation has no maps to score")
-    return chosen
-
-
 class Infidelity(Metric):
     """Captum infidelity of the maps w.r.t. the similarity score (lower is better).
 
@@ -110,7 +92,7 @@ class Infidelity(Metric):
         forward = similarity_forward(context.explainer, int(opts.get("batch_size", 64)))
         perturb = gaussian_perturbation(float(opts.get("std", 0.1)), generator)
         out: dict[str, Tensor] = {}
-        for name, grounding in _sides(context, opts.get("side", "both")):
+        for name, grounding in perturbable_sides(context, opts.get("side", "both")):
             values = infidelity(
                 forward, perturb, grounding.images.float(),
                 pixel_attributions(grounding, opts.get("upsample", "bilinear")),
@@ -154,7 +136,7 @@ class Sensitivity(Metric):
                                             **method_options),)
 
         out: dict[str, Tensor] = {}
-        for name, grounding in _sides(context, opts.get("side", "both")):
+        for name, grounding in perturbable_sides(context, opts.get("side", "both")):
             values = sensitivity_max(
                 explain, grounding.images.float(),
                 perturb_func=uniform_ball_perturbation(generator),

@@ -26,7 +26,7 @@ from torch import Tensor
 from reid_explain.hookspecs import hookimpl
 from reid_explain.maps import GroundingMap
 from reid_explain.masker import Masker, resolve_masker
-from reid_explain.metric import Metric, MetricContext
+from reid_explain.metric import Metric, MetricContext, perturbable_sides
 
 if TYPE_CHECKING:
     from reid_explain.explainer import Explainer
@@ -110,23 +110,7 @@ class PerturbationCurve(Metric):
     default_steps: ClassVar[tuple[float, ...]] = CURVE_STEPS
 
     def _sides(self, context: MetricContext) -> list[tuple[str, GroundingMap]]:
-        side = self.options.get("side", "both")
-        if side not in ("both", *SIDES):
-            raise ValueError(f"side must be 'both', 'query' or 'gallery', got {side!r}")
-        wanted = SIDES if side == "both" else (side,)
-        chosen = []
-        for name in wanted:
-            grounding = getattr(context.explanation, name, None)
-            if grounding is None:
-                if side != "both":
-                    raise ValueError(f"the explanation has no {name} maps")
-                continue
-            if grounding.images is None or grounding.references is None:
-                raise ValueError(f"the {name} maps hold no images/references to perturb")
-            chosen.append((name, grounding))
-        if not chosen:
-            raise ValueError("the explanation has no maps to perturb")
-        return chosen
+        return perturbable_sides(context, self.options.get("side", "both"))
 
     def compute(self, context: MetricContext) -> dict[str, Tensor]:
         fractions = check_steps(self.options.get("steps", self.default_steps))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,7 +25,7 @@ from reid_explain.hookspecs import hookimpl
 from reid_explain.maps import TextImageExplanation
 from reid_explain.metric import Metric, MetricContext
 
-from .counterfactual import summarize_counterfactual
+from .counterfactual import CounterfactualMasking
 
 __all__ = ["TextCounterfactualMasking", "char_spans_to_tokens", "remove_tokens"]
 
@@ -175,10 +174,7 @@ class TextCounterfactualMasking(Metric):
             "n_words": (~explanation.text.special.bool().cpu()).sum(dim=1).float(),
         }
 
-    def summarize(self, values: dict[str, np.ndarray]) -> dict[str, float]:
-        return summarize_counterfactual(values, n_boot=int(self.options.get("n_boot", 2000)),
-                                        confidence=float(self.options.get("confidence", 0.95)),
-                                        seed=int(self.options.get("boot_seed", 0)))
+    summarize = CounterfactualMasking.summarize
 
 
 @hookimpl
