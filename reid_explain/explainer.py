@@ -317,8 +317,11 @@ class Explainer:
                  metrics: Sequence[str] = ("counterfactual_masking",), **options: Any):
         """Explain each query of ``data`` against its true match and score the maps.
 
-        ``data`` is a :class:`~reid_explain.evaluation.protocol.ReidEvalSet` or the root of a
-        Market-1501-style folder (a SynthPedes export brings its part masks). Returns an
+        ``data`` is a :class:`~reid_explain.evaluation.protocol.ReidEvalSet`, the root of a
+        Market-1501-style folder (a SynthPedes export brings its part masks), or a
+        ``(query_dataset, gallery_dataset)`` pair of datasets with torchreid-style ``.data``
+        lists ``(path, pid, camid, ...)`` (e.g. :class:`~reid_explain.data.ImageReidDataset`
+        or torchreid's own). Returns an
         :class:`~reid_explain.evaluation.protocol.EvaluationResult` (``.table``, ``.summary``,
         ``.save(dir)``). Options: see :func:`reid_explain.evaluation.protocol.evaluate`.
         """
@@ -332,6 +335,12 @@ class Explainer:
             side = Path(data) / "synthpedes" / "annotations.json"
             data = (ReidEvalSet.from_synthpedes(data, transform) if side.is_file()
                     else ReidEvalSet.from_market(data, transform))
+        elif isinstance(data, tuple) and len(data) == 2:
+            query, gallery = data
+            data = ReidEvalSet(query=query, query_pids=[d[1] for d in query.data],
+                               query_camids=[d[2] for d in query.data], gallery=gallery,
+                               gallery_pids=[d[1] for d in gallery.data],
+                               gallery_camids=[d[2] for d in gallery.data])
         return evaluate(self, data, method=method, metrics=metrics, **options)
 
     def score(self, explanation: PairExplanation, metrics: Sequence[str] | str,

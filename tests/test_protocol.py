@@ -120,3 +120,18 @@ def test_synthpedes_export_brings_query_masks(tmp_path, metrics_plugin):
         result = exp.evaluate(root, metrics=["test_map_max"], progress=False,
                               transform=default_transform(128, 64), max_queries=4)
     assert result.info["queries"] == 4 and len(result.table) == 2 * 4
+
+
+def test_evaluate_takes_a_pair_of_datasets(tmp_path, metrics_plugin):
+    from reid_explain.data import ImageReidDataset
+
+    root = tmp_path / "sp"
+    export_synthpedes(root, SynthConfig(n_ids=6, images_per_id=4, seed=2))
+    transform = default_transform(128, 64)
+    query = ImageReidDataset(root, "query", transform=transform)
+    gallery = ImageReidDataset(root, "gallery", transform=transform)
+    with explainify(make_osnet()) as exp:
+        result = exp.evaluate((query, gallery), metrics=["test_map_max"], progress=False,
+                              max_queries=3, random_baseline=False)
+    assert result.info["queries"] == 3 and len(result.table) == 3
+    assert result.table["pid"].tolist() == [query.data[i][1] for i in range(3)]

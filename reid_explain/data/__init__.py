@@ -1,0 +1,21 @@
+"""Data: attribute schemas, loaders for the real formats, torch Datasets, and SynthPedes.
+
+* schemas: :mod:`reid_explain.data.schema` (Market-1501, DukeMTMC-reID, your own)
+* attribute ``.mat`` / CSV / Parquet tables: :mod:`reid_explain.data.attributes`
+* CUHK-PEDES / ICFG-PEDES / RSTPReid annotations: :mod:`reid_explain.data.text_annotations`
+* Datasets for image and text-image ReID: :mod:`reid_explain.data.datasets`
+* SynthPedes, the benchmark with ground-truth part masks: :mod:`reid_explain.data.synth`
+"""
+
+from .attributes import attribute_codes, load_attributes, save_attribute_mat, wide_attributes
+from .datasets import ImageReidDataset, TextImageDataset, collate_text_batch, default_transform
+from .schema import DUKEMTMC, MARKET1501, PARTS, Attribute, AttributeKind, AttributeSchema
+from .synth_side import load_synthpedes_side
+from .text_annotations import load_text_annotations
+
+__all__ = [
+    "DUKEMTMC", "MARKET1501", "PARTS", "Attribute", "AttributeKind", "AttributeSchema",
+    "ImageReidDataset", "TextImageDataset", "attribute_codes", "collate_text_batch",
+    "default_transform", "load_attributes", "load_synthpedes_side", "load_text_annotations",
+    "save_attribute_mat", "wide_attributes",
+]
