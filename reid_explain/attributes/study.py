@@ -5,7 +5,9 @@ query identities, encodes them (:mod:`.design`), and for each response (AP, rank
 ΔAP column) runs the GLM Wald tests (:mod:`.glm`), forest permutation importance (:mod:`.forest`),
 SHAP (:mod:`.shap_values`) and hypothesis tests (:mod:`.tests_stats`). Scores become ranks and
 the consensus is the mean rank over methods (:mod:`.consensus`). ΔAP columns also get a direct
-ranking of the ablated groups by mean ΔAP.
+ranking of the ablated groups by mean ΔAP. When the ΔAP columns cover every attribute (a full
+expert ablation of a MoSAIC-ReID model), the default consensus is the *ablation* consensus: what
+switching each attribute's experts off costs (``consensus="ablation"``; see ``run_study``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -41,7 +44,8 @@ from .glm import GlmFit, fit_glm, group_codes
 from .shap_values import ShapFit, tree_shap
 from .tests_stats import FDR_METHOD, contingency_tests, continuous_tests, fdr
 
-__all__ = ["AttributeStudy", "ResponseAnalysis", "delta_ranking", "run_study", "STUDY_KIND"]
+__all__ = ["AttributeStudy", "ResponseAnalysis", "ablation_scores", "delta_ranking", "run_study",
+           "STUDY_KIND"]
 
 #: ``summary.json``'s ``kind``; ``save`` only replaces a directory that carries it
 STUDY_KIND = "reid_explain.attribute_study"
@@ -52,6 +56,9 @@ METHODS = {
     "delta": ("glm", "permutation", "shap", "rank_test", "mean_test"),
     "binary": ("glm", "permutation", "shap", "contingency"),
 }
+
+#: ``run_study(consensus=...)``: "auto" = "ablation" when ΔAP columns cover every attribute
+Consensus = Literal["auto", "responses", "ablation"]
 
 
 @dataclass
@@ -76,8 +83,9 @@ class AttributeStudy:
     ``table``: one row per attribute (consensus order), every method's statistics for the
     consensus responses as ``"<response>.<method>.<stat>"`` columns, then the consensus.
     ``ranking``: the consensus ranking (``attribute``, ``consensus_rank``, ``mean_rank``,
-    ``best_rank`` and each ``"<response>.<method>"`` rank). ``delta_ranking``: ablated expert
-    groups by mean ΔAP (None without ΔAP columns).
+    ``best_rank`` and each ``"<response>.<method>"`` rank, or with the ablation consensus each
+    ``"ablation.<method>"`` rank). ``delta_ranking``: ablated expert groups by mean ΔAP (None
+    without ΔAP columns). ``response_ranking``: the AP/hit consensus, whichever ``ranking`` is.
     """
 
     design: AttributeDesign
@@ -88,6 +96,7 @@ class AttributeStudy:
     delta_ranking: pd.DataFrame | None
     config: dict
     dropped: dict[str, str] = field(default_factory=dict)
+    response_ranking: pd.DataFrame | None = None
 
     @property
     def order(self) -> list[str]:
@@ -101,7 +110,13 @@ class AttributeStudy:
             "n_identities": int(self.outcomes["pid"].nunique()),
             "responses": {k: a.kind for k, a in self.analyses.items()},
             "consensus_responses": self.config["consensus_responses"],
-            "consensus": "mean rank over (response, method) columns; ties: best rank, schema",
+            "consensus": self.config.get("consensus", "responses"),
+            "consensus_rule": ("mean rank over (response, method) columns; ties: best rank, "
+                               "schema" if self.config.get("consensus") != "ablation" else
+                               "mean rank over the ablation methods (mean ΔAP, its identity-"
+                               "clustered t); ties: best rank, schema"),
+            "response_ranking": (None if self.response_ranking is None
+                                 else list(self.response_ranking["attribute"])),
             "ranking": self.order,
             "dropped": self.dropped,
             "reference_levels": self.design.reference,
@@ -233,11 +248,31 @@ def delta_ranking(outcomes: pd.DataFrame, columns: Sequence[str]) -> pd.DataFram
     return table
 
 
+def ablation_scores(delta: pd.DataFrame, attributes: Sequence[str]) -> pd.DataFrame | None:
+    """Per attribute, the ablation methods' scores (larger = more important), or None unless every
+    attribute has a ΔAP group in ``delta`` (a :func:`delta_ranking` table).
+
+    ``mean_delta_ap``: the mean AP lost by switching the attribute's experts off; ``t``: that mean
+    over its identity-clustered standard error (a one-sided test's statistic, so a group that
+    *helps* when removed ranks low, and a NaN from a constant ΔAP ranks last).
+    """
+    by_group = delta.set_index("group")
+    if not set(attributes) <= set(by_group.index):
+        return None
+    rows = by_group.loc[list(attributes)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = rows["mean"].to_numpy(float) / rows["se"].to_numpy(float)
+    t[~np.isfinite(t)] = np.nan
+    return pd.DataFrame({"ablation.mean_delta_ap": rows["mean"].to_numpy(float), "ablation.t": t},
+                        index=pd.Index(list(attributes), name="attribute"))
+
+
 def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
               schema: str | AttributeSchema | None = None, *, split: str | None = None,
               ap: str | None = "ap", hit: str | None = None,
               delta_columns: Sequence[str] | None = None,
-              consensus_responses: Sequence[str] | None = None, missing: Missing = "error",
+              consensus_responses: Sequence[str] | None = None,
+              consensus: Consensus = "auto", missing: Missing = "error",
               n_estimators: int = 100, min_samples_leaf: int = 5, n_splits: int = 5,
               n_repeats: int = 5, random_state: int = 0, n_jobs: int | None = 1,
               fdr_method: str = FDR_METHOD) -> AttributeStudy:
@@ -250,7 +285,18 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
     :func:`~reid_explain.attributes.design.query_attributes`); ``schema`` defaults to the
     table's. ``consensus_responses`` default to AP and hit (the ΔAP columns when there is
     neither).
+
+    ``consensus`` chooses what ``study.ranking`` ranks by. ``"responses"``: the mean rank over
+    every (response, method) column of ``consensus_responses`` ("which attribute values does
+    accuracy depend on"). ``"ablation"``: the mean rank over the ablation methods of
+    :func:`ablation_scores` (mean ΔAP and its clustered t: "what does the model lose without the
+    attribute's experts"); it needs a ``delta_ap_<attribute>`` column for every analysed
+    attribute. ``"auto"`` (default): ``"ablation"`` when those columns are all there and
+    ``consensus_responses`` is not given, else ``"responses"``. ``study.response_ranking`` is
+    always the responses' consensus.
     """
+    if consensus not in ("auto", "responses", "ablation"):
+        raise InputError(f"consensus must be 'auto', 'responses' or 'ablation', got {consensus!r}")
     table, responses = prepare_outcomes(outcomes, ap=ap, hit=hit, delta_columns=delta_columns)
     chosen = resolve_schema(schema if schema is not None else attributes.attrs.get("schema"),
                             None, attributes.attrs.get("source", "attributes"))
@@ -270,6 +316,17 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
     if not responses:
         raise InputError("outcomes: every response is constant; nothing to explain")
     primary = [n for n, k in responses.items() if k != "delta"]
+    delta_table = delta_ranking(table, deltas) if deltas else None
+    ablation = (None if delta_table is None
+                else ablation_scores(delta_table, design.attributes))
+    if consensus == "auto":
+        consensus = ("ablation" if ablation is not None and consensus_responses is None
+                     else "responses")
+    if consensus == "ablation" and ablation is None:
+        have = [] if delta_table is None else list(delta_table["group"])
+        raise InputError("consensus='ablation' needs a delta_ap_<attribute> column for every "
+                         f"analysed attribute; missing: "
+                         f"{[a for a in design.attributes if a not in have]}")
     if consensus_responses is None:
         consensus_responses = primary or list(responses)
     unknown = [r for r in consensus_responses if r not in responses]
@@ -279,13 +336,17 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
     cfg = {"n_estimators": n_estimators, "min_samples_leaf": min_samples_leaf,
            "n_splits": n_splits, "n_repeats": n_repeats, "random_state": random_state,
            "n_jobs": n_jobs, "fdr_method": fdr_method, "split": split, "missing": missing,
-           "schema": chosen.name, "consensus_responses": list(consensus_responses)}
+           "schema": chosen.name, "consensus_responses": list(consensus_responses),
+           "consensus": consensus}
     analyses = {name: _analyse(name, kind, table[name].to_numpy(), pids, design, cfg)
                 for name, kind in responses.items()}
 
     ranks = pd.concat({r: analyses[r].ranks for r in consensus_responses}, axis=1)
     ranks.columns = [f"{r}.{m}" for r, m in ranks.columns]
-    ranking = consensus_ranking(ranks, design.attributes)
+    response_ranking = consensus_ranking(ranks, design.attributes)
+    ranking = response_ranking
+    if consensus == "ablation":
+        ranking = consensus_ranking(method_ranks(ablation), design.attributes)
     wide = pd.concat({r: analyses[r].table.drop(columns=["consensus.mean_rank",
                                                          "consensus.rank"])
                       for r in consensus_responses}, axis=1)
@@ -298,7 +359,14 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
     }, index=pd.Index(design.attributes, name="attribute"))
     by_attr = ranking.set_index("attribute")
     full = pd.concat([info, wide], axis=1).loc[list(by_attr.index)]
+    if consensus == "ablation":
+        ablation_ranks = method_ranks(ablation)
+        for method in ablation.columns:
+            full[method] = ablation[method]
+            full[f"{method}.rank"] = ablation_ranks[method]
+        full["responses.consensus.rank"] = response_ranking.set_index("attribute")[
+            "consensus_rank"]
     full["consensus.mean_rank"] = by_attr["mean_rank"]
     full["consensus.rank"] = by_attr["consensus_rank"]
-    return AttributeStudy(design, table, analyses, full, ranking,
-                          delta_ranking(table, deltas) if deltas else None, cfg, dropped)
+    return AttributeStudy(design, table, analyses, full, ranking, delta_table, cfg, dropped,
+                          response_ranking)
