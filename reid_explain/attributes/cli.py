@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-estimators", type=int, default=100, help="trees per forest")
     p.add_argument("--n-splits", type=int, default=5, help="identity-grouped folds")
     p.add_argument("--n-repeats", type=int, default=5, help="permutations per attribute")
+    p.add_argument("--consensus", default="auto", choices=("auto", "responses", "ablation"),
+                   help="ranking to call the consensus: from the AP/hit analyses, or from the "
+                        "delta_ap_<group> ablation columns (auto: ablation when every attribute "
+                        "has one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="parallel jobs for the forests")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
@@ -90,7 +94,8 @@ def attributes_main(argv: list[str] | None = None) -> int:
         outcomes = (_read_outcomes(Path(args.outcomes)) if args.outcomes
                     else _outcomes_from_features(Path(args.features), args.metric))
         study = run_study(outcomes, attributes, args.schema, split=args.split,
-                          missing=args.missing, n_estimators=args.n_estimators,
+                          missing=args.missing, consensus=args.consensus,
+                          n_estimators=args.n_estimators,
                           n_splits=args.n_splits, n_repeats=args.n_repeats,
                           random_state=args.seed, n_jobs=args.jobs)
         study.save(args.out, plots=not args.no_plots)
