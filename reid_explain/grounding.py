@@ -76,7 +76,7 @@ def contextual_maps(explainer: Explainer, images: Tensor, captions: Sequence[str
     adapter = explainer.adapter
     capture = ForwardCapture(adapter)
     with explainer.guard, torch.no_grad():
-        capture.attach()
+        capture.attach(patch_block=getattr(ppim, "patch_block", None))
         try:
             adapter.embed_image(images)
             adapter.embed_text(adapter.tokenize(captions))
@@ -157,7 +157,7 @@ def part_wise_similarity(explainer: Explainer, images: Tensor, captions: Sequenc
     rows = _phrase_dicts(list(captions), phrases, "rules")
     capture = ForwardCapture(adapter)
     with explainer.guard:
-        capture.attach()
+        capture.attach(patch_block=getattr(ppim, "patch_block", None))
         try:
             image_emb = F.normalize(adapter.embed_image(images), dim=-1)
             text_emb = F.normalize(adapter.embed_text(adapter.tokenize(list(captions))), dim=-1)

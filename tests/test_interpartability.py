@@ -221,3 +221,18 @@ def test_train_command_writes_a_checkpoint(tmp_path, capsys):
     model, session, payload = load_checkpoint(out)
     assert set(session.losses) == {"ppim", "attention_constraint"}
     assert payload["extra"]["test"]["R1"] == report["test"]["R1"]
+
+
+def test_ppim_can_read_an_earlier_block():
+    """patch_block=-2: the second-to-last block's tokens, through ln_post and proj."""
+    model = tiny_clip(SMALL)
+    saved = {}
+    handle = model.visual.transformer.resblocks[-2].register_forward_hook(
+        lambda m, a, out: saved.setdefault("tokens", out))
+    with training.attach(model, losses=["ppim"], ppim={"patch_block": -2}) as session:
+        with torch.no_grad():
+            _forward(model)
+        captured = session.capture.patch_tokens
+    handle.remove()
+    expected = model.visual.ln_post(saved["tokens"])[:, 1:] @ model.visual.proj
+    torch.testing.assert_close(captured, expected)

@@ -82,7 +82,7 @@ def test_evaluate_rows_summary_baseline_and_skips(metrics_plugin, tmp_path):
         assert set(table["method"]) == {"gradcam", "random"}
         direct = exp.explain(data.query[:3], data.gallery[table[table.method == "gradcam"]
                                                            .sort_values("query")["match"]
-                                                           .to_numpy()],
+                                                           .to_numpy().copy()],
                              pairs=[(0, 0), (1, 1), (2, 2)], method="gradcam")
     expected = direct.query.maps.flatten(1).amax(1).numpy()
     got = table[table.method == "gradcam"].sort_values("query")["value"].to_numpy()

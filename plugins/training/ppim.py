@@ -74,10 +74,14 @@ class PPIM(TrainingLoss):
 
     def __init__(self, adapter: Any, proj_dim: int | None = None, temperature: float = 0.1,
                  phrase_contrast_weight: float = 0.5, weight: float = 1.0,
-                 phrase_extractor: str = "rules", capture: ForwardCapture | None = None) -> None:
+                 phrase_extractor: str = "rules", patch_block: int | None = None,
+                 capture: ForwardCapture | None = None) -> None:
         super().__init__(adapter, proj_dim=proj_dim, temperature=temperature,
                          phrase_contrast_weight=phrase_contrast_weight, weight=weight,
-                         phrase_extractor=phrase_extractor)
+                         phrase_extractor=phrase_extractor, patch_block=patch_block)
+        #: None: the final patch tokens; -2: the output of the second-to-last block (the last
+        #: block's attention mixes every patch with the rest, blurring where a phrase is)
+        self.patch_block = patch_block
         dim = int(adapter.model.embed_dim if hasattr(adapter.model, "embed_dim")
                   else adapter.model.visual.output_dim)
         self.head = PPIMHead(dim, proj_dim, temperature).to(adapter.device)
@@ -94,7 +98,7 @@ class PPIM(TrainingLoss):
     def _attach(self) -> None:
         if self.capture is None:
             self.capture = ForwardCapture(self.adapter)
-            self.capture.attach()
+            self.capture.attach(patch_block=self.patch_block)
 
     def _detach(self) -> None:
         if self._owns_capture and self.capture is not None:

@@ -30,21 +30,33 @@ class ForwardCapture:
         self.attention: list[Tensor] = []  # per captured block, (B, heads, 1+N, 1+N)
         self.attention_blocks: tuple[int, ...] = ()
         self.grid_size: tuple[int, int] | None = None  # patch grid of the last image forward
+        self._block_patches: Tensor | None = None
         self._attention_ctx: Any = None
         self._attention_capture: AttentionCapture | None = None
 
-    def attach(self, attention_blocks: tuple[int, ...] = ()) -> None:
+    def attach(self, attention_blocks: tuple[int, ...] = (), patch_block: int | None = None
+               ) -> None:
+        """``patch_block``: take the patch tokens at the output of that visual block (passed
+        through ``ln_post`` and ``proj`` into the joint space) instead of the final tokens."""
         model = self.adapter.model
         visual = model.visual
         if getattr(visual, "attn_pool", None) is not None:
             raise AdapterError("open_clip towers with attentional pooling are not supported "
                                "for patch-level supervision")
 
+        def to_joint(tokens: Tensor) -> Tensor:
+            patches = tokens[:, self.adapter.num_prefix_tokens:]
+            return patches @ visual.proj if visual.proj is not None else patches
+
+        def on_block(_m: nn.Module, _a: Any, out: Tensor) -> None:
+            tokens = out if self.adapter.batch_first else out.transpose(0, 1)
+            self._block_patches = to_joint(visual.ln_post(tokens))
+
         def on_visual(_m: nn.Module, _a: Any, out: Tensor) -> None:
             if out.dim() == 3 and out.shape[1] > 1:
                 tokens = out if self.adapter.batch_first else out.transpose(0, 1)
-                patches = tokens[:, self.adapter.num_prefix_tokens:]
-                self.patch_tokens = patches @ visual.proj if visual.proj is not None else patches
+                self.patch_tokens = to_joint(tokens) if patch_block is None \
+                    else self._block_patches
                 self.attention = [self._attention_capture.as_heads(t) for t in
                                   self._attention_capture.tensors] \
                     if self._attention_capture is not None else []
@@ -67,6 +79,8 @@ class ForwardCapture:
             raise AdapterError("open_clip towers with final_ln_after_pool apply ln_post to the "
                                "pooled token only; patch-level supervision needs all tokens")
         self.hooks.add(visual.conv1.register_forward_hook(on_patchify))
+        if patch_block is not None:
+            self.hooks.add(self.adapter.blocks()[patch_block].register_forward_hook(on_block))
         self.hooks.add(visual.ln_post.register_forward_hook(on_visual))
         self.hooks.add(model.ln_final.register_forward_hook(on_text))
         if attention_blocks:

@@ -66,7 +66,12 @@ class TrainingSession:
             if self.capture is not None:
                 blocks = sorted({b for loss in self.losses.values()
                                  for b in getattr(loss, "attention_blocks", ())})
-                self.capture.attach(attention_blocks=tuple(blocks))
+                patch_blocks = {getattr(loss, "patch_block", None) for loss in self.losses.values()
+                                if hasattr(loss, "patch_block")}
+                if len(patch_blocks) > 1:
+                    raise ValueError(f"training losses disagree on patch_block: {patch_blocks}")
+                self.capture.attach(attention_blocks=tuple(blocks),
+                                    patch_block=patch_blocks.pop() if patch_blocks else None)
             for loss in self.losses.values():
                 loss.attach()
         except Exception:
