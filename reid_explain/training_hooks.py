@@ -15,7 +15,33 @@ from torch import Tensor, nn
 from .adapter import Adapter
 
 
-class BackboneModification:
+class _OnHost:
+    """What both kinds of training plugin share: a name, the adapter, options, and an on/off
+    state so that switching on or off twice is harmless."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: adapter capabilities needed (e.g. "attention" for ViT blocks, "text" for phrases)
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, adapter: Adapter, **options: Any) -> None:
+        self.adapter = adapter
+        self.options = options
+        self._on = False
+
+    def _switch(self, on: bool) -> None:
+        if on != self._on:
+            (self._turn_on if on else self._turn_off)()
+            self._on = on
+
+    def _turn_on(self) -> None:
+        pass
+
+    def _turn_off(self) -> None:
+        pass
+
+
+class BackboneModification(_OnHost):
     """Injects modules into the blocks an adapter exposes (e.g. residual LoRA experts).
 
     Subclasses implement ``_apply`` and ``_remove``; ``parameters()`` yields the parameters the
@@ -23,26 +49,22 @@ class BackboneModification:
     ``load_state_dict()`` save and restore them.
     """
 
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-    #: adapter capabilities needed (e.g. "attention" for ViT blocks)
-    requires: ClassVar[frozenset[str]] = frozenset()
-
-    def __init__(self, adapter: Adapter, **options: Any) -> None:
-        self.adapter = adapter
-        self.options = options
-        self.applied = False
+    @property
+    def applied(self) -> bool:
+        return self._on
 
     def apply(self) -> BackboneModification:
-        if not self.applied:
-            self._apply()
-            self.applied = True
+        self._switch(True)
         return self
 
     def remove(self) -> None:
-        if self.applied:
-            self._remove()
-            self.applied = False
+        self._switch(False)
+
+    def _turn_on(self) -> None:
+        self._apply()
+
+    def _turn_off(self) -> None:
+        self._remove()
 
     def _apply(self) -> None:
         raise NotImplementedError
@@ -66,7 +88,7 @@ class BackboneModification:
         self.remove()
 
 
-class TrainingLoss:
+class TrainingLoss(_OnHost):
     """An auxiliary loss for the user's own training loop (PPIM, attention constraints).
 
     ``attach()`` puts the hooks the loss needs on the host (to read patch tokens or attention
@@ -74,25 +96,22 @@ class TrainingLoss:
     yields the loss's own trainable heads (empty for pure regularisers).
     """
 
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-    requires: ClassVar[frozenset[str]] = frozenset()
-
-    def __init__(self, adapter: Adapter, **options: Any) -> None:
-        self.adapter = adapter
-        self.options = options
-        self.attached = False
+    @property
+    def attached(self) -> bool:
+        return self._on
 
     def attach(self) -> TrainingLoss:
-        if not self.attached:
-            self._attach()
-            self.attached = True
+        self._switch(True)
         return self
 
     def detach(self) -> None:
-        if self.attached:
-            self._detach()
-            self.attached = False
+        self._switch(False)
+
+    def _turn_on(self) -> None:
+        self._attach()
+
+    def _turn_off(self) -> None:
+        self._detach()
 
     def _attach(self) -> None:
         pass

@@ -48,9 +48,7 @@ class AttentionRelevance(Attribution):
         attentions = [capture.as_heads(t.detach()) for t in capture.tensors]
         gradients = [capture.as_heads(g) for g in grads]
         relevance = relevance_from_attention(attentions, gradients)
-        prefix = self.adapter.num_prefix_tokens
-        h, w = self.adapter.grid_size((int(inputs.shape[-2]), int(inputs.shape[-1])))
-        return relevance[:, 0, prefix:].reshape(-1, h, w)
+        return self.adapter.class_token_map(relevance, tuple(inputs.shape[-2:]))
 
 
 @hookimpl

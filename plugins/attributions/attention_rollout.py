@@ -67,9 +67,7 @@ class AttentionRollout(Attribution):
         with torch.no_grad(), self.adapter.capture_attention() as capture:
             self.adapter.embed_image(inputs)
         rolled = rollout(capture.maps(), head_fusion=head_fusion, discard_ratio=discard_ratio)
-        prefix = self.adapter.num_prefix_tokens
-        h, w = self.adapter.grid_size((int(inputs.shape[-2]), int(inputs.shape[-1])))
-        return rolled[:, 0, prefix:].reshape(-1, h, w)
+        return self.adapter.class_token_map(rolled, tuple(inputs.shape[-2:]))
 
 
 @hookimpl
