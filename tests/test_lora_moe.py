@@ -381,3 +381,15 @@ def test_train_command_end_to_end(synth_root, tmp_path, capsys):
     assert len(summary["history"]) == 2
     assert (tmp_path / "out" / "checkpoint" / "experts" / "moe.json").exists()
     assert json.loads(capsys.readouterr().out)["experts"] == 35
+
+
+def test_training_with_fewer_identities_than_p_is_a_clear_error():
+    import torch.nn as nn
+
+    from reid_explain.errors import InputError
+    from reid_explain.moe.train import train_image_moe
+
+    train = {"img": torch.zeros(4, 3, 8, 8), "pid": torch.tensor([0, 0, 1, 1]),
+             "camid": torch.zeros(4, dtype=torch.long), "attributes": torch.zeros(4, 1)}
+    with pytest.raises(InputError, match="2 identities, fewer than P=8"):
+        train_image_moe(None, train, nn.Linear(2, 2), p=8)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .routers import LearnedRouter, learned_embed
 
 # --------------------------------------------------------------------------- losses
@@ -142,6 +143,10 @@ def train_image_moe(moe: Any, train: dict[str, Tensor], classifier: nn.Module,
 
     ``router_lr`` (default ``lr``): the router is a small head on fixed features and learns
     faster with a larger step."""
+    identities = len(set(train["pid"].tolist()))
+    if identities < p:
+        raise InputError(f"the training split has {identities} identities, fewer than P={p} "
+                         "identities per batch: lower p (--p) or use more identities")
     generator = torch.Generator().manual_seed(seed)
     params = trainable_parameters(moe, classifier)
     groups = [{"params": params, "lr": lr}]
