@@ -99,6 +99,20 @@ def retrieval_stats(sims: Tensor, target: Tensor, q_pids: Tensor, q_camids: Tens
     return {"rank": rank, "ap": ap, "r1": r1}
 
 
+def drop_values(sims: Tensor, drops: Tensor, n_random: int) -> dict[str, Tensor]:
+    """Per-pair values from the similarities of the variants (unmasked, top, ``n_random``
+    random, bottom) and their drops (top, random..., bottom)."""
+    random = drops[1:1 + n_random]
+    return {
+        "base_sim": sims[0],
+        "top_drop": drops[0],
+        "random_drop": random.mean(dim=0),
+        "random_drop_std": random.std(dim=0) if n_random > 1 else torch.zeros_like(drops[0]),
+        "bottom_drop": drops[-1],
+        "gap": drops[0] - random.mean(dim=0),
+    }
+
+
 def _nanmean(x: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
@@ -196,15 +210,7 @@ class CounterfactualMasking(Metric):
         refs = F.normalize(grounding.references.float().cpu(), dim=-1)
         sims = (emb * refs[None]).sum(dim=-1)  # (V, P): cosine to the fixed reference
         drops = sims[:1] - sims[1:]
-        random = drops[1:1 + n_random]
-        out = {
-            "base_sim": sims[0],
-            "top_drop": drops[0],
-            "random_drop": random.mean(dim=0),
-            "random_drop_std": random.std(dim=0) if n_random > 1 else torch.zeros(n_pairs),
-            "bottom_drop": drops[-1],
-            "gap": drops[0] - random.mean(dim=0),
-        }
+        out = drop_values(sims, drops, n_random)
         if context.gallery_embeddings is not None:
             out.update(self._retrieval(context, side, emb, sims, refs, n_random))
         return out

@@ -25,7 +25,7 @@ from reid_explain.hookspecs import hookimpl
 from reid_explain.maps import TextImageExplanation
 from reid_explain.metric import Metric, MetricContext
 
-from .counterfactual import CounterfactualMasking
+from .counterfactual import CounterfactualMasking, drop_values
 
 __all__ = ["TextCounterfactualMasking", "char_spans_to_tokens", "remove_tokens"]
 
@@ -162,14 +162,8 @@ class TextCounterfactualMasking(Metric):
         sims = (text_emb * image_emb[None]).sum(dim=-1)
         drops = sims[:1] - sims[1:]
         drops[:, torch.tensor(counts) == 0] = float("nan")  # nothing to remove: no evidence
-        random = drops[1:1 + n_random]
         return {
-            "base_sim": sims[0],
-            "top_drop": drops[0],
-            "random_drop": random.mean(dim=0),
-            "random_drop_std": random.std(dim=0) if n_random > 1 else torch.zeros(n_pairs),
-            "bottom_drop": drops[-1],
-            "gap": drops[0] - random.mean(dim=0),
+            **drop_values(sims, drops, n_random),
             "n_removed": remove[1].sum(dim=1).float(),
             "n_words": (~explanation.text.special.bool().cpu()).sum(dim=1).float(),
         }

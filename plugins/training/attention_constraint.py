@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reid_explain.hookspecs import hookimpl
-from reid_explain.training.capture import ForwardCapture
+from reid_explain.training.capture import ForwardCapture, OwnsCapture
 from reid_explain.training.phrase_tokens import phrase_index, pool_phrases
 from reid_explain.training_hooks import TrainingLoss
 
@@ -53,7 +53,7 @@ def normalized_entropy(distribution: Tensor) -> Tensor:
         torch.tensor(float(n)))
 
 
-class AttentionConstraint(TrainingLoss):
+class AttentionConstraint(OwnsCapture, TrainingLoss):
     """Penalise the spatial spread (or entropy) of phrase-conditioned self-attention."""
 
     name = "attention_constraint"
@@ -86,15 +86,8 @@ class AttentionConstraint(TrainingLoss):
     def attention_blocks(self) -> tuple[int, ...]:
         return self.blocks
 
-    def _attach(self) -> None:
-        if self.capture is None:
-            self.capture = ForwardCapture(self.adapter)
-            self.capture.attach(attention_blocks=self.blocks)
-
-    def _detach(self) -> None:
-        if self._owns_capture and self.capture is not None:
-            self.capture.detach()
-            self.capture = None
+    def capture_options(self) -> dict[str, Any]:
+        return {"attention_blocks": self.blocks}
 
     def _measure(self, distribution: Tensor, h: int, w: int) -> Tensor:
         if self.penalty == "entropy":

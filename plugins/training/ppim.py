@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reid_explain.hookspecs import hookimpl
-from reid_explain.training.capture import ForwardCapture
+from reid_explain.training.capture import ForwardCapture, OwnsCapture
 from reid_explain.training.phrase_tokens import PhraseIndex, phrase_index, pool_phrases
 from reid_explain.training_hooks import TrainingLoss
 
@@ -66,7 +66,7 @@ class PPIMHead(nn.Module):
         return cos * self.match_log_scale.exp().clamp(max=100)
 
 
-class PPIM(TrainingLoss):
+class PPIM(OwnsCapture, TrainingLoss):
     """InterPartAbility's patch-phrase interaction module: contrastive phrase-patch binding."""
 
     name = "ppim"
@@ -95,15 +95,8 @@ class PPIM(TrainingLoss):
         self.last_index: PhraseIndex | None = None
 
     # -- attaching ----------------------------------------------------------------------------
-    def _attach(self) -> None:
-        if self.capture is None:
-            self.capture = ForwardCapture(self.adapter)
-            self.capture.attach(patch_block=self.patch_block)
-
-    def _detach(self) -> None:
-        if self._owns_capture and self.capture is not None:
-            self.capture.detach()
-            self.capture = None
+    def capture_options(self) -> dict[str, Any]:
+        return {"patch_block": self.patch_block}
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.head.parameters()

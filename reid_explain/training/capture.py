@@ -102,3 +102,26 @@ class ForwardCapture:
         self.patch_tokens = None
         self.text_tokens = None
         self.attention = []
+
+
+class OwnsCapture:
+    """For training losses: use the session's shared capture, or make (and own) one when the
+    loss is attached on its own. Subclasses set ``capture``/``_owns_capture`` and may override
+    ``capture_options``."""
+
+    adapter: Adapter
+    capture: ForwardCapture | None
+    _owns_capture: bool
+
+    def capture_options(self) -> dict[str, Any]:
+        return {}
+
+    def _attach(self) -> None:
+        if self.capture is None:
+            self.capture = ForwardCapture(self.adapter)
+            self.capture.attach(**self.capture_options())
+
+    def _detach(self) -> None:
+        if self._owns_capture and self.capture is not None:
+            self.capture.detach()
+            self.capture = None
