@@ -26,7 +26,7 @@ from .maps import GroundingMap
 from .phrases import extract_phrases
 from .targets import CosineSimilarity
 from .training.capture import ForwardCapture
-from .training.phrase_tokens import phrase_index, pool_phrases
+from .training.phrase_tokens import isolated_phrase_embeddings, phrase_index, pool_phrases
 
 if TYPE_CHECKING:
     from .explainer import Explainer
@@ -69,33 +69,42 @@ def _head_of(ppim: Any) -> Any:
     return head
 
 
+def _forward_phrases(explainer: Explainer, images: Tensor, captions: Sequence[str],
+                     phrases: list[list[dict[str, Any]]], ppim: Any) -> dict[str, Any]:
+    """One captured forward of images and captions: patch tokens (at PPIM's ``patch_block``),
+    the phrase index and embeddings (in PPIM's ``phrase_context``), the global embeddings."""
+    adapter = explainer.adapter
+    capture = ForwardCapture(adapter)
+    capture.attach(patch_block=getattr(ppim, "patch_block", None))
+    try:
+        image_emb = adapter.embed_image(images)
+        text_emb = adapter.embed_text(adapter.tokenize(list(captions)))
+        patches, grid = capture.patch_tokens, capture.grid_size
+        index = phrase_index(adapter, list(captions), phrases)
+        if getattr(ppim, "phrase_context", "caption") == "isolated" and len(index):
+            embeddings = isolated_phrase_embeddings(adapter, capture, index.texts)
+        else:
+            embeddings = pool_phrases(capture.text_tokens, index)
+    finally:
+        capture.detach()
+    return {"patches": patches, "grid": grid, "index": index, "phrases": embeddings,
+            "image": image_emb, "text": text_emb}
+
+
 def contextual_maps(explainer: Explainer, images: Tensor, captions: Sequence[str],
                     phrases: list[list[dict[str, Any]]], ppim: Any = None,
                     temperature: float = 0.1) -> list[Tensor]:
-    """Per caption, ``(K, h, w)`` maps from contextual phrase embeddings (PPIM head or raw)."""
-    adapter = explainer.adapter
-    capture = ForwardCapture(adapter)
+    """Per caption, ``(K, h, w)`` maps from the phrase embeddings (PPIM head or raw)."""
     with explainer.guard, torch.no_grad():
-        capture.attach(patch_block=getattr(ppim, "patch_block", None))
-        try:
-            adapter.embed_image(images)
-            adapter.embed_text(adapter.tokenize(captions))
-            patches, text_tokens, grid = capture.patch_tokens, capture.text_tokens, \
-                capture.grid_size
-        finally:
-            capture.detach()
-        index = phrase_index(adapter, captions, phrases)
-        embeddings = pool_phrases(text_tokens, index)
+        forward = _forward_phrases(explainer, images, captions, phrases, ppim)
+        patches, grid, index = forward["patches"], forward["grid"], forward["index"]
+        embeddings = forward["phrases"]
         own = patches[index.caption]  # (K, N, D)
         if ppim is not None:
-            head = _head_of(ppim)
-            q = F.normalize(head.phrase_proj(embeddings), dim=-1)
-            k = F.normalize(head.patch_proj(own), dim=-1)
-            scale = head.log_scale.exp().clamp(max=100)
+            maps = _head_of(ppim).own_attention(embeddings, own, grid)
         else:
             q, k = F.normalize(embeddings, dim=-1), F.normalize(own, dim=-1)
-            scale = 1.0 / temperature
-        maps = (torch.einsum("kd,knd->kn", q, k) * scale).softmax(dim=-1)
+            maps = (torch.einsum("kd,knd->kn", q, k) / temperature).softmax(dim=-1)
     h, w = grid
     maps = maps.reshape(-1, h, w).cpu()
     counts = torch.bincount(index.caption, minlength=len(captions)).tolist()
@@ -152,21 +161,14 @@ def part_wise_similarity(explainer: Explainer, images: Tensor, captions: Sequenc
                          phrases: Sequence[Sequence[Any]] | None = None) -> Tensor:
     """``(T, I)`` caption-image scores: global cosine + ``alpha`` x mean over the caption's
     phrases of the cosine between the phrase and the region it attends to in the image."""
-    adapter = explainer.adapter
     head = _head_of(ppim)
     rows = _phrase_dicts(list(captions), phrases, "rules")
-    capture = ForwardCapture(adapter)
     with explainer.guard:
-        capture.attach(patch_block=getattr(ppim, "patch_block", None))
-        try:
-            image_emb = F.normalize(adapter.embed_image(images), dim=-1)
-            text_emb = F.normalize(adapter.embed_text(adapter.tokenize(list(captions))), dim=-1)
-            patches, text_tokens = capture.patch_tokens, capture.text_tokens
-        finally:
-            capture.detach()
-        index = phrase_index(adapter, list(captions), rows)
-        phrase_emb = pool_phrases(text_tokens, index)
-        attention = head.attention(phrase_emb, patches)  # (K, I, N)
+        forward = _forward_phrases(explainer, images, captions, rows, ppim)
+        patches, index, phrase_emb = forward["patches"], forward["index"], forward["phrases"]
+        image_emb = F.normalize(forward["image"], dim=-1)
+        text_emb = F.normalize(forward["text"], dim=-1)
+        attention = head.attention(phrase_emb, patches, forward["grid"])  # (K, I, N)
         regions = head.regions(attention, patches)  # (K, I, D)
         cos = torch.einsum("kd,kid->ki", F.normalize(phrase_emb, dim=-1),
                            F.normalize(regions, dim=-1))

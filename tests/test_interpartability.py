@@ -236,3 +236,126 @@ def test_ppim_can_read_an_earlier_block():
     handle.remove()
     expected = model.visual.ln_post(saved["tokens"])[:, 1:] @ model.visual.proj
     torch.testing.assert_close(captured, expected)
+
+
+def test_ppim_can_read_the_patch_embeddings():
+    """patch_block='embed': the tokens entering the first block, through ln_post and proj."""
+    model = tiny_clip(SMALL)
+    saved = {}
+    handle = model.visual.ln_pre.register_forward_hook(
+        lambda m, a, out: saved.setdefault("tokens", out))
+    with training.attach(model, losses=["ppim"], ppim={"patch_block": "embed"}) as session:
+        with torch.no_grad():
+            _forward(model)
+        captured = session.capture.patch_tokens
+    handle.remove()
+    expected = model.visual.ln_post(saved["tokens"])[:, 1:] @ model.visual.proj
+    torch.testing.assert_close(captured, expected)
+
+
+def _text_tokens(model, texts):
+    saved = {}
+    handle = model.ln_final.register_forward_hook(lambda m, a, out: saved.setdefault("x", out))
+    tokens = open_clip.tokenize(texts, context_length=model.context_length)
+    with torch.no_grad():
+        model.encode_text(tokens)
+    handle.remove()
+    return saved["x"] @ model.text_projection, tokens
+
+
+def test_isolated_phrases_are_encoded_on_their_own():
+    model = tiny_clip(SMALL)
+    batch = {"captions": CAPTIONS, "phrases": PHRASES, "pids": torch.tensor([0, 1])}
+    with training.attach(model, losses=["ppim"], ppim={"phrase_context": "isolated"}) as session:
+        with torch.no_grad():
+            _forward(model)
+            caption_tokens = session.capture.text_tokens
+            embeddings, index = session.losses["ppim"].phrase_embeddings(batch)
+        assert session.capture.text_tokens is caption_tokens  # the captions' forward is kept
+    texts = [c[p["start"]:p["end"]] for c, ps in zip(CAPTIONS, PHRASES, strict=True)
+             for p in ps]
+    assert list(index.texts) == texts
+    features, tokens = _text_tokens(model, texts)
+    end = tokens.argmax(dim=-1)  # the end-of-text token; the phrase is between it and SOT
+    expected = torch.stack([features[i, 1:end[i]].mean(0) for i in range(len(texts))])
+    torch.testing.assert_close(embeddings, expected)
+    # in context, the same words give other features (the caption before them is seen)
+    with training.attach(model, losses=["ppim"]) as session:
+        with torch.no_grad():
+            _forward(model)
+            in_context, _ = session.losses["ppim"].phrase_embeddings(batch)
+    assert not torch.allclose(in_context[1:], expected[1:], atol=1e-3)
+
+
+def _phrase_loss(model, pids, negatives):
+    options = {"phrase_negatives": negatives, "image_contrast_weight": 0.0,
+               "phrase_contrast_weight": 1.0}
+    with training.attach(model, losses=["ppim"], ppim=options) as session, torch.no_grad():
+        _forward(model)
+        session.losses["ppim"].loss({"captions": CAPTIONS, "phrases": PHRASES,
+                                     "pids": torch.tensor(pids)})
+        return session.losses["ppim"].last["ppim_phrase"]
+
+
+def test_batch_negatives_add_the_other_captions_phrases_unless_same_identity():
+    model = tiny_clip(SMALL)
+    own_caption = _phrase_loss(model, [0, 1], "caption")
+    # two more negatives per region: the softmax denominator only grows
+    assert _phrase_loss(model, [0, 1], "batch") > own_caption + 1e-4
+    # same identity: the other caption's phrases describe the same person, not negatives
+    assert _phrase_loss(model, [3, 3], "batch") == pytest.approx(own_caption, abs=1e-6)
+
+
+def test_position_keys_start_neutral_and_need_the_grid():
+    from reid_explain.plugins.training.ppim import PPIMHead
+
+    torch.manual_seed(0)
+    plain, positioned = PPIMHead(16), PPIMHead(16, position_frequencies=2)
+    phrases, patches = torch.randn(3, 16), torch.randn(2, 8, 16)
+    torch.testing.assert_close(positioned.attention(phrases, patches, (4, 2)),
+                               plain.attention(phrases, patches))
+    with torch.no_grad():
+        positioned.position_proj.weight.normal_()
+    moved = positioned.attention(phrases, patches, (4, 2))
+    assert not torch.allclose(moved, plain.attention(phrases, patches))
+    torch.testing.assert_close(moved.sum(-1), torch.ones(3, 2))
+    with pytest.raises(ValueError, match="patch grid"):
+        positioned.attention(phrases, patches, (3, 2))
+
+
+@pytest.mark.parametrize("option", [{"phrase_negatives": "images"},
+                                    {"phrase_context": "sentence"}])
+def test_unknown_ppim_options_are_named(option):
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=name):
+        with training.attach(tiny_clip(SMALL), losses=["ppim"], ppim=option):
+            pass
+
+
+def test_grounding_follows_the_ppim_phrase_context(synth_splits):
+    model = tiny_clip(SMALL)
+    data = synth_splits["test"]
+    images = data.images[torch.as_tensor(data.caption_image[:2])]
+    options = {"phrase_context": "isolated", "position_frequencies": 2}
+    with training.attach(model, losses=["ppim"], ppim=options) as session:
+        ppim = session.losses["ppim"]
+    with explainify(model) as exp:
+        groundings = exp.ground(images, data.captions[:2], method="ppim", ppim=ppim,
+                                phrases=data.phrases[:2])
+        scores = part_wise_similarity(exp, images, data.captions[:2], ppim,
+                                      phrases=data.phrases[:2])
+    texts = [p["text"] for p in data.phrases[0]]
+    features, tokens = _text_tokens(model, texts)
+    end = tokens.argmax(dim=-1)
+    phrases = torch.stack([features[i, 1:end[i]].mean(0) for i in range(len(texts))])
+    saved = {}
+    handle = model.visual.ln_post.register_forward_hook(lambda m, a, out: saved.setdefault(
+        "x", out))
+    with torch.no_grad():
+        model.encode_image(images[:1])
+    handle.remove()
+    patches = (saved["x"][:, 1:] @ model.visual.proj).expand(len(texts), -1, -1)
+    with torch.no_grad():
+        expected = ppim.head.own_attention(phrases, patches, (8, 4)).view(-1, 8, 4)
+    torch.testing.assert_close(groundings[0].maps.maps, expected)
+    assert scores.shape == (2, 2) and torch.isfinite(scores).all()

@@ -25,18 +25,12 @@ from torch import Tensor
 
 from reid_explain.hookspecs import hookimpl
 from reid_explain.training.capture import ForwardCapture, OwnsCapture
+from reid_explain.training.grid import grid_coordinates
 from reid_explain.training.phrase_tokens import phrase_index, pool_phrases
 from reid_explain.training_hooks import TrainingLoss
 
 PENALTIES = ("spread", "entropy")
 MODES = ("rows", "mixture")
-
-
-def grid_coordinates(h: int, w: int, device: torch.device | None = None) -> Tensor:
-    """``(h*w, 2)`` cell centres in [0, 1] x [0, 1], row-major."""
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
-    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
-    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
 def spatial_spread(distribution: Tensor, coords: Tensor) -> Tensor:

@@ -1,17 +1,21 @@
 """PPIM: patch-phrase interaction module (InterPartAbility's phrase supervision).
 
 Each part phrase of a caption ("a red short-sleeved shirt") is embedded by the host's own text
-tower (token features in the joint space, averaged over the phrase's tokens) and attends over
-the patch tokens of an image (joint space) through a light head: two linear maps and a
-temperature. The attention is the phrase's map; the attended region feature should match the
-phrase. Supervision is contrastive:
+tower (token features in the joint space, averaged over the phrase's tokens; in the caption's
+context or, ``phrase_context="isolated"``, encoded on its own) and attends over the patch
+tokens of an image (joint space) through a light head: two linear maps and a temperature (and,
+optionally, position keys). The attention is the phrase's map; the attended region feature
+should match the phrase. Supervision is contrastive:
 
-* phrase → image: the region a phrase pools from its own image must match the phrase better
-  than the regions it pools from the other images of the batch (images of the same identity are
-  not used as negatives);
-* phrase → phrase (weight ``phrase_contrast_weight``): within its own image, a phrase's region
-  must match that phrase better than the caption's other phrases, so "red shirt" and "black
-  trousers" look at different patches.
+* phrase → image (weight ``image_contrast_weight``): the region a phrase pools from its own
+  image must match the phrase better than the regions it pools from the other images of the
+  batch (images of the same identity are not used as negatives);
+* region → phrase (weight ``phrase_contrast_weight``): a phrase's region in its own image must
+  match that phrase better than the caption's other phrases (``phrase_negatives="caption"``),
+  so "red shirt" and "black trousers" look at different patches, or better than every other
+  phrase of the batch (``"batch"``; phrases with the same text and phrases of other captions
+  of the same identity are not negatives), so a region must say what its phrase says in terms
+  shared across images.
 
 Only the head is new; it trains the host's patch tokens and text tower through the losses and
 costs nothing at inference (retrieval uses the global embeddings). See docs/interpartability.md.
@@ -29,14 +33,29 @@ from torch import Tensor, nn
 
 from reid_explain.hookspecs import hookimpl
 from reid_explain.training.capture import ForwardCapture, OwnsCapture
-from reid_explain.training.phrase_tokens import PhraseIndex, phrase_index, pool_phrases
+from reid_explain.training.grid import fourier_positions
+from reid_explain.training.phrase_tokens import (
+    PHRASE_CONTEXTS,
+    PhraseIndex,
+    isolated_phrase_embeddings,
+    phrase_index,
+    pool_phrases,
+)
 from reid_explain.training_hooks import TrainingLoss
+
+PHRASE_NEGATIVES = ("caption", "batch")
 
 
 class PPIMHead(nn.Module):
-    """Phrase-conditioned attention over patches, and the pooled region per (phrase, image)."""
+    """Phrase-conditioned attention over patches, and the pooled region per (phrase, image).
 
-    def __init__(self, dim: int, proj_dim: int | None = None, temperature: float = 0.1) -> None:
+    ``position_frequencies > 0`` adds the patches' grid coordinates (Fourier features, through a
+    zero-initialised linear map) to the keys, so the head can learn where a part usually is
+    ("shoes" low, "hat" high) on top of what the patch tokens say.
+    """
+
+    def __init__(self, dim: int, proj_dim: int | None = None, temperature: float = 0.1,
+                 position_frequencies: int = 0) -> None:
         super().__init__()
         proj_dim = proj_dim or dim
         self.phrase_proj = nn.Linear(dim, proj_dim)
@@ -45,15 +64,44 @@ class PPIMHead(nn.Module):
             for layer in (self.phrase_proj, self.patch_proj):
                 nn.init.eye_(layer.weight)
                 nn.init.zeros_(layer.bias)
+        self.position_frequencies = position_frequencies
+        self.position_proj: nn.Linear | None = None
+        if position_frequencies > 0:
+            self.position_proj = nn.Linear(4 * position_frequencies, proj_dim)
+            nn.init.zeros_(self.position_proj.weight)
+            nn.init.zeros_(self.position_proj.bias)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
         self.match_log_scale = nn.Parameter(torch.tensor(math.log(1.0 / 0.07)))
 
-    def attention(self, phrases: Tensor, patches: Tensor) -> Tensor:
+    def keys(self, patches: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """``(..., N, D)`` patches -> normalised keys (with positions if the head has them)."""
+        keys = self.patch_proj(patches)
+        if self.position_proj is not None:
+            if grid is None or grid[0] * grid[1] != patches.shape[-2]:
+                raise ValueError(f"the PPIM head needs the patch grid of {patches.shape[-2]} "
+                                 f"patches for its position keys, got {grid}")
+            keys = keys + self.position_proj(fourier_positions(*grid, self.position_frequencies,
+                                                               patches.device))
+        return F.normalize(keys, dim=-1)
+
+    def queries(self, phrases: Tensor) -> Tensor:
+        return F.normalize(self.phrase_proj(phrases), dim=-1)
+
+    @property
+    def scale(self) -> Tensor:
+        return self.log_scale.exp().clamp(max=100)
+
+    def attention(self, phrases: Tensor, patches: Tensor,
+                  grid: tuple[int, int] | None = None) -> Tensor:
         """``(K, D)`` phrases x ``(B, N, D)`` patches -> ``(K, B, N)`` distributions over N."""
-        q = F.normalize(self.phrase_proj(phrases), dim=-1)
-        k = F.normalize(self.patch_proj(patches), dim=-1)
-        logits = torch.einsum("kd,bnd->kbn", q, k) * self.log_scale.exp().clamp(max=100)
-        return logits.softmax(dim=-1)
+        logits = torch.einsum("kd,bnd->kbn", self.queries(phrases), self.keys(patches, grid))
+        return (logits * self.scale).softmax(dim=-1)
+
+    def own_attention(self, phrases: Tensor, patches: Tensor,
+                      grid: tuple[int, int] | None = None) -> Tensor:
+        """``(K, D)`` phrases x their own images' ``(K, N, D)`` patches -> ``(K, N)``."""
+        logits = torch.einsum("kd,knd->kn", self.queries(phrases), self.keys(patches, grid))
+        return (logits * self.scale).softmax(dim=-1)
 
     def regions(self, attention: Tensor, patches: Tensor) -> Tensor:
         """``(K, B, N)`` attention, ``(B, N, D)`` patches -> ``(K, B, D)`` region features."""
@@ -74,19 +122,35 @@ class PPIM(OwnsCapture, TrainingLoss):
 
     def __init__(self, adapter: Any, proj_dim: int | None = None, temperature: float = 0.1,
                  phrase_contrast_weight: float = 0.5, weight: float = 1.0,
+                 image_contrast_weight: float = 1.0, phrase_negatives: str = "caption",
+                 phrase_context: str = "caption", position_frequencies: int = 0,
                  phrase_extractor: str = "rules", patch_block: int | None = None,
                  capture: ForwardCapture | None = None) -> None:
+        if phrase_negatives not in PHRASE_NEGATIVES:
+            raise ValueError(f"ppim: phrase_negatives must be one of {PHRASE_NEGATIVES}, got "
+                             f"{phrase_negatives!r}")
+        if phrase_context not in PHRASE_CONTEXTS:
+            raise ValueError(f"ppim: phrase_context must be one of {PHRASE_CONTEXTS}, got "
+                             f"{phrase_context!r}")
         super().__init__(adapter, proj_dim=proj_dim, temperature=temperature,
                          phrase_contrast_weight=phrase_contrast_weight, weight=weight,
+                         image_contrast_weight=image_contrast_weight,
+                         phrase_negatives=phrase_negatives, phrase_context=phrase_context,
+                         position_frequencies=position_frequencies,
                          phrase_extractor=phrase_extractor, patch_block=patch_block)
         #: None: the final patch tokens; -2: the output of the second-to-last block (the last
-        #: block's attention mixes every patch with the rest, blurring where a phrase is)
+        #: block's attention mixes every patch with the rest, blurring where a phrase is);
+        #: "embed": the patch embeddings before any block
         self.patch_block = patch_block
         dim = int(adapter.model.embed_dim if hasattr(adapter.model, "embed_dim")
                   else adapter.model.visual.output_dim)
-        self.head = PPIMHead(dim, proj_dim, temperature).to(adapter.device)
+        self.head = PPIMHead(dim, proj_dim, temperature, position_frequencies).to(
+            adapter.device)
         self.weight = weight
         self.phrase_contrast_weight = phrase_contrast_weight
+        self.image_contrast_weight = image_contrast_weight
+        self.phrase_negatives = phrase_negatives
+        self.phrase_context = phrase_context
         self.phrase_extractor = phrase_extractor
         self.capture = capture
         self._owns_capture = capture is None
@@ -114,6 +178,8 @@ class PPIM(OwnsCapture, TrainingLoss):
                                "encode_text on the batch captions first")
         index = phrase_index(self.adapter, batch["captions"], batch.get("phrases"),
                              self.phrase_extractor)
+        if self.phrase_context == "isolated":
+            return isolated_phrase_embeddings(self.adapter, self.capture, index.texts), index
         return pool_phrases(self.capture.text_tokens, index), index
 
     def loss(self, batch: Mapping[str, Any]) -> Tensor:
@@ -126,7 +192,7 @@ class PPIM(OwnsCapture, TrainingLoss):
             self.last = {"ppim": 0.0}
             return patches.sum() * 0.0
         owner = index.caption.to(patches.device)
-        attention = self.head.attention(phrases, patches)  # (K, B, N)
+        attention = self.head.attention(phrases, patches, self.capture.grid_size)
         regions = self.head.regions(attention, patches)
         logits = self.head.match(phrases, regions)  # (K, B)
         pids = batch.get("pids")
@@ -137,14 +203,13 @@ class PPIM(OwnsCapture, TrainingLoss):
             own[torch.arange(len(owner)), owner] = True
             logits = logits.masked_fill(same & ~own, float("-inf"))
         image_loss = F.cross_entropy(logits, owner)
-        total = image_loss
+        total = self.image_contrast_weight * image_loss
         parts = {"ppim_image": image_loss.item()}
         if self.phrase_contrast_weight > 0:
             own_regions = regions[torch.arange(len(owner)), owner]  # (K, D)
             cos = F.normalize(own_regions, dim=-1) @ F.normalize(phrases, dim=-1).T
             cos = cos * self.head.match_log_scale.exp().clamp(max=100)
-            same_caption = owner[:, None] == owner[None, :]
-            cos = cos.masked_fill(~same_caption, float("-inf"))
+            cos = cos.masked_fill(self.not_negatives(owner, pids, index.texts), float("-inf"))
             phrase_loss = F.cross_entropy(cos, torch.arange(len(owner), device=cos.device))
             total = total + self.phrase_contrast_weight * phrase_loss
             parts["ppim_phrase"] = phrase_loss.item()
@@ -153,13 +218,24 @@ class PPIM(OwnsCapture, TrainingLoss):
         self.last = parts
         return self.weight * total
 
+    def not_negatives(self, owner: Tensor, pids: Tensor | None, texts: tuple[str, ...]
+                      ) -> Tensor:
+        """``(K, K)`` True where phrase j is not a negative for phrase i's region (i != j)."""
+        same_caption = owner[:, None] == owner[None, :]
+        if self.phrase_negatives == "caption":
+            return ~same_caption
+        keys = [" ".join(t.lower().split()) for t in texts]
+        skip = torch.tensor([[a == b for b in keys] for a in keys], device=owner.device)
+        skip &= ~torch.eye(len(owner), dtype=torch.bool, device=owner.device)
+        if pids is not None:  # other captions of the same identity describe the same parts
+            skip |= (pids[owner][:, None] == pids[owner][None, :]) & ~same_caption
+        return skip
+
     # -- inference ----------------------------------------------------------------------------
-    def phrase_maps(self, patches: Tensor, phrases: Tensor) -> Tensor:
+    def phrase_maps(self, patches: Tensor, phrases: Tensor,
+                    grid: tuple[int, int] | None = None) -> Tensor:
         """``(K, N)`` map of each phrase over the patches of its own image (``(K, N, D)``)."""
-        q = F.normalize(self.head.phrase_proj(phrases), dim=-1)
-        k = F.normalize(self.head.patch_proj(patches), dim=-1)
-        logits = torch.einsum("kd,knd->kn", q, k) * self.head.log_scale.exp().clamp(max=100)
-        return logits.softmax(dim=-1)
+        return self.head.own_attention(phrases, patches, grid)
 
 
 @hookimpl

@@ -34,10 +34,12 @@ class ForwardCapture:
         self._attention_ctx: Any = None
         self._attention_capture: AttentionCapture | None = None
 
-    def attach(self, attention_blocks: tuple[int, ...] = (), patch_block: int | None = None
-               ) -> None:
+    def attach(self, attention_blocks: tuple[int, ...] = (),
+               patch_block: int | str | None = None) -> None:
         """``patch_block``: take the patch tokens at the output of that visual block (passed
-        through ``ln_post`` and ``proj`` into the joint space) instead of the final tokens."""
+        through ``ln_post`` and ``proj`` into the joint space) instead of the final tokens;
+        ``"embed"``: the patch embeddings entering the first block (after ``ln_pre``), which
+        no attention has mixed yet."""
         model = self.adapter.model
         visual = model.visual
         if getattr(visual, "attn_pool", None) is not None:
@@ -79,7 +81,12 @@ class ForwardCapture:
             raise AdapterError("open_clip towers with final_ln_after_pool apply ln_post to the "
                                "pooled token only; patch-level supervision needs all tokens")
         self.hooks.add(visual.conv1.register_forward_hook(on_patchify))
-        if patch_block is not None:
+        if isinstance(patch_block, str) and patch_block != "embed":
+            raise AdapterError(f"patch_block must be a block index or 'embed', got "
+                               f"{patch_block!r}")
+        if patch_block == "embed":
+            self.hooks.add(visual.ln_pre.register_forward_hook(on_block))
+        elif patch_block is not None:
             self.hooks.add(self.adapter.blocks()[patch_block].register_forward_hook(on_block))
         self.hooks.add(visual.ln_post.register_forward_hook(on_visual))
         self.hooks.add(model.ln_final.register_forward_hook(on_text))

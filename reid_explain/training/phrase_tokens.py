@@ -71,3 +71,23 @@ def pool_phrases(text_tokens: Tensor, index: PhraseIndex) -> Tensor:
     weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1)
     tokens = text_tokens[index.caption.to(text_tokens.device)]  # (K, L, D)
     return torch.einsum("kl,kld->kd", weights, tokens)
+
+
+PHRASE_CONTEXTS = ("caption", "isolated")
+
+
+def isolated_phrase_embeddings(adapter: Adapter, capture: Any, texts: Sequence[str]) -> Tensor:
+    """``(K, D)`` phrase embeddings with each phrase encoded on its own by the text tower (its
+    token features pooled over the phrase's tokens), so an embedding says what the phrase says
+    and nothing about the caption around it. ``capture`` (a ForwardCapture, attached) keeps the
+    caption tokens it held before this extra text forward."""
+    held = capture.text_tokens
+    try:
+        adapter.embed_text(adapter.tokenize(list(texts)))
+        tokens = capture.text_tokens
+    finally:
+        capture.text_tokens = held
+    index = phrase_index(adapter, list(texts), [[{"start": 0, "end": len(t)}] for t in texts])
+    if len(index) != len(texts):
+        raise ValueError("a phrase has no tokens of its own (empty text?)")
+    return pool_phrases(tokens, index)
