@@ -45,9 +45,11 @@ def run(seed: int, variant: str, args: argparse.Namespace, splits: dict) -> dict
     model = tiny_clip(clip_config, seed=seed)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
                          losses=VARIANTS[variant],
-                         loss_options={"ppim": {"weight": args.ppim_weight},
+                         loss_options={"ppim": {"weight": args.ppim_weight,
+                                                **json.loads(args.ppim_options)},
                                        "attention_constraint": {
-                                           "weight": args.constraint_weight}})
+                                           "weight": args.constraint_weight,
+                                           **json.loads(args.constraint_options)}})
     start = time.perf_counter()
     history, session = train_text_image(model, splits["train"], config)
     seconds = time.perf_counter() - start
@@ -81,6 +83,11 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--ppim-weight", type=float, default=1.0)
     parser.add_argument("--constraint-weight", type=float, default=1.0)
+    parser.add_argument("--ppim-options", default="{}",
+                        help='more PPIM parameters as JSON, e.g. \'{"patch_block": 0}\'')
+    parser.add_argument("--constraint-options", default="{}",
+                        help='more attention-constraint parameters as JSON, e.g. '
+                             '\'{"blocks": [0]}\'')
     parser.add_argument("--max-captions", type=int, default=400)
     parser.add_argument("--out", default=None, help="write all results as JSON")
     args = parser.parse_args()

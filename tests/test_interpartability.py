@@ -359,3 +359,20 @@ def test_grounding_follows_the_ppim_phrase_context(synth_splits):
         expected = ppim.head.own_attention(phrases, patches, (8, 4)).view(-1, 8, 4)
     torch.testing.assert_close(groundings[0].maps.maps, expected)
     assert scores.shape == (2, 2) and torch.isfinite(scores).all()
+
+
+def test_ppim_and_constraint_can_share_the_first_block():
+    """Reading block 0's tokens must not swallow block 0's attention for the constraint."""
+    model = tiny_clip(SMALL)
+    saved = {}
+    handle = model.visual.transformer.resblocks[0].attn.register_forward_hook(
+        lambda m, a, out: saved.update(attention=out[1]))
+    with training.attach(model, losses=["ppim", "attention_constraint"], ppim={"patch_block": 0},
+                         attention_constraint={"blocks": (0,)}) as session:
+        _forward(model)
+        loss = training.auxiliary_losses(model, {"captions": CAPTIONS, "phrases": PHRASES,
+                                                 "pids": torch.tensor([0, 1])})
+        attention = session.capture.attention
+    handle.remove()
+    assert torch.isfinite(loss) and len(attention) == 1
+    torch.testing.assert_close(attention[0], saved["attention"])  # (B, heads, 1+N, 1+N)

@@ -31,6 +31,7 @@ class ForwardCapture:
         self.attention_blocks: tuple[int, ...] = ()
         self.grid_size: tuple[int, int] | None = None  # patch grid of the last image forward
         self._block_patches: Tensor | None = None
+        self._in_block_hook = False
         self._attention_ctx: Any = None
         self._attention_capture: AttentionCapture | None = None
 
@@ -52,9 +53,15 @@ class ForwardCapture:
 
         def on_block(_m: nn.Module, _a: Any, out: Tensor) -> None:
             tokens = out if self.adapter.batch_first else out.transpose(0, 1)
-            self._block_patches = to_joint(visual.ln_post(tokens))
+            self._in_block_hook = True  # this ln_post call is ours, not the tower's output
+            try:
+                self._block_patches = to_joint(visual.ln_post(tokens))
+            finally:
+                self._in_block_hook = False
 
         def on_visual(_m: nn.Module, _a: Any, out: Tensor) -> None:
+            if self._in_block_hook:
+                return
             if out.dim() == 3 and out.shape[1] > 1:
                 tokens = out if self.adapter.batch_first else out.transpose(0, 1)
                 self.patch_tokens = to_joint(tokens) if patch_block is None \
