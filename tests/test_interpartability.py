@@ -280,7 +280,7 @@ def test_isolated_phrases_are_encoded_on_their_own():
     expected = torch.stack([features[i, 1:end[i]].mean(0) for i in range(len(texts))])
     torch.testing.assert_close(embeddings, expected)
     # in context, the same words give other features (the caption before them is seen)
-    with training.attach(model, losses=["ppim"]) as session:
+    with training.attach(model, losses=["ppim"], ppim={"phrase_context": "caption"}) as session:
         with torch.no_grad():
             _forward(model)
             in_context, _ = session.losses["ppim"].phrase_embeddings(batch)

@@ -122,8 +122,8 @@ class PPIM(OwnsCapture, TrainingLoss):
 
     def __init__(self, adapter: Any, proj_dim: int | None = None, temperature: float = 0.1,
                  phrase_contrast_weight: float = 0.5, weight: float = 1.0,
-                 image_contrast_weight: float = 1.0, phrase_negatives: str = "caption",
-                 phrase_context: str = "caption", position_frequencies: int = 0,
+                 image_contrast_weight: float = 1.0, phrase_negatives: str = "batch",
+                 phrase_context: str = "isolated", position_frequencies: int = 0,
                  phrase_extractor: str = "rules", patch_block: int | None = None,
                  capture: ForwardCapture | None = None) -> None:
         if phrase_negatives not in PHRASE_NEGATIVES:
