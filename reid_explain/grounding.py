@@ -3,9 +3,11 @@
 Three kinds of phrase map, all on the host's patch grid:
 
 * ``"ppim"``: the trained PPIM head's phrase-conditioned attention over the image's patch tokens
-  (phrase embedded in context: the caption's token features pooled over the phrase's span);
+  (the phrase embedded as PPIM was trained to: on its own, or the caption's token features
+  pooled over the phrase's span, after its ``phrase_context``);
 * ``"similarity"``: the same without a head: a softmax over patches of the cosine between the
-  contextual phrase embedding and each patch token in the joint space (``temperature``);
+  phrase embedding (in the caption's context) and each patch token in the joint space
+  (``temperature``);
 * any registered image attribution (``"gradcam"``, ``"attention_relevance"``, ...): it explains
   the cosine between the image embedding and the phrase's own text embedding
   (``encode_text(phrase)``), the usual open-vocabulary use of a CLIP attribution.
