@@ -214,13 +214,26 @@ def test_part_wise_similarity_adds_phrase_region_agreement(synth_splits):
 def test_train_command_writes_a_checkpoint(tmp_path, capsys):
     out = tmp_path / "model.pt"
     assert cli_main(["train", "--task", "text-image", "--ids", "12", "--epochs", "1",
-                     "--batch-size", "32", "--ppim", "--constraint", "--out", str(out)]) == 0
+                     "--batch-size", "32", "--ppim", "--constraint", "--out", str(out),
+                     "--ppim-options", '{"patch_block": 0}',
+                     "--constraint-options", '{"blocks": [0]}']) == 0
     printed = capsys.readouterr().out
     report = json.loads(printed[printed.rindex("\n{"):])
     assert report["checkpoint"] == str(out) and out.exists()
     model, session, payload = load_checkpoint(out)
     assert set(session.losses) == {"ppim", "attention_constraint"}
+    assert session.losses["ppim"].patch_block == 0
+    assert session.losses["attention_constraint"].blocks == (0,)
     assert payload["extra"]["test"]["R1"] == report["test"]["R1"]
+
+
+@pytest.mark.parametrize("text", ["{patch_block: 0}", "[0]"])
+def test_train_command_names_bad_plugin_options(text, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--task", "text-image", "--ppim", "--ppim-options", text,
+                  "--out", str(tmp_path / "m.pt")])
+    assert "--ppim-options" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_ppim_can_read_an_earlier_block():

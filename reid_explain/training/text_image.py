@@ -285,6 +285,22 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, TrainingSession
     return model, session, payload
 
 
+def _json_object(flag: str) -> Any:
+    """An argparse type: a JSON object, or an error naming the flag."""
+
+    def parse(text: str) -> dict[str, Any]:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise argparse.ArgumentTypeError(f"{flag}: not JSON ({error})") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"{flag}: expected a JSON object, got {text!r}")
+        return value
+
+    parse.__name__ = "JSON object"
+    return parse
+
+
 def train_text_image_main(argv: Sequence[str] | None = None) -> int:
     """``reid-explain train --task text-image``."""
     parser = argparse.ArgumentParser(prog="reid-explain train --task text-image",
@@ -298,6 +314,11 @@ def train_text_image_main(argv: Sequence[str] | None = None) -> int:
                         help="add the attention constraint")
     parser.add_argument("--constraint-weight", type=float, default=1.0)
     parser.add_argument("--ppim-weight", type=float, default=1.0)
+    parser.add_argument("--ppim-options", type=_json_object("--ppim-options"), default={},
+                        help='more PPIM parameters as JSON, e.g. \'{"patch_block": 0}\'')
+    parser.add_argument("--constraint-options", type=_json_object("--constraint-options"),
+                        default={}, help='more attention-constraint parameters as JSON, '
+                                         'e.g. \'{"blocks": [0]}\'')
     parser.add_argument("--objective", default="sdm", choices=OBJECTIVES)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -317,8 +338,10 @@ def train_text_image_main(argv: Sequence[str] | None = None) -> int:
                                                 if args.constraint else ())
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, objective=args.objective, losses=losses,
-                         loss_options={"ppim": {"weight": args.ppim_weight},
+                         loss_options={"ppim": {**args.ppim_options,
+                                                "weight": args.ppim_weight},
                                        "attention_constraint": {
+                                           **args.constraint_options,
                                            "weight": args.constraint_weight}},
                          log_every=20)
     model = tiny_clip(clip_config, seed=args.seed)
