@@ -236,13 +236,16 @@ def test_train_command_names_bad_plugin_options(text, capsys, tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_ppim_can_read_an_earlier_block():
-    """patch_block=-2: the second-to-last block's tokens, through ln_post and proj."""
+@pytest.mark.parametrize("patch_block, module", [
+    (-2, lambda model: model.visual.transformer.resblocks[-2]),  # second-to-last block's output
+    ("embed", lambda model: model.visual.ln_pre),  # the tokens entering the first block
+])
+def test_ppim_can_read_an_earlier_token_source(patch_block, module):
+    """The chosen tokens, through ln_post and proj like the final ones."""
     model = tiny_clip(SMALL)
     saved = {}
-    handle = model.visual.transformer.resblocks[-2].register_forward_hook(
-        lambda m, a, out: saved.setdefault("tokens", out))
-    with training.attach(model, losses=["ppim"], ppim={"patch_block": -2}) as session:
+    handle = module(model).register_forward_hook(lambda m, a, out: saved.update(tokens=out))
+    with training.attach(model, losses=["ppim"], ppim={"patch_block": patch_block}) as session:
         with torch.no_grad():
             _forward(model)
         captured = session.capture.patch_tokens
@@ -251,29 +254,17 @@ def test_ppim_can_read_an_earlier_block():
     torch.testing.assert_close(captured, expected)
 
 
-def test_ppim_can_read_the_patch_embeddings():
-    """patch_block='embed': the tokens entering the first block, through ln_post and proj."""
-    model = tiny_clip(SMALL)
+def _isolated_reference(model, texts):
+    """Each text encoded alone; token features (joint space) averaged between SOT and EOT."""
     saved = {}
-    handle = model.visual.ln_pre.register_forward_hook(
-        lambda m, a, out: saved.setdefault("tokens", out))
-    with training.attach(model, losses=["ppim"], ppim={"patch_block": "embed"}) as session:
-        with torch.no_grad():
-            _forward(model)
-        captured = session.capture.patch_tokens
-    handle.remove()
-    expected = model.visual.ln_post(saved["tokens"])[:, 1:] @ model.visual.proj
-    torch.testing.assert_close(captured, expected)
-
-
-def _text_tokens(model, texts):
-    saved = {}
-    handle = model.ln_final.register_forward_hook(lambda m, a, out: saved.setdefault("x", out))
+    handle = model.ln_final.register_forward_hook(lambda m, a, out: saved.update(x=out))
     tokens = open_clip.tokenize(texts, context_length=model.context_length)
     with torch.no_grad():
         model.encode_text(tokens)
     handle.remove()
-    return saved["x"] @ model.text_projection, tokens
+    features = saved["x"] @ model.text_projection
+    end = tokens.argmax(dim=-1)  # the end-of-text token
+    return torch.stack([features[i, 1:end[i]].mean(0) for i in range(len(texts))])
 
 
 def test_isolated_phrases_are_encoded_on_their_own():
@@ -288,9 +279,7 @@ def test_isolated_phrases_are_encoded_on_their_own():
     texts = [c[p["start"]:p["end"]] for c, ps in zip(CAPTIONS, PHRASES, strict=True)
              for p in ps]
     assert list(index.texts) == texts
-    features, tokens = _text_tokens(model, texts)
-    end = tokens.argmax(dim=-1)  # the end-of-text token; the phrase is between it and SOT
-    expected = torch.stack([features[i, 1:end[i]].mean(0) for i in range(len(texts))])
+    expected = _isolated_reference(model, texts)
     torch.testing.assert_close(embeddings, expected)
     # in context, the same words give other features (the caption before them is seen)
     with training.attach(model, losses=["ppim"], ppim={"phrase_context": "caption"}) as session:
@@ -358,9 +347,7 @@ def test_grounding_follows_the_ppim_phrase_context(synth_splits):
         scores = part_wise_similarity(exp, images, data.captions[:2], ppim,
                                       phrases=data.phrases[:2])
     texts = [p["text"] for p in data.phrases[0]]
-    features, tokens = _text_tokens(model, texts)
-    end = tokens.argmax(dim=-1)
-    phrases = torch.stack([features[i, 1:end[i]].mean(0) for i in range(len(texts))])
+    phrases = _isolated_reference(model, texts)
     saved = {}
     handle = model.visual.ln_post.register_forward_hook(lambda m, a, out: saved.setdefault(
         "x", out))

@@ -224,18 +224,14 @@ class PPIM(OwnsCapture, TrainingLoss):
         same_caption = owner[:, None] == owner[None, :]
         if self.phrase_negatives == "caption":
             return ~same_caption
-        keys = [" ".join(t.lower().split()) for t in texts]
-        skip = torch.tensor([[a == b for b in keys] for a in keys], device=owner.device)
+        ids: dict[str, int] = {}
+        text_id = torch.tensor([ids.setdefault(" ".join(t.lower().split()), len(ids))
+                                for t in texts], device=owner.device)
+        skip = text_id[:, None] == text_id[None, :]
         skip &= ~torch.eye(len(owner), dtype=torch.bool, device=owner.device)
         if pids is not None:  # other captions of the same identity describe the same parts
             skip |= (pids[owner][:, None] == pids[owner][None, :]) & ~same_caption
         return skip
-
-    # -- inference ----------------------------------------------------------------------------
-    def phrase_maps(self, patches: Tensor, phrases: Tensor,
-                    grid: tuple[int, int] | None = None) -> Tensor:
-        """``(K, N)`` map of each phrase over the patches of its own image (``(K, N, D)``)."""
-        return self.head.own_attention(phrases, patches, grid)
 
 
 @hookimpl
