@@ -24,6 +24,7 @@ import torch
 from reid_explain import explainify
 from reid_explain._io import atomic_write_text
 from reid_explain.evaluation.phrase_grounding import (
+    location_prior_scores,
     phrase_counterfactual_gap,
     phrase_grounding_scores,
 )
@@ -92,9 +93,17 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write all results as JSON")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    results = []
+    results, priors = [], []
     for seed in args.seeds:
         splits = synthpedes_text_image(n_ids=args.ids, seed=seed)
+        grid = TinyClipConfig(patch_size=args.patch_size).grid_size
+        prior = location_prior_scores(splits["train"], splits["test"], grid,
+                                      max_captions=args.max_captions)
+        priors.append({"seed": seed, **{k: prior[k] for k in ("energy", "pointing", "phrases",
+                                                               "by_part")}})
+        print(f"seed {seed} reference: image-blind location prior (training masks, {grid[0]}x"
+              f"{grid[1]} grid) energy {prior['energy']:.3f} pointing {prior['pointing']:.3f}",
+              flush=True)
         for variant in args.variants:
             r = run(seed, variant, args, splits)
             results.append(r)
@@ -105,6 +114,9 @@ def main() -> None:
                   f" | best {r['best_method']} gap {r['counterfactual']['gap']:.4f} "
                   f"| {r['train_seconds']}s", flush=True)
     print("\nmeans over seeds (ratio to baseline)")
+    print(f"{'location prior':16s} (reference, no model) energy "
+          f"{np.mean([p['energy'] for p in priors]):.3f} pointing "
+          f"{np.mean([p['pointing'] for p in priors]):.3f}")
     base = [r for r in results if r["variant"] == "baseline"]
     for variant in args.variants:
         rows = [r for r in results if r["variant"] == variant]
@@ -123,7 +135,8 @@ def main() -> None:
         print(line)
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(
-            {"args": vars(args), "results": [{k: v for k, v in r.items()} for r in results]},
+            {"args": vars(args), "location_prior": priors,
+             "results": [{k: v for k, v in r.items()} for r in results]},
             indent=2, default=float))
 
 

@@ -9,10 +9,13 @@ maps) in the image, against k% random cells, and measures the drop of the captio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from ..masker import grid_to_pixels
 from .bootstrap import bootstrap_ci
@@ -28,32 +31,71 @@ def phrase_grounding_scores(explainer: Explainer, data: TextImageData, method: s
                             batch_size: int = 64, **options: Any) -> dict[str, Any]:
     """Mean pointing game and energy pointing game of ``method``'s phrase maps, overall and
     per part, plus the per-phrase values."""
+
+    def maps_of(rows: list[int], image_rows: Tensor) -> list[tuple[list[dict], Tensor | None]]:
+        groundings = explainer.ground(data.images[image_rows], [data.captions[r] for r in rows],
+                                      method=method, phrases=[data.phrases[r] for r in rows],
+                                      ppim=ppim, **options)
+        return [(g.phrases, g.maps.upsampled() if len(g) else None) for g in groundings]
+
+    return {"method": method, **_score_phrase_maps(data, maps_of, max_captions, batch_size)}
+
+
+def location_prior_scores(reference: TextImageData, data: TextImageData,
+                          grid: tuple[int, int], max_captions: int | None = None,
+                          batch_size: int = 64) -> dict[str, Any]:
+    """The same scores for an image-blind reference: each phrase's map is its part's mean mask
+    over ``reference`` (the training split), pooled to ``grid`` and upsampled as a model's
+    maps are. It needs no model and sees no test image; it uses masks no method trains on.
+    What it scores is how much the benchmark rewards knowing *where a part usually is*, the
+    level a phrase map must beat to show that it reads the image."""
+    if reference.masks is None or tuple(reference.part_names) != tuple(data.part_names):
+        raise ValueError("the location prior needs a reference split with part masks of the "
+                         "same parts (a SynthPedes split)")
+    prior = reference.masks.float().mean(dim=0)  # (K_parts, H, W)
+    size = tuple(prior.shape[-2:])
+    prior = F.interpolate(F.adaptive_avg_pool2d(prior[None], grid), size=size,
+                          mode="bilinear", align_corners=False)[0]
+
+    def maps_of(rows: list[int], image_rows: Tensor) -> list[tuple[list[dict], Tensor | None]]:
+        out = []
+        for r in rows:
+            parts = [p.get("part") for p in data.phrases[r]]
+            maps = torch.stack([prior[data.part_names.index(p)] if p in data.part_names
+                                else torch.zeros(size) for p in parts]) if parts else None
+            out.append((data.phrases[r], maps))
+        return out
+
+    return {"method": "location_prior", **_score_phrase_maps(data, maps_of, max_captions,
+                                                             batch_size)}
+
+
+def _score_phrase_maps(data: TextImageData, maps_of: Callable, max_captions: int | None,
+                       batch_size: int) -> dict[str, Any]:
+    """Score each caption's phrase maps (``maps_of(rows, image_rows)`` -> per row its phrases,
+    dicts with ``part`` and ``text``, and their ``(K, H, W)`` maps at image size) against the
+    parts' masks."""
     if data.masks is None:
         raise ValueError("phrase grounding scores need part masks (a SynthPedes split)")
     n = len(data) if max_captions is None else min(max_captions, len(data))
     records: list[dict[str, Any]] = []
     for start in range(0, n, batch_size):
-        rows = range(start, min(start + batch_size, n))
-        image_rows = torch.as_tensor(data.caption_image[list(rows)])
-        groundings = explainer.ground(data.images[image_rows], [data.captions[r] for r in rows],
-                                      method=method, phrases=[data.phrases[r] for r in rows],
-                                      ppim=ppim, **options)
-        for r, image_row, grounding in zip(rows, image_rows.tolist(), groundings, strict=True):
-            if not len(grounding):
+        rows = list(range(start, min(start + batch_size, n)))
+        image_rows = torch.as_tensor(data.caption_image[rows])
+        for r, image_row, (phrases, maps) in zip(rows, image_rows.tolist(),
+                                                 maps_of(rows, image_rows), strict=True):
+            parts = [p.get("part") for p in phrases]
+            keep = [i for i, part in enumerate(parts) if part in data.part_names]
+            if maps is None or not keep:
                 continue
             masks = data.masks[image_row]  # (K_parts, H, W)
-            parts = [p["part"] for p in grounding.phrases]
-            keep = [i for i, part in enumerate(parts) if part in data.part_names]
-            if not keep:
-                continue
-            maps = grounding.maps.upsampled()[keep]
             part_masks = torch.stack([masks[data.part_names.index(parts[i])] for i in keep])
-            energy = energy_pointing_game(maps, part_masks[:, None])[:, 0]
-            pointing = pointing_game(maps, part_masks[:, None])[:, 0]
+            energy = energy_pointing_game(maps[keep], part_masks[:, None])[:, 0]
+            pointing = pointing_game(maps[keep], part_masks[:, None])[:, 0]
             for j, i in enumerate(keep):
-                records.append({"caption": r, "part": parts[i], "phrase": grounding.phrases[i]
-                                ["text"], "energy": float(energy[j]),
-                                "pointing": float(pointing[j])})
+                records.append({"caption": r, "part": parts[i],
+                                "phrase": phrases[i].get("text"),
+                                "energy": float(energy[j]), "pointing": float(pointing[j])})
     energy = np.array([r["energy"] for r in records], dtype=np.float64)
     pointing = np.array([r["pointing"] for r in records], dtype=np.float64)
     by_part = {}
@@ -61,7 +103,7 @@ def phrase_grounding_scores(explainer: Explainer, data: TextImageData, method: s
         sel = [k for k, r in enumerate(records) if r["part"] == part]
         by_part[part] = {"n": len(sel), "energy": float(np.nanmean(energy[sel])),
                          "pointing": float(np.nanmean(pointing[sel]))}
-    return {"method": method, "phrases": len(records),
+    return {"phrases": len(records),
             "energy": float(np.nanmean(energy)) if len(records) else float("nan"),
             "pointing": float(np.nanmean(pointing)) if len(records) else float("nan"),
             "by_part": by_part, "records": records}

@@ -47,6 +47,11 @@ class TinyClipConfig:
     embed_dim: int = 128
     context_length: int = 64
 
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch rows and columns of the image grid."""
+        return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
+
     def open_clip_config(self) -> dict[str, Any]:
         return {"embed_dim": self.embed_dim,
                 "vision_cfg": {"image_size": tuple(self.image_size), "layers": self.layers,
