@@ -171,7 +171,7 @@ def part_wise_similarity(explainer: Explainer, images: Tensor, captions: Sequenc
         image_emb = F.normalize(forward["image"], dim=-1)
         text_emb = F.normalize(forward["text"], dim=-1)
         attention = head.attention(phrase_emb, patches, forward["grid"])  # (K, I, N)
-        regions = head.regions(attention, patches)  # (K, I, D)
+        regions = head.regions(attention, patches, forward["grid"])  # (K, I, D)
         cos = torch.einsum("kd,kid->ki", F.normalize(phrase_emb, dim=-1),
                            F.normalize(regions, dim=-1))
     part = torch.zeros(len(captions), len(images))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -13,7 +15,14 @@ from hygiene import host_state
 from reid_explain import explainify, training
 from reid_explain.cli import main as cli_main
 from reid_explain.errors import InputError
+from reid_explain.evaluation.grounding_scores import energy_pointing_game
+from reid_explain.evaluation.phrase_grounding import (
+    location_prior_scores,
+    phrase_grounding_scores,
+)
 from reid_explain.grounding import part_wise_similarity
+from reid_explain.plugins.training.attention_constraint import spatial_spread
+from reid_explain.training.grid import fourier_positions, grid_coordinates
 from reid_explain.training.objectives import itc_loss, sdm_loss
 from reid_explain.training.text_image import (
     TinyClipConfig,
@@ -33,10 +42,10 @@ SMALL = TinyClipConfig(image_size=(64, 32), patch_size=8, width=64, layers=2, te
                        text_layers=2, text_heads=2, embed_dim=32, context_length=32)
 
 
-def _forward(model, seed=0):
+def _forward(model, seed=0, captions=CAPTIONS):
     g = torch.Generator().manual_seed(seed)
-    model.encode_image(torch.randn(2, 3, 64, 32, generator=g))
-    model.encode_text(open_clip.tokenize(CAPTIONS, context_length=model.context_length))
+    model.encode_image(torch.randn(len(captions), 3, 64, 32, generator=g))
+    model.encode_text(open_clip.tokenize(captions, context_length=model.context_length))
 
 
 def _grads(model):
@@ -194,6 +203,39 @@ def test_ground_gives_one_map_per_phrase(synth_splits):
             exp.ground(images[:1], captions)
 
 
+def _part_masks(data, row, parts):
+    masks = data.masks[data.caption_image[row]]
+    return torch.stack([masks[data.part_names.index(p)] for p in parts])[:, None]
+
+
+def test_phrase_grounding_scores_each_phrase_against_its_own_part(synth_splits):
+    model = tiny_clip(SMALL)
+    data = synth_splits["test"]
+    with explainify(model) as exp:
+        scores = phrase_grounding_scores(exp, data, "similarity", max_captions=5, batch_size=2)
+        first = exp.ground(data.images[data.caption_image[:1]], data.captions[:1],
+                           method="similarity", phrases=data.phrases[:1])[0]
+    parts = [p["part"] for p in first.phrases]
+    expected = energy_pointing_game(first.maps.upsampled(), _part_masks(data, 0, parts))[:, 0]
+    got = [r["energy"] for r in scores["records"] if r["caption"] == 0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5)
+    assert scores["phrases"] == sum(len(p) for p in data.phrases[:5])
+    assert scores["energy"] == pytest.approx(np.nanmean([r["energy"]
+                                                         for r in scores["records"]]))
+
+
+def test_location_prior_knows_where_parts_usually_are(synth_splits):
+    train, test = synth_splits["train"], synth_splits["test"]
+    prior = location_prior_scores(train, test, grid=(8, 4))
+    chance = np.nanmean([float(_part_masks(test, r["caption"], [r["part"]]).float().mean())
+                         for r in prior["records"]])
+    assert prior["phrases"] == sum(len(p) for p in test.phrases)
+    assert prior["energy"] > 2 * chance  # an image-blind map already scores well above chance
+    assert prior["by_part"]["upper_body"]["energy"] > prior["by_part"]["shoes"]["energy"]
+    with pytest.raises(ValueError, match="reference split with part masks"):
+        location_prior_scores(dataclasses.replace(train, masks=None), test, grid=(8, 4))
+
+
 def test_part_wise_similarity_adds_phrase_region_agreement(synth_splits):
     model = tiny_clip(SMALL)
     data = synth_splits["test"]
@@ -308,6 +350,36 @@ def test_batch_negatives_add_the_other_captions_phrases_unless_same_identity():
     assert _phrase_loss(model, [3, 3], "batch") == pytest.approx(own_caption, abs=1e-6)
 
 
+def _spans(caption, *texts):
+    return [{"start": caption.index(t), "end": caption.index(t) + len(t)} for t in texts]
+
+
+def _image_term(model, captions, phrases, negatives):
+    options = {"image_negatives": negatives, "phrase_contrast_weight": 0.0}
+    with training.attach(model, losses=["ppim"], ppim=options) as session, torch.no_grad():
+        _forward(model, captions=captions)
+        ppim = session.losses["ppim"]
+        ppim.loss({"captions": captions, "phrases": phrases, "pids": torch.tensor([0, 1, 2])})
+        return ppim.last["ppim_image"], ppim.last_index.texts
+
+
+def test_images_whose_caption_has_the_same_phrase_are_not_its_negatives():
+    model = tiny_clip(SMALL)
+    captions = ["A man wearing a red shirt and black trousers.",
+                "A woman wearing a red shirt and a black backpack.",
+                "A man in a green coat."]
+    phrases = [_spans(captions[0], "red shirt", "black trousers"),
+               _spans(captions[1], "red shirt", "black backpack"),
+               _spans(captions[2], "green coat")]
+    every, texts = _image_term(model, captions, phrases, "other_identity")
+    other_text, _ = _image_term(model, captions, phrases, "other_text")
+    assert texts == ("red shirt", "black trousers", "red shirt", "black backpack", "green coat")
+    assert other_text < every - 1e-4  # "red shirt" loses one negative in each of two images
+    distinct = [phrases[0], _spans(captions[1], "black backpack"), phrases[2]]
+    assert _image_term(model, captions, distinct, "other_text")[0] == pytest.approx(
+        _image_term(model, captions, distinct, "other_identity")[0], abs=1e-6)
+
+
 def test_position_keys_start_neutral_and_need_the_grid():
     from reid_explain.plugins.training.ppim import PPIMHead
 
@@ -325,7 +397,26 @@ def test_position_keys_start_neutral_and_need_the_grid():
         positioned.attention(phrases, patches, (3, 2))
 
 
-@pytest.mark.parametrize("option", [{"phrase_negatives": "images"},
+def test_position_values_start_neutral_then_say_where_the_region_is():
+    from reid_explain.plugins.training.ppim import PPIMHead
+
+    torch.manual_seed(0)
+    plain, head = PPIMHead(16), PPIMHead(16, position_frequencies=2, position_values=True)
+    phrases, patches = torch.randn(3, 16), torch.randn(2, 8, 16)
+    attention = head.attention(phrases, patches, (4, 2))
+    torch.testing.assert_close(head.regions(attention, patches, (4, 2)),
+                               plain.regions(attention, patches))
+    with torch.no_grad():
+        head.position_value_proj.weight.normal_()
+    # a region is the attention-weighted mean of patch + position value, cell by cell
+    where = head.position_value_proj(fourier_positions(4, 2, 2))
+    expected = torch.einsum("kbn,bnd->kbd", attention, patches + where)
+    torch.testing.assert_close(head.regions(attention, patches, (4, 2)), expected)
+    with pytest.raises(ValueError, match="position_frequencies"):
+        PPIMHead(16, position_values=True)
+
+
+@pytest.mark.parametrize("option", [{"phrase_negatives": "images"}, {"image_negatives": "all"},
                                     {"phrase_context": "sentence"}])
 def test_unknown_ppim_options_are_named(option):
     name = next(iter(option))
@@ -376,3 +467,21 @@ def test_ppim_and_constraint_can_share_the_first_block():
     handle.remove()
     assert torch.isfinite(loss) and len(attention) == 1
     torch.testing.assert_close(attention[0], saved["attention"])  # (B, heads, 1+N, 1+N)
+
+
+def test_constraint_weighs_the_spread_of_the_ppim_maps():
+    model = tiny_clip(SMALL)
+    batch = {"captions": CAPTIONS, "phrases": PHRASES, "pids": torch.tensor([0, 1])}
+    with training.attach(model, losses=["ppim", "attention_constraint"], ppim={"patch_block": 0},
+                         attention_constraint={"blocks": (0,), "weight": 0.5,
+                                               "include_phrase_map": True,
+                                               "phrase_map_weight": 3.0}) as session:
+        _forward(model)
+        ppim = session.losses["ppim"]
+        ppim.loss(batch)
+        constraint = session.losses["attention_constraint"]
+        value = constraint.loss(batch)
+    spread = spatial_spread(ppim.last_attention, grid_coordinates(8, 4)).mean()
+    assert constraint.last["constraint_phrase_map"] == pytest.approx(spread.item(), rel=1e-5)
+    assert value.item() == pytest.approx(0.5 * (constraint.last["constraint_attention"]
+                                                + 3.0 * spread.item()), rel=1e-5)

@@ -11,7 +11,7 @@ features local. ``mode="mixture"``: the spread of the phrase-conditioned attenti
 weighted mixture of those rows), which cannot fall below the spread of the phrase distribution
 itself. The phrase distribution is a fixed weighting here (detached): the constraint
 trains the attention, not the phrase embeddings. With ``include_phrase_map`` the spread of the
-PPIM map itself is penalised too. See docs/interpartability.md.
+PPIM map itself is penalised too (times ``phrase_map_weight``). See docs/interpartability.md.
 """
 
 from __future__ import annotations
@@ -55,21 +55,23 @@ class AttentionConstraint(OwnsCapture, TrainingLoss):
 
     def __init__(self, adapter: Any, blocks: tuple[int, ...] = (-1,), weight: float = 1.0,
                  penalty: str = "spread", temperature: float = 0.1,
-                 include_phrase_map: bool = False, phrase_extractor: str = "rules",
-                 mode: str = "rows",
+                 include_phrase_map: bool = False, phrase_map_weight: float = 1.0,
+                 phrase_extractor: str = "rules", mode: str = "rows",
                  capture: ForwardCapture | None = None, ppim: Any = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if penalty not in PENALTIES:
             raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
         super().__init__(adapter, blocks=blocks, weight=weight, penalty=penalty,
-                         temperature=temperature, include_phrase_map=include_phrase_map)
+                         temperature=temperature, include_phrase_map=include_phrase_map,
+                         phrase_map_weight=phrase_map_weight)
         self.blocks = tuple(int(b) for b in blocks)
         self.weight = weight
         self.penalty = penalty
         self.mode = mode
         self.temperature = temperature
         self.include_phrase_map = include_phrase_map
+        self.phrase_map_weight = phrase_map_weight
         self.phrase_extractor = phrase_extractor
         self.capture = capture
         self._owns_capture = capture is None
@@ -132,7 +134,7 @@ class AttentionConstraint(OwnsCapture, TrainingLoss):
         if self.include_phrase_map and self.ppim is not None and \
                 self.ppim.last_attention is not None:
             map_term = self._measure(phrase_maps, h, w).mean()
-            total = total + map_term
+            total = total + self.phrase_map_weight * map_term
             self.last["constraint_phrase_map"] = map_term.item()
         return self.weight * total
 

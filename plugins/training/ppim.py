@@ -9,7 +9,9 @@ should match the phrase. Supervision is contrastive:
 
 * phrase → image (weight ``image_contrast_weight``): the region a phrase pools from its own
   image must match the phrase better than the regions it pools from the other images of the
-  batch (images of the same identity are not used as negatives);
+  batch (images of the same identity are not negatives, nor, ``image_negatives="other_text"``,
+  images whose caption has the same phrase: "black hair" must not learn to look away from
+  the hair to tell two black-haired people apart);
 * region → phrase (weight ``phrase_contrast_weight``): a phrase's region in its own image must
   match that phrase better than the caption's other phrases (``phrase_negatives="caption"``),
   so "red shirt" and "black trousers" look at different patches, or better than every other
@@ -44,6 +46,7 @@ from reid_explain.training.phrase_tokens import (
 from reid_explain.training_hooks import TrainingLoss
 
 PHRASE_NEGATIVES = ("caption", "batch")
+IMAGE_NEGATIVES = ("other_identity", "other_text")
 
 
 class PPIMHead(nn.Module):
@@ -51,11 +54,15 @@ class PPIMHead(nn.Module):
 
     ``position_frequencies > 0`` adds the patches' grid coordinates (Fourier features, through a
     zero-initialised linear map) to the keys, so the head can learn where a part usually is
-    ("shoes" low, "hat" high) on top of what the patch tokens say.
+    ("shoes" low, "hat" high) on top of what the patch tokens say. ``position_values`` adds
+    them (through another zero-initialised map) to the pooled region too, so *where* a phrase
+    looks is part of what its region says, and the phrase contrast can reward looking at the
+    right place for parts whose colour alone does not tell them apart ("black hair", "black
+    shoes").
     """
 
     def __init__(self, dim: int, proj_dim: int | None = None, temperature: float = 0.1,
-                 position_frequencies: int = 0) -> None:
+                 position_frequencies: int = 0, position_values: bool = False) -> None:
         super().__init__()
         proj_dim = proj_dim or dim
         self.phrase_proj = nn.Linear(dim, proj_dim)
@@ -66,22 +73,27 @@ class PPIMHead(nn.Module):
                 nn.init.zeros_(layer.bias)
         self.position_frequencies = position_frequencies
         self.position_proj: nn.Linear | None = None
+        self.position_value_proj: nn.Linear | None = None
+        if position_values and position_frequencies <= 0:
+            raise ValueError("ppim: position_values needs position_frequencies > 0")
         if position_frequencies > 0:
-            self.position_proj = nn.Linear(4 * position_frequencies, proj_dim)
-            nn.init.zeros_(self.position_proj.weight)
-            nn.init.zeros_(self.position_proj.bias)
+            self.position_proj = _zero_linear(4 * position_frequencies, proj_dim)
+        if position_values:
+            self.position_value_proj = _zero_linear(4 * position_frequencies, dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
         self.match_log_scale = nn.Parameter(torch.tensor(math.log(1.0 / 0.07)))
+
+    def _positions(self, patches: Tensor, grid: tuple[int, int] | None) -> Tensor:
+        if grid is None or grid[0] * grid[1] != patches.shape[-2]:
+            raise ValueError(f"the PPIM head needs the patch grid of {patches.shape[-2]} "
+                             f"patches for its position keys, got {grid}")
+        return fourier_positions(*grid, self.position_frequencies, patches.device)
 
     def keys(self, patches: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
         """``(..., N, D)`` patches -> normalised keys (with positions if the head has them)."""
         keys = self.patch_proj(patches)
         if self.position_proj is not None:
-            if grid is None or grid[0] * grid[1] != patches.shape[-2]:
-                raise ValueError(f"the PPIM head needs the patch grid of {patches.shape[-2]} "
-                                 f"patches for its position keys, got {grid}")
-            keys = keys + self.position_proj(fourier_positions(*grid, self.position_frequencies,
-                                                               patches.device))
+            keys = keys + self.position_proj(self._positions(patches, grid))
         return F.normalize(keys, dim=-1)
 
     def queries(self, phrases: Tensor) -> Tensor:
@@ -103,9 +115,14 @@ class PPIMHead(nn.Module):
         logits = torch.einsum("kd,knd->kn", self.queries(phrases), self.keys(patches, grid))
         return (logits * self.scale).softmax(dim=-1)
 
-    def regions(self, attention: Tensor, patches: Tensor) -> Tensor:
+    def regions(self, attention: Tensor, patches: Tensor,
+                grid: tuple[int, int] | None = None) -> Tensor:
         """``(K, B, N)`` attention, ``(B, N, D)`` patches -> ``(K, B, D)`` region features."""
-        return torch.einsum("kbn,bnd->kbd", attention, patches)
+        regions = torch.einsum("kbn,bnd->kbd", attention, patches)
+        if self.position_value_proj is not None:
+            where = self.position_value_proj(self._positions(patches, grid))  # (N, D)
+            regions = regions + torch.einsum("kbn,nd->kbd", attention, where)
+        return regions
 
     def match(self, phrases: Tensor, regions: Tensor) -> Tensor:
         """``(K, B)`` scaled cosine of each phrase with its region in each image."""
@@ -125,7 +142,11 @@ class PPIM(OwnsCapture, TrainingLoss):
                  image_contrast_weight: float = 1.0, phrase_negatives: str = "batch",
                  phrase_context: str = "isolated", position_frequencies: int = 0,
                  phrase_extractor: str = "rules", patch_block: int | None = None,
+                 image_negatives: str = "other_identity", position_values: bool = False,
                  capture: ForwardCapture | None = None) -> None:
+        if image_negatives not in IMAGE_NEGATIVES:
+            raise ValueError(f"ppim: image_negatives must be one of {IMAGE_NEGATIVES}, got "
+                             f"{image_negatives!r}")
         if phrase_negatives not in PHRASE_NEGATIVES:
             raise ValueError(f"ppim: phrase_negatives must be one of {PHRASE_NEGATIVES}, got "
                              f"{phrase_negatives!r}")
@@ -137,19 +158,21 @@ class PPIM(OwnsCapture, TrainingLoss):
                          image_contrast_weight=image_contrast_weight,
                          phrase_negatives=phrase_negatives, phrase_context=phrase_context,
                          position_frequencies=position_frequencies,
-                         phrase_extractor=phrase_extractor, patch_block=patch_block)
+                         phrase_extractor=phrase_extractor, patch_block=patch_block,
+                         image_negatives=image_negatives, position_values=position_values)
         #: None: the final patch tokens; -2: the output of the second-to-last block (the last
         #: block's attention mixes every patch with the rest, blurring where a phrase is);
         #: "embed": the patch embeddings before any block
         self.patch_block = patch_block
         dim = int(adapter.model.embed_dim if hasattr(adapter.model, "embed_dim")
                   else adapter.model.visual.output_dim)
-        self.head = PPIMHead(dim, proj_dim, temperature, position_frequencies).to(
-            adapter.device)
+        self.head = PPIMHead(dim, proj_dim, temperature, position_frequencies,
+                             position_values).to(adapter.device)
         self.weight = weight
         self.phrase_contrast_weight = phrase_contrast_weight
         self.image_contrast_weight = image_contrast_weight
         self.phrase_negatives = phrase_negatives
+        self.image_negatives = image_negatives
         self.phrase_context = phrase_context
         self.phrase_extractor = phrase_extractor
         self.capture = capture
@@ -193,15 +216,14 @@ class PPIM(OwnsCapture, TrainingLoss):
             return patches.sum() * 0.0
         owner = index.caption.to(patches.device)
         attention = self.head.attention(phrases, patches, self.capture.grid_size)
-        regions = self.head.regions(attention, patches)
+        regions = self.head.regions(attention, patches, self.capture.grid_size)
         logits = self.head.match(phrases, regions)  # (K, B)
         pids = batch.get("pids")
-        if pids is not None:  # same identity, other image: not a negative
+        if pids is not None:
             pids = torch.as_tensor(pids, device=patches.device)
-            same = pids[owner][:, None] == pids[None, :]
-            own = torch.zeros_like(same)
-            own[torch.arange(len(owner)), owner] = True
-            logits = logits.masked_fill(same & ~own, float("-inf"))
+        text_id = _text_ids(index.texts, owner.device)
+        logits = logits.masked_fill(self.not_image_negatives(owner, pids, text_id,
+                                                             logits.shape[1]), float("-inf"))
         image_loss = F.cross_entropy(logits, owner)
         total = self.image_contrast_weight * image_loss
         parts = {"ppim_image": image_loss.item()}
@@ -209,7 +231,7 @@ class PPIM(OwnsCapture, TrainingLoss):
             own_regions = regions[torch.arange(len(owner)), owner]  # (K, D)
             cos = F.normalize(own_regions, dim=-1) @ F.normalize(phrases, dim=-1).T
             cos = cos * self.head.match_log_scale.exp().clamp(max=100)
-            cos = cos.masked_fill(self.not_negatives(owner, pids, index.texts), float("-inf"))
+            cos = cos.masked_fill(self.not_negatives(owner, pids, text_id), float("-inf"))
             phrase_loss = F.cross_entropy(cos, torch.arange(len(owner), device=cos.device))
             total = total + self.phrase_contrast_weight * phrase_loss
             parts["ppim_phrase"] = phrase_loss.item()
@@ -218,20 +240,47 @@ class PPIM(OwnsCapture, TrainingLoss):
         self.last = parts
         return self.weight * total
 
-    def not_negatives(self, owner: Tensor, pids: Tensor | None, texts: tuple[str, ...]
-                      ) -> Tensor:
+    def not_image_negatives(self, owner: Tensor, pids: Tensor | None, text_id: Tensor,
+                            n_images: int) -> Tensor:
+        """``(K, B)`` True where image b is not a negative for phrase i (b != i's own image):
+        another image of the same identity, and (``image_negatives="other_text"``) an image
+        whose caption in the batch has the same phrase: "black hair" is in that image too, so
+        contrasting the two would teach the phrase's region to look away from the hair."""
+        skip = torch.zeros(len(owner), n_images, dtype=torch.bool, device=owner.device)
+        if pids is not None:
+            skip |= pids[owner][:, None] == pids[None, :]
+        if self.image_negatives == "other_text":
+            same_text = (text_id[:, None] == text_id[None, :]).float()
+            images = F.one_hot(owner, n_images).float()
+            skip |= (same_text @ images) > 0
+        skip[torch.arange(len(owner)), owner] = False
+        return skip
+
+    def not_negatives(self, owner: Tensor, pids: Tensor | None, text_id: Tensor) -> Tensor:
         """``(K, K)`` True where phrase j is not a negative for phrase i's region (i != j)."""
         same_caption = owner[:, None] == owner[None, :]
         if self.phrase_negatives == "caption":
             return ~same_caption
-        ids: dict[str, int] = {}
-        text_id = torch.tensor([ids.setdefault(" ".join(t.lower().split()), len(ids))
-                                for t in texts], device=owner.device)
         skip = text_id[:, None] == text_id[None, :]
         skip &= ~torch.eye(len(owner), dtype=torch.bool, device=owner.device)
         if pids is not None:  # other captions of the same identity describe the same parts
             skip |= (pids[owner][:, None] == pids[owner][None, :]) & ~same_caption
         return skip
+
+
+def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
+    """A linear map that starts as zero: an added term that begins switched off."""
+    layer = nn.Linear(n_in, n_out)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _text_ids(texts: tuple[str, ...], device: torch.device) -> Tensor:
+    """``(K,)`` one id per distinct phrase text (case and whitespace folded)."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(" ".join(t.lower().split()), len(ids)) for t in texts],
+                        dtype=torch.long, device=device)
 
 
 @hookimpl
