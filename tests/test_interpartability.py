@@ -485,3 +485,26 @@ def test_constraint_weighs_the_spread_of_the_ppim_maps():
     assert constraint.last["constraint_phrase_map"] == pytest.approx(spread.item(), rel=1e-5)
     assert value.item() == pytest.approx(0.5 * (constraint.last["constraint_attention"]
                                                 + 3.0 * spread.item()), rel=1e-5)
+
+
+@pytest.mark.parametrize("include_phrase_map", [False, True])
+def test_constraint_trains_the_ppim_maps_only_when_asked(include_phrase_map):
+    model = tiny_clip(SMALL)
+    batch = {"captions": CAPTIONS, "phrases": PHRASES, "pids": torch.tensor([0, 1])}
+    with training.attach(model, losses=["ppim", "attention_constraint"], ppim={"patch_block": 0},
+                         attention_constraint={"blocks": (0,),
+                                               "include_phrase_map": include_phrase_map}
+                         ) as session:
+        _forward(model)
+        session.losses["ppim"].loss(batch)
+        session.losses["attention_constraint"].loss(batch).backward()
+        head = [p.grad is not None and bool(p.grad.abs().sum() > 0)
+                for p in session.losses["ppim"].parameters()]
+    grads = _grads(model)
+    assert grads["visual.transformer.resblocks.0.attn.in_proj_weight"]
+    # the PPIM map's spread trains what makes the map: the head, the phrase embeddings (text
+    # tower) and the block-0 tokens through the projection into the joint space
+    assert any(head) is include_phrase_map
+    assert grads["token_embedding.weight"] is include_phrase_map
+    assert grads["visual.proj"] is include_phrase_map
+    assert not grads["visual.transformer.resblocks.1.attn.in_proj_weight"]

@@ -11,7 +11,9 @@ features local. ``mode="mixture"``: the spread of the phrase-conditioned attenti
 weighted mixture of those rows), which cannot fall below the spread of the phrase distribution
 itself. The phrase distribution is a fixed weighting here (detached): the constraint
 trains the attention, not the phrase embeddings. With ``include_phrase_map`` the spread of the
-PPIM map itself is penalised too (times ``phrase_map_weight``). See docs/interpartability.md.
+PPIM map itself is penalised too (times ``phrase_map_weight``); that term trains what makes
+the map: the PPIM head, the phrase embeddings and the patch tokens. See
+docs/interpartability.md.
 """
 
 from __future__ import annotations
