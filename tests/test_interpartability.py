@@ -487,6 +487,27 @@ def test_constraint_weighs_the_spread_of_the_ppim_maps():
                                                 + 3.0 * spread.item()), rel=1e-5)
 
 
+def test_constraint_warms_up_the_ppim_map_term_over_training_steps():
+    model = tiny_clip(SMALL)
+    batch = {"captions": CAPTIONS, "phrases": PHRASES, "pids": torch.tensor([0, 1])}
+    with training.attach(model, losses=["ppim", "attention_constraint"], ppim={"patch_block": 0},
+                         attention_constraint={"blocks": (0,), "include_phrase_map": True,
+                                               "phrase_map_weight": 2.0,
+                                               "phrase_map_warmup": 4}) as session:
+        constraint = session.losses["attention_constraint"]
+        ramps = []
+        for grad in (True, True, False, True, True, True):
+            with torch.set_grad_enabled(grad):
+                _forward(model)
+                session.losses["ppim"].loss(batch)
+                value = constraint.loss(batch).item()
+            parts = constraint.last
+            ramps.append((value - parts["constraint_attention"])
+                         / (2.0 * parts["constraint_phrase_map"]))
+    # training calls advance the ramp (1/4, 2/4, ...); an evaluation call reads it unchanged
+    np.testing.assert_allclose(ramps, [0.25, 0.5, 0.5, 0.75, 1.0, 1.0], rtol=1e-4)
+
+
 @pytest.mark.parametrize("include_phrase_map", [False, True])
 def test_constraint_trains_the_ppim_maps_only_when_asked(include_phrase_map):
     model = tiny_clip(SMALL)

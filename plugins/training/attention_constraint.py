@@ -58,7 +58,7 @@ class AttentionConstraint(OwnsCapture, TrainingLoss):
     def __init__(self, adapter: Any, blocks: tuple[int, ...] = (-1,), weight: float = 1.0,
                  penalty: str = "spread", temperature: float = 0.1,
                  include_phrase_map: bool = False, phrase_map_weight: float = 1.0,
-                 phrase_extractor: str = "rules", mode: str = "rows",
+                 phrase_map_warmup: int = 0, phrase_extractor: str = "rules", mode: str = "rows",
                  capture: ForwardCapture | None = None, ppim: Any = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -66,7 +66,8 @@ class AttentionConstraint(OwnsCapture, TrainingLoss):
             raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
         super().__init__(adapter, blocks=blocks, weight=weight, penalty=penalty,
                          temperature=temperature, include_phrase_map=include_phrase_map,
-                         phrase_map_weight=phrase_map_weight)
+                         phrase_map_weight=phrase_map_weight,
+                         phrase_map_warmup=phrase_map_warmup)
         self.blocks = tuple(int(b) for b in blocks)
         self.weight = weight
         self.penalty = penalty
@@ -74,6 +75,10 @@ class AttentionConstraint(OwnsCapture, TrainingLoss):
         self.temperature = temperature
         self.include_phrase_map = include_phrase_map
         self.phrase_map_weight = phrase_map_weight
+        #: the PPIM-map term's weight rises linearly over this many training calls, so maps
+        #: can find their part before the spread penalty makes them compact
+        self.phrase_map_warmup = int(phrase_map_warmup)
+        self._map_calls = 0
         self.phrase_extractor = phrase_extractor
         self.capture = capture
         self._owns_capture = capture is None
@@ -136,7 +141,12 @@ class AttentionConstraint(OwnsCapture, TrainingLoss):
         if self.include_phrase_map and self.ppim is not None and \
                 self.ppim.last_attention is not None:
             map_term = self._measure(phrase_maps, h, w).mean()
-            total = total + self.phrase_map_weight * map_term
+            ramp = 1.0
+            if self.phrase_map_warmup > 0:
+                if torch.is_grad_enabled():  # a training step; evaluation does not advance it
+                    self._map_calls += 1
+                ramp = min(1.0, self._map_calls / self.phrase_map_warmup)
+            total = total + ramp * self.phrase_map_weight * map_term
             self.last["constraint_phrase_map"] = map_term.item()
         return self.weight * total
 
