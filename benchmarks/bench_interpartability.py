@@ -94,9 +94,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results, priors = [], []
+    grid = TinyClipConfig(patch_size=args.patch_size).grid_size
     for seed in args.seeds:
         splits = synthpedes_text_image(n_ids=args.ids, seed=seed)
-        grid = TinyClipConfig(patch_size=args.patch_size).grid_size
         prior = location_prior_scores(splits["train"], splits["test"], grid,
                                       max_captions=args.max_captions)
         priors.append({"seed": seed, **{k: prior[k] for k in ("energy", "pointing", "phrases",

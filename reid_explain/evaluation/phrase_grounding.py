@@ -10,13 +10,14 @@ maps) in the image, against k% random cells, and measures the drop of the captio
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from ..maps import GroundingMap
 from ..masker import grid_to_pixels
 from .bootstrap import bootstrap_ci
 from .grounding_scores import energy_pointing_game, pointing_game
@@ -52,10 +53,11 @@ def location_prior_scores(reference: TextImageData, data: TextImageData,
     if reference.masks is None or tuple(reference.part_names) != tuple(data.part_names):
         raise ValueError("the location prior needs a reference split with part masks of the "
                          "same parts (a SynthPedes split)")
-    prior = reference.masks.float().mean(dim=0)  # (K_parts, H, W)
-    size = tuple(prior.shape[-2:])
-    prior = F.interpolate(F.adaptive_avg_pool2d(prior[None], grid), size=size,
-                          mode="bilinear", align_corners=False)[0]
+    mean_masks = reference.masks.float().mean(dim=0)  # (K_parts, H, W)
+    size = tuple(mean_masks.shape[-2:])
+    as_maps = GroundingMap(mean_masks, torch.zeros(len(mean_masks)), "location_prior", size,
+                           tuple(grid))
+    prior = replace(as_maps, maps=as_maps.on_grid()).upsampled()  # as a model's maps are
 
     def maps_of(rows: list[int], image_rows: Tensor) -> list[tuple[list[dict], Tensor | None]]:
         out = []
