@@ -29,25 +29,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out=args.out, methods=args.methods, seed=args.seed, quick=args.quick)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Explain every query of a data set against its true match and score the maps."""
+def _eval_data(exp, root: str, size: tuple[int, int]):
+    """A data set folder (Market-1501 style, or a SynthPedes export with part masks) as the
+    explainer's host expects its pixels."""
     from pathlib import Path
 
     from .data.datasets import default_transform
     from .evaluation.protocol import ReidEvalSet
+
+    transform = default_transform(*size)
+    transform.transforms[-1].mean = list(exp.adapter.pixel_mean)
+    transform.transforms[-1].std = list(exp.adapter.pixel_std)
+    path = Path(root)
+    return (ReidEvalSet.from_synthpedes(path, transform)
+            if (path / "synthpedes" / "annotations.json").is_file()
+            else ReidEvalSet.from_market(path, transform))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Explain every query of a data set against its true match and score the maps."""
     from .explainer import explainify
     from .hosts import build_host
 
     size = (args.height, args.width)
     model = build_host(args.model, args.weights, image_size=size)
     with explainify(model, layer=args.layer) as exp:
-        transform = default_transform(*size)
-        transform.transforms[-1].mean = list(exp.adapter.pixel_mean)
-        transform.transforms[-1].std = list(exp.adapter.pixel_std)
-        root = Path(args.data)
-        data = (ReidEvalSet.from_synthpedes(root, transform)
-                if (root / "synthpedes" / "annotations.json").is_file()
-                else ReidEvalSet.from_market(root, transform))
+        data = _eval_data(exp, args.data, size)
         result = exp.evaluate(data, method=args.method, metrics=args.metrics,
                               masker=args.masker, batch_size=args.batch_size,
                               max_queries=args.max_queries, seed=args.seed,
@@ -60,8 +67,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The HTML report of a user's image ReID model on a user's data set."""
+    from .explainer import explainify
+    from .hosts import build_host
+
+    attributes = None
+    if args.attributes:
+        from .data.attributes import load_attribute_mat
+
+        attributes = load_attribute_mat(args.attributes)
+    size = (args.height, args.width)
+    model = build_host(args.model, args.weights, image_size=size, num_classes=args.num_classes)
+    with explainify(model, layer=args.layer) as exp:
+        data = _eval_data(exp, args.data, size)
+        exp.report(data, args.out, methods=args.methods, n_queries=args.queries,
+                   attributes=attributes, command="reid-explain " + " ".join(args.argv),
+                   settings={"model": args.model, "weights": args.weights,
+                             "image_size": list(size), "layer": args.layer})
+    print(f"wrote {args.out}/index.html (open it in a browser)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "evaluate": cmd_evaluate,
+    "report": cmd_report,
     "plugins": cmd_plugins,
     "demo": cmd_demo,
 }
@@ -75,18 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list loaded plugins and what they provide")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p = sub.add_parser("demo", help="explain small models end to end and write a report")
+    p = sub.add_parser("demo", help="explain the zoo's trained models and write an HTML report")
     p.add_argument("--out", default="reid_explain_output/demo", help="output directory")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="attribution methods (default: every registered image method)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="fewer images, for smoke tests")
+                   help="attribution methods (default: every one each host supports)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="SynthPedes seed of the identities explained (default: the zoo's own "
+                        "held-out test split; another seed draws identities never seen)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer identities and queries (about a minute)")
     p = sub.add_parser("evaluate", help="explain and score every query of a data set")
     p.add_argument("--data", required=True,
                    help="root of a Market-1501-style folder or a SynthPedes export")
-    p.add_argument("--model", default="demo:osnet",
+    p.add_argument("--model", default="zoo:osnet-synthpedes",
                    help="family:name, e.g. torchreid:osnet_x1_0, open_clip:ViT-B-16, "
-                        "timm:vit_base_patch16_224, demo:osnet (default)")
+                        "timm:vit_base_patch16_224, zoo:osnet-synthpedes (default)")
     p.add_argument("--weights", default=None, help="local checkpoint file")
     p.add_argument("--layer", default=None, help="spatial layer name for other models")
     p.add_argument("--method", default="gradcam")
@@ -100,6 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-random-baseline", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="reid_explain_output/evaluate")
+    p = sub.add_parser("report", help="HTML report of your image ReID model on your data")
+    p.add_argument("--data", required=True,
+                   help="root of a Market-1501-style folder or a SynthPedes export")
+    p.add_argument("--model", required=True,
+                   help="family:name, e.g. torchreid:osnet_x1_0, zoo:osnet-synthpedes")
+    p.add_argument("--weights", default=None, help="local checkpoint file")
+    p.add_argument("--num-classes", type=int, default=1,
+                   help="classifier size of a torchreid checkpoint (its classifier is "
+                        "skipped when it does not fit)")
+    p.add_argument("--attributes", default=None,
+                   help="market_attribute.mat of the data set: adds the attribute study")
+    p.add_argument("--layer", default=None, help="spatial layer name for other models")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="attribution methods (default: every one the host supports)")
+    p.add_argument("--queries", type=int, default=100, help="queries explained and scored")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--out", default="reid_explain_output/report")
     sub.add_parser("train", add_help=False,
                    help="reference training loops: --task text-image (InterPartAbility "
                         "plugins) or --task image --moe (MoSAIC experts)")
@@ -107,12 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attribute-importance study: which attributes the model relies on")
     sub.add_parser("synth", add_help=False,
                    help="render and export a SynthPedes data set (see synth --help)")
+    sub.add_parser("zoo", add_help=False,
+                   help="models trained on SynthPedes: list, show, train (see zoo --help)")
     return parser
 
 
 #: subcommands with their own argument parser: everything after the name is theirs
 DELEGATED = {"synth": ("reid_explain.data.synth", "synth_main"),
-             "attributes": ("reid_explain.attributes.cli", "attributes_main")}
+             "attributes": ("reid_explain.attributes.cli", "attributes_main"),
+             "zoo": ("reid_explain.zoo.cli", "zoo_main")}
 #: ``reid-explain train --task TASK``: the reference training loop of each task
 TRAIN_TASKS = {"text-image": ("reid_explain.training.text_image", "train_text_image_main"),
                "image": ("reid_explain.moe.train", "train_image_moe_main")}
@@ -151,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, function = DELEGATED[argv[0]]
         return getattr(importlib.import_module(module), function)(argv[1:])
     args = build_parser().parse_args(argv)
+    args.argv = argv
     from .errors import ReidExplainError
 
     try:

@@ -8,7 +8,9 @@ leaves each call (and ``close()``) exactly as it came in.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,6 +116,23 @@ def _pairs(scores: Tensor, pairs: Tensor | Sequence[tuple[int, int]] | None,
         return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
     rows, cols = torch.meshgrid(torch.arange(n_rows), torch.arange(n_cols), indexing="ij")
     return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
+
+
+def _eval_set(data: Any, transform: Any = None) -> Any:
+    """A ReidEvalSet from a ReidEvalSet, a data set folder, or a (query, gallery) pair."""
+    from .evaluation.protocol import ReidEvalSet
+
+    if isinstance(data, (str, os.PathLike)):
+        side = Path(data) / "synthpedes" / "annotations.json"
+        return (ReidEvalSet.from_synthpedes(data, transform) if side.is_file()
+                else ReidEvalSet.from_market(data, transform))
+    if isinstance(data, tuple) and len(data) == 2:
+        query, gallery = data
+        return ReidEvalSet(query=query, query_pids=[d[1] for d in query.data],
+                           query_camids=[d[2] for d in query.data], gallery=gallery,
+                           gallery_pids=[d[1] for d in gallery.data],
+                           gallery_camids=[d[2] for d in gallery.data])
+    return data
 
 
 class Explainer:
@@ -325,23 +344,24 @@ class Explainer:
         :class:`~reid_explain.evaluation.protocol.EvaluationResult` (``.table``, ``.summary``,
         ``.save(dir)``). Options: see :func:`reid_explain.evaluation.protocol.evaluate`.
         """
-        from pathlib import Path
-
-        from .evaluation.protocol import ReidEvalSet, evaluate
+        from .evaluation.protocol import evaluate
 
         self._check_open()
-        if isinstance(data, (str, Path)):
-            transform = options.pop("transform", None)
-            side = Path(data) / "synthpedes" / "annotations.json"
-            data = (ReidEvalSet.from_synthpedes(data, transform) if side.is_file()
-                    else ReidEvalSet.from_market(data, transform))
-        elif isinstance(data, tuple) and len(data) == 2:
-            query, gallery = data
-            data = ReidEvalSet(query=query, query_pids=[d[1] for d in query.data],
-                               query_camids=[d[2] for d in query.data], gallery=gallery,
-                               gallery_pids=[d[1] for d in gallery.data],
-                               gallery_camids=[d[2] for d in gallery.data])
+        data = _eval_set(data, options.pop("transform", None))
         return evaluate(self, data, method=method, metrics=metrics, **options)
+
+    def report(self, data: Any, out: str | os.PathLike, methods: Sequence[str] | None = None,
+               n_queries: int = 100, attributes: Any = None, **options: Any) -> Path:
+        """Write the HTML report of this (image ReID) host on ``data`` to ``out``: retrieval
+        with match marks, maps of every method, faithfulness beside random maps, the
+        model-randomisation check and, given the identities' ``attributes`` table, the
+        attribute study. ``data`` as for :meth:`evaluate`; see :mod:`reid_explain.report`."""
+        from .report import image_report
+
+        self._check_open()
+        data = _eval_set(data, options.pop("transform", None))
+        return image_report(self, data, out, methods=methods, n_queries=n_queries,
+                            attributes=attributes, **options)
 
     def score(self, explanation: PairExplanation, metrics: Sequence[str] | str,
               **options: Any) -> dict[str, Tensor]:

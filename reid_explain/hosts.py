@@ -2,9 +2,9 @@
 
 ``family:name`` with family ``torchreid`` (``build_model`` + ``load_pretrained_weights``),
 ``open_clip`` (``create_model(name, pretrained=<file>, force_image_size=...)``), ``timm``
-(``create_model(name, pretrained_cfg_overlay=dict(file=<file>))``), or ``demo`` (the small
-random-initialised hosts of ``reid-explain demo``). Weights are always a local file: nothing is
-fetched from a hub.
+(``create_model(name, pretrained_cfg_overlay=dict(file=<file>))``), or ``zoo`` (a model trained
+on SynthPedes and shipped in the package, :func:`reid_explain.zoo.load`). Weights are always a
+local file: nothing is fetched from a hub.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import InputError
 
-FAMILIES = ("torchreid", "open_clip", "timm", "demo")
+FAMILIES = ("torchreid", "open_clip", "timm", "zoo")
 
 
 def _weights_file(weights: str | os.PathLike | None) -> str | None:
@@ -35,7 +35,13 @@ def build_host(spec: str, weights: str | os.PathLike | None = None,
     if family not in FAMILIES or not name:
         raise InputError(f"model spec {spec!r} must be family:name with family one of "
                          f"{FAMILIES}, e.g. torchreid:osnet_x1_0, open_clip:ViT-B-16, "
-                         "timm:vit_base_patch16_224, demo:osnet")
+                         "timm:vit_base_patch16_224, zoo:osnet-synthpedes")
+    if family == "zoo":
+        if weights is not None:
+            raise InputError(f"{spec}: zoo models carry their own weights; drop --weights")
+        from .zoo import load
+
+        return load(name)
     path = _weights_file(weights)
     if family == "torchreid":
         import torchreid
@@ -62,15 +68,4 @@ def build_host(spec: str, weights: str | os.PathLike | None = None,
                                       img_size=image_size, pretrained_cfg_overlay=overlay)
         except RuntimeError as exc:
             raise InputError(f"timm could not build {name!r}: {exc}") from None
-    else:
-        from .demo import demo_hosts
-
-        hosts = demo_hosts(image_size)
-        if name not in hosts:
-            raise InputError(f"demo host {name!r} unknown; known: {sorted(hosts)}")
-        model = hosts[name]()
-        if path is not None:
-            import torch
-
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()

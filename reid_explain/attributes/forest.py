@@ -103,6 +103,11 @@ def forest_importance(features: pd.DataFrame, y: np.ndarray, pids: np.ndarray, k
     X = features.to_numpy()  # numpy in: the encoder's per-call pandas checks cost 2x
     folds = []
     for train, test in splitter.split(X, y, groups=pids):
+        if kind == "binary" and len(np.unique(y[train])) < 2:
+            # every identity with the rarer outcome is held out: nothing to learn in this fold
+            warnings.warn("forest: a fold's training identities all share one outcome; fold "
+                          "left out", UserWarning, stacklevel=2)
+            continue
         model = make_forest(kind, n_levels, n_estimators=n_estimators,
                             min_samples_leaf=min_samples_leaf, random_state=random_state,
                             n_jobs=n_jobs)
@@ -111,6 +116,8 @@ def forest_importance(features: pd.DataFrame, y: np.ndarray, pids: np.ndarray, k
                                         n_repeats=n_repeats, random_state=random_state,
                                         n_jobs=n_jobs)
         folds.append(ForestFold(model, test, result))
+    if not folds:
+        raise InputError("forest: no fold has both outcomes among its training identities")
     stacked = np.stack([f.result.importances for f in folds])  # (folds, features, repeats)
     importance = pd.DataFrame({
         "mean": np.mean([f.result.importances_mean for f in folds], axis=0),

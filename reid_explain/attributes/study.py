@@ -313,6 +313,13 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
             warnings.warn(f"response {name!r} is constant; not analysed", UserWarning,
                           stacklevel=2)
             del responses[name]
+        elif responses[name] == "binary" and table.groupby(name)["pid"].nunique().min() < 2:
+            rare = table.groupby(name)["pid"].nunique().idxmin()
+            dropped[f"response:{name}"] = (f"outcome {rare} comes from a single identity: no "
+                                           "identity-held-out analysis can learn it")
+            warnings.warn(f"response {name!r}: {dropped[f'response:{name}']}; not analysed",
+                          UserWarning, stacklevel=2)
+            del responses[name]
     if not responses:
         raise InputError("outcomes: every response is constant; nothing to explain")
     primary = [n for n, k in responses.items() if k != "delta"]

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,9 @@ class TrainConfig:
     losses: tuple[str, ...] = ()
     loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     log_every: int = 0
+    device: str = "cpu"
+    #: stop after this many steps (the schedule is fitted to it); None: all ``epochs``
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -179,11 +182,17 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor
         [order]
 
 
-def train_text_image(model: nn.Module, data: TextImageData, config: TrainConfig
+def train_text_image(model: nn.Module, data: TextImageData, config: TrainConfig,
+                     on_step: Callable[[dict[str, Any]], None] | None = None
                      ) -> tuple[list[dict[str, float]], TrainingSession | None]:
-    """Train ``model`` in place; returns the loss history and the (detached) session."""
+    """Train ``model`` in place; returns the loss history and the (detached) session.
+
+    ``on_step(record)`` runs after every step (e.g. a validation curve adding to ``record``).
+    """
     import open_clip
 
+    device = torch.device(config.device)
+    model.to(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     session = None
@@ -196,6 +205,8 @@ def train_text_image(model: nn.Module, data: TextImageData, config: TrainConfig
         groups.append({"params": plugin_params, "lr": config.lr * config.plugin_lr_scale})
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * max(1, len(data) // config.batch_size)
+    if config.max_steps is not None:
+        steps = min(steps, config.max_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, steps // 10))
         * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -206,16 +217,18 @@ def train_text_image(model: nn.Module, data: TextImageData, config: TrainConfig
     try:
         for epoch in range(config.epochs):
             for rows in _batches(len(data), config.batch_size, generator):
+                if step >= steps:
+                    break
                 image_rows = torch.as_tensor(data.caption_image[rows.numpy()])
                 captions = [data.captions[int(r)] for r in rows]
                 tokens = open_clip.tokenize(captions, context_length=model.context_length)
-                image_features = model.encode_image(data.images[image_rows])
-                text_features = model.encode_text(tokens)
+                image_features = model.encode_image(data.images[image_rows].to(device))
+                text_features = model.encode_text(tokens.to(device))
                 loss = base_objective(config.objective, image_features, text_features,
-                                      pids_all[rows], config.logit_scale)
+                                      pids_all[rows].to(device), config.logit_scale)
                 record = {"epoch": epoch, "step": step, "base": loss.item()}
                 if session is not None:
-                    batch = {"captions": captions, "pids": pids_all[rows],
+                    batch = {"captions": captions, "pids": pids_all[rows].to(device),
                              "phrases": [data.phrases[int(r)] for r in rows]
                              if data.phrases else None}
                     aux = session(batch)
@@ -227,6 +240,8 @@ def train_text_image(model: nn.Module, data: TextImageData, config: TrainConfig
                 optimizer.step()
                 schedule.step()
                 record["loss"] = loss.item()
+                if on_step is not None:
+                    on_step(record)
                 history.append(record)
                 if config.log_every and step % config.log_every == 0:
                     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
@@ -246,10 +261,12 @@ def encode_text_image(model: nn.Module, data: TextImageData,
     import open_clip
 
     model.eval()
+    device = next(model.parameters()).device
     text = torch.cat([model.encode_text(open_clip.tokenize(data.captions[i: i + batch_size],
-                                                           context_length=model.context_length))
+                                                           context_length=model.context_length
+                                                           ).to(device)).cpu()
                       for i in range(0, len(data.captions), batch_size)])
-    image = torch.cat([model.encode_image(data.images[i: i + batch_size])
+    image = torch.cat([model.encode_image(data.images[i: i + batch_size].to(device)).cpu()
                        for i in range(0, len(data.images), batch_size)])
     return torch.nn.functional.normalize(text, dim=-1), torch.nn.functional.normalize(image,
                                                                                       dim=-1)

@@ -1,0 +1,117 @@
+"""HTML reports: what a model's explanations show, how faithful they are, and what it relies on.
+
+``image_report(explainer, data, out)`` is the report of any image ReID model on a
+:class:`~reid_explain.evaluation.protocol.ReidEvalSet` (``Explainer.report`` and
+``reid-explain report`` call it); ``reid-explain demo`` adds the text-to-image part for a CLIP
+host. Output: ``index.html`` with ``img/`` beside it and ``summary.json``, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .html import Section, render
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..evaluation.protocol import ReidEvalSet
+    from ..explainer import Explainer
+
+__all__ = ["Section", "image_report", "image_sections", "reproduce_section", "render"]
+
+
+def image_sections(explainer: Explainer, data: ReidEvalSet, out: Path,
+                   methods: Sequence[str] | None = None, n_queries: int = 100,
+                   attributes: pd.DataFrame | None = None, sanity_images: int = 8,
+                   trees: int = 100, top_k: int = 5, times: dict[str, float] | None = None
+                   ) -> tuple[list[Section], dict[str, Any]]:
+    """Retrieval, explanations + faithfulness, sanity check and (with ``attributes``) the
+    attribute study of an image ReID host, as report sections and a summary."""
+    from . import image_section as img
+
+    times = {} if times is None else times
+    chosen = img.image_methods(explainer, methods)
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        times[name] = round(now - clock, 1)
+        clock = now
+
+    retrieval = Section("Image ReID: retrieval", "image-retrieval")
+    got = img.retrieval_part(explainer, data, out, retrieval, top_k=top_k)
+    lap("image retrieval")
+    explanations = Section("Image ReID: explanations and faithfulness", "image-explanations")
+    summary: dict[str, Any] = {"adapter": explainer.adapter.describe(),
+                               "retrieval": got["retrieval"]}
+    summary["explanations"] = img.explanation_part(explainer, data, chosen, out, explanations,
+                                                   n_queries=n_queries)
+    lap("image explanations and metrics")
+    sanity = Section("Sanity check", "sanity")
+    summary["randomization"] = img.sanity_part(explainer, data, chosen, out, sanity,
+                                               n_images=sanity_images)
+    lap("model randomisation")
+    sections = [retrieval, explanations, sanity]
+    if attributes is not None:
+        study = Section("Attribute study", "attributes")
+        summary["attributes"] = img.attribute_part(got["outcomes"], attributes, out, study,
+                                                   n_estimators=trees)
+        sections.append(study)
+        lap("attribute study")
+    return sections, summary
+
+
+def reproduce_section(command: str, settings: dict[str, Any], times: dict[str, float]
+                      ) -> Section:
+    """The command, every setting, the machine, the stage times and the plugins loaded."""
+    import platform
+
+    import torch
+
+    from .. import plugin_manager
+
+    section = Section("Reproduce", "reproduce")
+    section.para("The same run:")
+    section.code(command)
+    section.para("Settings:")
+    section.code(json.dumps(settings, indent=2, default=str))
+    section.para(f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
+                 f"{torch.__version__}, Python {platform.python_version()}. Times (s):")
+    section.table([{"stage": k, "seconds": v} for k, v in times.items()], digits=1)
+    section.para("Plugins loaded (<code>reid-explain plugins</code>):")
+    section.table([{"plugin": p["name"], "source": p["source"],
+                    "provides": "; ".join(f"{k}: {', '.join(v)}"
+                                          for k, v in p["provides"].items())}
+                   for p in plugin_manager.list_plugins()])
+    return section
+
+
+def image_report(explainer: Explainer, data: ReidEvalSet, out: str | Path,
+                 methods: Sequence[str] | None = None, n_queries: int = 100,
+                 attributes: pd.DataFrame | None = None, command: str = "",
+                 settings: dict[str, Any] | None = None, **options: Any) -> Path:
+    """Write the report of an image ReID host on ``data`` to ``out`` (whole or not at all)."""
+    from .._io import atomic_path
+
+    start = time.perf_counter()
+    times: dict[str, float] = {}
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        sections, summary = image_sections(explainer, data, tmp, methods, n_queries,
+                                           attributes, times=times, **options)
+        times["total"] = round(time.perf_counter() - start, 1)
+        settings = {"data": data.name, "methods": list(methods) if methods else "all",
+                    "queries": n_queries, **(settings or {})}
+        summary |= {"settings": settings, "times": times}
+        sections.append(reproduce_section(command or "exp.report(...)", settings, times))
+        (tmp / "index.html").write_text(render(
+            "reid-explain report", f"{type(explainer.model).__name__} on {data.name}",
+            sections, summary))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return Path(out)

@@ -1,0 +1,299 @@
+"""The image-ReID part of a report: retrieval, maps of every method, faithfulness beside the
+random-map baseline, deletion/insertion curves, the model-randomisation check, and the
+attribute study of the model's per-query outcomes.
+
+Works on any :class:`~reid_explain.evaluation.protocol.ReidEvalSet` (a user's Market-1501
+folder, or SynthPedes with part masks, which adds grounding scores against the truth).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import plugin_manager
+from ..evaluation.bootstrap import bootstrap_ci
+from ..evaluation.protocol import ImageSource, ReidEvalSet, evaluate
+from . import figures
+from .html import Section
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
+
+#: options that keep the slower attributions affordable on a CPU
+FAST_OPTIONS: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"n_steps": 16, "internal_batch_size": 64},
+    "occlusion": {"perturbations_per_eval": 32}}
+#: the faithfulness metrics of the report, and the grounding one where masks exist
+FAITHFULNESS = ("counterfactual_masking", "deletion", "insertion")
+GROUNDING = ("energy_pointing_game", "pointing_game")
+
+
+def display_images(explainer: Explainer, images: torch.Tensor) -> np.ndarray:
+    """Normalised (N, 3, H, W) tensors back to uint8 (N, H, W, 3) for figures."""
+    mean = torch.tensor(explainer.adapter.pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(explainer.adapter.pixel_std).view(1, 3, 1, 1)
+    x = (images.detach().cpu().float() * std + mean).clamp(0, 1)
+    return (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def image_methods(explainer: Explainer, methods: Sequence[str] | None) -> list[str]:
+    """The requested image attributions (default: every registered one the host supports);
+    unknown names fail here, before any work."""
+    entries = plugin_manager.registry("attributions")
+    if methods:
+        for name in methods:
+            plugin_manager.get("attributions", name)
+        names = list(methods)
+    else:
+        names = sorted(n for n, e in entries.items() if e.obj.modality == "image")
+    caps = set(explainer.adapter.capabilities)
+    return [n for n in names if set(entries[n].obj.requires) <= caps]
+
+
+def paired_difference(table: pd.DataFrame, metric: str, key: str, method: str,
+                      seed: int = 0) -> dict[str, float]:
+    """Mean of ``method - random`` per query for one metric value, with a bootstrap 95% CI."""
+    rows = table[(table.metric == metric) & (table.key == key)]
+    wide = rows.pivot_table(index="query", columns="method", values="value", aggfunc="first")
+    if method not in wide or "random" not in wide:
+        return {}
+    both = wide[[method, "random"]].dropna()
+    diff = (both[method] - both["random"]).to_numpy()
+    ci = bootstrap_ci(diff, seed=seed)
+    m, r = bootstrap_ci(both[method].to_numpy(), seed=seed), bootstrap_ci(
+        both["random"].to_numpy(), seed=seed)
+    return {"method": m.estimate, "method_low": m.low, "method_high": m.high,
+            "random": r.estimate, "random_low": r.low, "random_high": r.high,
+            "diff": ci.estimate, "diff_low": ci.low, "diff_high": ci.high, "n": int(len(diff))}
+
+
+def _curve(table: pd.DataFrame, metric: str, method: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = table[(table.metric == metric) & (table.method == method)
+                 & table.key.str.startswith("query_curve_")]
+    means = rows.groupby("key")["value"].mean()
+    x = np.array([float(k.rsplit("_", 1)[1]) for k in means.index])
+    order = np.argsort(x)
+    return x[order], means.to_numpy()[order]
+
+
+def retrieval_part(explainer: Explainer, data: ReidEvalSet, out: Path, section: Section,
+                   n_show: int = 6, top_k: int = 5) -> dict[str, Any]:
+    """R@k/mAP of the model on ``data`` and a figure of ranked lists with match marks."""
+    from ..attributes.outcomes import per_query_outcomes
+    from ..evaluation.retrieval import image_reid_metrics
+
+    query, gallery = ImageSource(data.query, "query"), ImageSource(data.gallery, "gallery")
+    q_emb = torch.cat([explainer.embed(query.get(range(s, min(s + 128, len(query)))))
+                       for s in range(0, len(query), 128)])
+    g_emb = torch.cat([explainer.embed(gallery.get(range(s, min(s + 128, len(gallery)))))
+                       for s in range(0, len(gallery), 128)])
+    result = image_reid_metrics(q_emb, g_emb, data.query_pids, data.gallery_pids,
+                                data.query_camids, data.gallery_camids)
+    cmc = result["cmc"]
+    metrics = {"R1": 100 * float(cmc[0]), "R5": 100 * float(cmc[min(4, len(cmc) - 1)]),
+               "R10": 100 * float(cmc[min(9, len(cmc) - 1)]), "mAP": 100 * float(result["mAP"]),
+               "mINP": 100 * float(result["mINP"]), "queries": len(query),
+               "gallery": len(gallery)}
+    sims = q_emb @ g_emb.T
+    # Market-1501 rule: same identity on the same camera is not shown as a retrieval
+    junk = torch.as_tensor((data.query_pids[:, None] == data.gallery_pids[None])
+                           & (data.query_camids[:, None] == data.gallery_camids[None]))
+    sims = sims.masked_fill(junk, float("-inf"))
+    shown = list(range(min(n_show, len(query))))
+    top = sims[shown].topk(min(top_k, len(gallery)), dim=1)
+    matches = data.gallery_pids[top.indices.numpy()] == data.query_pids[shown][:, None]
+    q_img = display_images(explainer, query.get(shown))
+    g_img = [display_images(explainer, gallery.get(row.tolist())) for row in top.indices]
+    fig = figures.ranked_lists(q_img, g_img, matches, top.values.numpy(),
+                               out / "img" / "image_retrieval.png",
+                               titles=[f"query pid {data.query_pids[i]}" for i in shown])
+    section.kpis([("R@1", f"{metrics['R1']:.1f}%"), ("R@5", f"{metrics['R5']:.1f}%"),
+                  ("mAP", f"{metrics['mAP']:.1f}%"), ("queries", str(len(query))),
+                  ("gallery", str(len(gallery)))])
+    section.figure(fig, f"Top-{top_k} gallery images of {len(shown)} queries (green: same "
+                        "identity, red: another person; number: cosine similarity). Same-"
+                        "camera images of the query's identity are left out, as in the "
+                        "Market-1501 protocol.", out)
+    outcomes = per_query_outcomes(q_emb, g_emb, data.query_pids, data.gallery_pids,
+                                  data.query_camids, data.gallery_camids)
+    return {"retrieval": metrics, "outcomes": outcomes}
+
+
+def explanation_part(explainer: Explainer, data: ReidEvalSet, methods: Sequence[str],
+                     out: Path, section: Section, n_queries: int, n_show: int = 4,
+                     seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
+    """Maps of every method on both images, then each method scored beside random maps."""
+    has_masks = data.query_masks is not None
+    metrics = list(FAITHFULNESS) + (list(GROUNDING) if has_masks else [])
+    results, seconds = {}, {}
+    for method in methods:
+        start = time.perf_counter()
+        results[method] = evaluate(explainer, data, method=method, metrics=metrics,
+                                   max_queries=n_queries, seed=seed, progress=False,
+                                   batch_size=batch_size,
+                                   method_options=FAST_OPTIONS.get(method))
+        seconds[method] = time.perf_counter() - start
+    # maps of the first queries against their true matches, every method, both sides
+    first = results[methods[0]].table
+    pairs = (first[["query", "match"]].drop_duplicates().head(n_show).to_numpy())
+    query, gallery = ImageSource(data.query, "query"), ImageSource(data.gallery, "gallery")
+    q_imgs, g_imgs = query.get(pairs[:, 0].tolist()), gallery.get(pairs[:, 1].tolist())
+    maps: dict[str, Any] = {}
+    for method in methods:
+        expl = explainer.explain(q_imgs, g_imgs, method=method,
+                                 pairs=[(i, i) for i in range(len(pairs))],
+                                 **FAST_OPTIONS.get(method, {}))
+        maps[method] = (expl.query.upsampled().numpy(), expl.gallery.upsampled().numpy(),
+                        expl.scores.numpy())
+    q_show, g_show = display_images(explainer, q_imgs), display_images(explainer, g_imgs)
+    rows = []
+    for i, (q, g) in enumerate(pairs):
+        q_masks = data.query_masks[q].numpy() if has_masks else None
+        score = maps[methods[0]][2][i]
+        rows.append({"label": f"query {q} (pid {data.query_pids[q]})", "image": q_show[i],
+                     "masks": q_masks, "maps": {m: maps[m][0][i] for m in methods}})
+        rows.append({"label": f"match {g}, cos {score:.2f}", "image": g_show[i], "masks": None,
+                     "maps": {m: maps[m][1][i] for m in methods}})
+    fig = figures.map_grid(rows, methods, out / "img" / "image_maps.png")
+    section.heading("Maps of every method")
+    section.figure(fig, "Each query (odd rows) and its highest-ranked true match (even rows): "
+                        "the image, its ground-truth parts (query side, where the data has "
+                        "them), then each method's map of the pair's cosine similarity.", out)
+    # faithfulness and grounding, each beside the random-map baseline
+    summary: dict[str, Any] = {"methods": {}, "seconds": seconds}
+    rows_table, gap_bars, energy_bars = [], [], []
+    for method in methods:
+        table = results[method].table
+        gap = paired_difference(table, "counterfactual_masking", "gap", method, seed)
+        record: dict[str, Any] = {"gap": gap, "seconds": round(seconds[method], 2)}
+        s = results[method].summary
+        for metric in ("deletion", "insertion"):
+            auc = s[(s.metric == metric) & (s.key == "query_auc")]
+            record[f"{metric}_auc"] = {r.method: float(r.value) for r in auc.itertuples()}
+        if has_masks:
+            record["energy"] = paired_difference(table, "energy_pointing_game",
+                                                 "person_energy", method, seed)
+            record["pointing"] = paired_difference(table, "pointing_game", "person_pointing",
+                                                   method, seed)
+        summary["methods"][method] = record
+        row = {"method": method, "gap": gap.get("method"), "gap (random maps)": gap.get("random"),
+               "gap 95% CI": f"[{gap.get('method_low', float('nan')):.3f}, "
+                             f"{gap.get('method_high', float('nan')):.3f}]",
+               "deletion AUC ↓": record["deletion_auc"].get(method),
+               "insertion AUC ↑": record["insertion_auc"].get(method)}
+        if has_masks:
+            e = record["energy"]
+            row.update({"person energy": e.get("method"), "energy (random)": e.get("random"),
+                        "energy − random, 95% CI": f"{e.get('diff', float('nan')):+.3f} "
+                        f"[{e.get('diff_low', float('nan')):+.3f}, "
+                        f"{e.get('diff_high', float('nan')):+.3f}]",
+                        "pointing": record["pointing"].get("method")})
+        row["seconds"] = round(seconds[method], 1)
+        rows_table.append(row)
+        gap_bars.append({"label": method, "value": gap["method"], "low": gap["method_low"],
+                         "high": gap["method_high"]})
+        if has_masks:
+            energy_bars.append({"label": method, "value": record["energy"]["method"],
+                                "low": record["energy"]["method_low"],
+                                "high": record["energy"]["method_high"]})
+    first_gap = summary["methods"][methods[0]]["gap"]
+    gap_bars.append({"label": "random maps", "value": first_gap["random"],
+                     "low": first_gap["random_low"], "high": first_gap["random_high"],
+                     "colour": "#999999"})
+    section.heading("Faithfulness and grounding, beside random maps")
+    section.para(
+        f"{results[methods[0]].info['queries']} queries, each explained against its highest-"
+        "ranked true match. <b>Counterfactual gap</b>: drop of the pair's cosine when the "
+        "map's top 20% grid cells are masked (mean colour) minus the drop for 20% random cells "
+        "(higher: the map points at what the match rests on). <b>Deletion/insertion</b>: area "
+        "under the cosine curve as cells are removed (lower is better) or revealed (higher is "
+        "better) in map order. <b>Person energy</b>: share of the map's positive mass inside "
+        "the ground-truth person mask. Every figure is beside the same measure for uniform "
+        "random maps on the same pairs; intervals are 95% percentile bootstraps over queries.")
+    section.table(rows_table)
+    fig = figures.interval_bars(gap_bars, out / "img" / "faithfulness_gap.png",
+                                "counterfactual gap (cosine drop, top − random cells)", 0.0)
+    section.figure(fig, "Counterfactual gap per method with 95% CI; grey: random maps.", out)
+    if has_masks:
+        first_energy = summary["methods"][methods[0]]["energy"]
+        energy_bars.append({"label": "random maps", "value": first_energy["random"],
+                            "low": first_energy["random_low"],
+                            "high": first_energy["random_high"], "colour": "#999999"})
+        fig = figures.interval_bars(energy_bars, out / "img" / "person_energy.png",
+                                    "energy pointing game (person mask)")
+        section.figure(fig, "Share of each method's map mass on the person, with 95% CI; "
+                            "grey: random maps (the person's area share).", out)
+    panels = {metric: {m: _curve(results[m].table, metric, m) for m in methods}
+              | {"random": _curve(results[methods[0]].table, metric, "random")}
+              for metric in ("deletion", "insertion")}
+    fig = figures.curves(panels, out / "img" / "deletion_insertion.png")
+    section.figure(fig, "Deletion (cells removed most relevant first) and insertion (revealed "
+                        "most relevant first) on the query image, mean over queries.", out)
+    summary["queries"] = results[methods[0]].info["queries"]
+    summary["skipped_no_valid_match"] = results[methods[0]].info["skipped_no_valid_match"]
+    return summary
+
+
+def sanity_part(explainer: Explainer, data: ReidEvalSet, methods: Sequence[str], out: Path,
+                section: Section, n_images: int = 8, steps: int = 6) -> dict[str, Any]:
+    """Adebayo et al.'s cascading model-randomisation check on the first queries."""
+    from ..evaluation.protocol import true_matches
+    from ..evaluation.sanity import model_randomization_check
+
+    query, gallery = ImageSource(data.query, "query"), ImageSource(data.gallery, "gallery")
+    idx = list(range(min(n_images * 2, len(query))))
+    q_emb, g_emb = explainer.embed(query.get(idx)), torch.cat(
+        [explainer.embed(gallery.get(range(s, min(s + 128, len(gallery)))))
+         for s in range(0, len(gallery), 128)])
+    match = true_matches(q_emb, g_emb, data.query_pids[idx], data.query_camids[idx],
+                         data.gallery_pids, data.gallery_camids)
+    keep = [i for i, m in zip(idx, match, strict=True) if m >= 0][:n_images]
+    targets = gallery.get([int(match[idx.index(i)]) for i in keep])
+    layer = getattr(explainer.adapter, "layer_name", None)
+    results = model_randomization_check(
+        explainer.model, query.get(keep), targets, method=list(methods), steps=steps,
+        method_options=FAST_OPTIONS, explainify_options={"layer": layer} if layer else None)
+    curves = {m: (r.steps, r.curve()) for m, r in results.items()}
+    threshold = next(iter(results.values())).threshold
+    fig = figures.randomization(curves, threshold, out / "img" / "randomization.png")
+    section.heading("Sanity check: model randomisation")
+    section.para("Layers of a copy of the model are re-initialised from the top down "
+                 "(cascading, Adebayo et al. 2018) and each method's maps recomputed; a map "
+                 "that still looks the same explains the input, not the model. Pass: the mean "
+                 f"Spearman similarity of |maps| falls below {threshold}.")
+    section.table([{"method": m, "similarity after the last step": r.curve()[-1],
+                    "lowest": min(r.curve()), "passes": r.passes}
+                   for m, r in results.items()])
+    section.figure(fig, "Similarity of each method's maps to the trained model's maps as more "
+                        "layers are randomised (dashed: pass threshold).", out)
+    return {m: {"steps": r.steps, "curve": r.curve(), "passes": r.passes}
+            for m, r in results.items()}
+
+
+def attribute_part(outcomes: pd.DataFrame, attributes: pd.DataFrame, out: Path,
+                   section: Section, n_estimators: int = 100) -> dict[str, Any]:
+    """Which attributes the model's per-query AP and rank-1 hits depend on."""
+    from ..attributes.study import run_study
+
+    study = run_study(outcomes, attributes, missing="drop", n_estimators=n_estimators,
+                      n_repeats=3)
+    folder = study.save(out / "attribute_study")
+    summary = study.summary()
+    section.para(f"{summary['n_queries']} queries of {summary['n_identities']} identities: each "
+                 "query's AP and rank-1 hit regressed on the attributes of its identity with "
+                 "GLMs (Wald tests), random-forest permutation importance, SHAP values and "
+                 f"FDR-corrected ({summary['fdr_method']}) hypothesis tests; the consensus is "
+                 "the mean rank over methods. Full tables: attribute_study/.")
+    cols = [c for c in study.ranking.columns if c in ("attribute", "consensus_rank",
+                                                       "mean_rank")]
+    section.table(study.ranking[cols].head(12).to_dict(orient="records"))
+    section.figure(folder / "plots" / "consensus.png", "Consensus ranking of the attributes "
+                   "(mean rank over methods and responses).", out)
+    return {"ranking": summary["ranking"], "n_queries": summary["n_queries"]}

@@ -1,0 +1,140 @@
+"""The demo on the zoo's trained models and its HTML report: the maps beat random maps with
+confidence, every section is there with real numbers, and a real browser renders it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reid_explain.cli import main
+
+SECTIONS = ("overview", "models", "image-retrieval", "image-explanations", "sanity", "text",
+            "attributes", "reproduce")
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "report"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return out, json.loads((out / "summary.json").read_text())
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.ids.append(attrs["id"])
+        if tag == "img":
+            self.images.append(attrs["src"])
+
+
+@pytest.mark.slow
+def test_demo_maps_beat_random_maps_with_confidence(demo):
+    """Acceptance: on the trained zoo models the maps beat random maps, the 95% CI of the
+    per-query difference excluding 0, for the counterfactual gap and the person energy."""
+    _, summary = demo
+    methods = summary["image"]["explanations"]["methods"]
+    assert {"gradcam", "integrated_gradients", "occlusion"} <= set(methods)
+    for name in ("gradcam", "occlusion"):
+        gap, energy = methods[name]["gap"], methods[name]["energy"]
+        assert gap["diff_low"] > 0 and gap["method_low"] > gap["random_high"], name
+        assert energy["diff_low"] > 0 and energy["method"] > energy["random"], name
+    # the random maps' own energy is the person's area share: chance, not zero
+    assert 0.1 < methods["gradcam"]["energy"]["random"] < 0.6
+    assert summary["image"]["retrieval"]["R1"] > 50 and summary["text"]["retrieval"]["R1"] > 10
+
+
+@pytest.mark.slow
+def test_demo_writes_a_complete_report(demo, capsys):
+    out, summary = demo
+    page = _Page()
+    page.feed((out / "index.html").read_text())
+    assert tuple(page.ids) == SECTIONS
+    assert len(page.images) >= 12
+    for src in page.images:
+        with Image.open(out / src) as image:
+            image.load()
+            pixels = np.asarray(image.convert("L"), dtype=np.float64)
+        assert image.width > 100 and image.height > 100 and pixels.std() > 5, src
+    text = (out / "summary.txt").read_text()
+    assert re.search(r"image ReID\s+osnet-synthpedes\s+R@1\s+\d+\.\d%", text)
+    assert "times (s):" in text and summary["times"]["total"] > 0
+    assert summary["attributes"]["ranking"] and summary["text"]["grounding"]["scores"]
+    assert {p["name"] for p in summary["plugins"]} >= {"gradcam", "counterfactual_masking"}
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(demo, tmp_path):
+    if BROWSER is None:
+        if os.environ.get("REID_EXPLAIN_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required here (REID_EXPLAIN_REQUIRE_BROWSER) but missing")
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
+    out, _ = demo
+    # a copy of the page that reports, in its title, what the browser itself saw
+    probe = out / "probe.html"
+    script = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+              "document.title=['sections',document.querySelectorAll('section').length,"
+              "'images',i.length,'decoded',i.filter(x=>x.complete&&x.naturalWidth>0).length,"
+              "'tables',document.querySelectorAll('table').length].join(' ');});</script>")
+    probe.write_text((out / "index.html").read_text().replace("</body>", script + "</body>"))
+    flags = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(flags + ["--dump-dom", probe.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    title = re.search(r"<title>(.*?)</title>", dom).group(1)
+    counts = dict(zip(title.split()[::2], map(int, title.split()[1::2]), strict=True))
+    assert counts["sections"] == len(SECTIONS) and counts["tables"] >= 8
+    assert counts["images"] >= 12 and counts["decoded"] == counts["images"]
+    shot = tmp_path / "report.png"
+    subprocess.run(flags + ["--window-size=1280,2400", f"--screenshot={shot}",
+                            (out / "index.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    with Image.open(shot) as image:
+        assert image.size == (1280, 2400)
+        assert np.asarray(image.convert("L"), dtype=np.float64).std() > 20  # not blank
+    probe.unlink()
+
+
+@pytest.mark.slow
+def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys):
+    """``reid-explain report`` on what a user has: a torchreid checkpoint file and a
+    Market-1501 folder with its market_attribute.mat (here a SynthPedes export)."""
+    import torch
+
+    from reid_explain import zoo
+
+    assert main(["synth", "--out", str(tmp_path / "data"), "--ids", "16", "--seed", "5"]) == 0
+    capsys.readouterr()
+    checkpoint = tmp_path / "model.pth"
+    torch.save({"state_dict": zoo.load("osnet-synthpedes").state_dict()}, checkpoint)
+    out = tmp_path / "report"
+    mat = next((tmp_path / "data").rglob("market_attribute.mat"))
+    code = main(["report", "--model", "torchreid:osnet_x0_25", "--weights", str(checkpoint),
+                 "--data", str(tmp_path / "data"), "--attributes", str(mat), "--methods",
+                 "gradcam", "--queries", "12", "--height", "128", "--width", "64",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    page = _Page()
+    page.feed((out / "index.html").read_text())
+    assert page.ids == ["image-retrieval", "image-explanations", "sanity", "attributes",
+                        "reproduce"]
+    summary = json.loads((out / "summary.json").read_text())
+    gap = summary["explanations"]["methods"]["gradcam"]["gap"]
+    assert gap["n"] > 0 and np.isfinite(gap["method"])
+    assert "energy" in summary["explanations"]["methods"]["gradcam"]  # SynthPedes masks
+    assert "reid-explain report --model torchreid:osnet_x0_25" in (out / "index.html").read_text()
