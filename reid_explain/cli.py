@@ -68,10 +68,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """The HTML report of a user's image ReID model on a user's data set."""
+    """The HTML report of a user's model on a user's data: image ReID on a Market-1501-style
+    folder, text-to-image ReID (CLIP hosts) on a CUHK-PEDES-style JSON, or both."""
+    from .errors import InputError
     from .explainer import explainify
     from .hosts import build_host
 
+    if args.data is None and args.captions is None:
+        raise InputError("give --data (a Market-1501-style folder), --captions (a "
+                         "CUHK-PEDES-style JSON, CLIP hosts) or both")
     attributes = None
     if args.attributes:
         from .data.attributes import load_attribute_mat
@@ -80,9 +85,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     size = (args.height, args.width)
     model = build_host(args.model, args.weights, image_size=size, num_classes=args.num_classes)
     with explainify(model, layer=args.layer) as exp:
-        data = _eval_data(exp, args.data, size)
+        data = None if args.data is None else _eval_data(exp, args.data, size)
+        captions = None
+        if args.captions is not None:
+            from .training.text_image import cuhk_text_image
+
+            if "text" not in exp.adapter.capabilities:
+                raise InputError(f"--captions needs a host with a text tower (CLIP-style); "
+                                 f"{args.model} has none")
+            captions = cuhk_text_image(args.captions, args.split, size)
         exp.report(data, args.out, methods=args.methods, n_queries=args.queries,
-                   attributes=attributes, command="reid-explain " + " ".join(args.argv),
+                   attributes=attributes, captions=captions,
+                   command="reid-explain " + " ".join(args.argv),
                    settings={"model": args.model, "weights": args.weights,
                              "image_size": list(size), "layer": args.layer})
     print(f"wrote {args.out}/index.html (open it in a browser)")
@@ -133,9 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-random-baseline", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="reid_explain_output/evaluate")
-    p = sub.add_parser("report", help="HTML report of your image ReID model on your data")
-    p.add_argument("--data", required=True,
+    p = sub.add_parser("report", help="HTML report of your model on your data")
+    p.add_argument("--data", default=None,
                    help="root of a Market-1501-style folder or a SynthPedes export")
+    p.add_argument("--captions", default=None,
+                   help="CUHK-PEDES / ICFG-PEDES / RSTPReid annotation JSON (CLIP hosts): adds "
+                        "text-to-image retrieval, caption maps and word relevance")
+    p.add_argument("--split", default="test", help="split of --captions to report on")
     p.add_argument("--model", required=True,
                    help="family:name, e.g. torchreid:osnet_x1_0, zoo:osnet-synthpedes")
     p.add_argument("--weights", default=None, help="local checkpoint file")

@@ -62,6 +62,7 @@ def image_eval_set(split: Any, mean: Sequence[float], std: Sequence[float]) -> A
                        query_camids=split.camids[q], gallery=images[torch.as_tensor(g)],
                        gallery_pids=split.pids[g], gallery_camids=split.camids[g],
                        query_masks=torch.from_numpy(split.masks[q]), part_names=PARTS,
+                       gallery_masks=torch.from_numpy(split.masks[g]),
                        name="SynthPedes test identities")
 
 
@@ -89,7 +90,7 @@ def models_section(out: Path) -> tuple[Section, dict[str, Any]]:
     fig = figures.curves({f"{n}: validation R@1 (%)": {k: tuple(map(list, v))
                                                         for k, v in lines.items()}
                           for n, lines in panels.items()}, out / "img" / "learning_curves.png",
-                         xlabel="training step")
+                         xlabel="training step", ylabel="R@1 (%)")
     section.figure(fig, "Learning curves on validation identities (never trained on).", out)
     return section, cards
 
@@ -98,9 +99,7 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
              seed: int | None = None, quick: bool = False, top_k: int = 5) -> int:
     from . import plugin_manager
     from .explainer import explainify
-    from .report import image_section as img
-    from .report import image_sections, reproduce_section
-    from .report import text_section as txt
+    from .report import image_sections, reproduce_section, text_sections
     from .zoo import load
     from .zoo.data import text_image_data
 
@@ -108,19 +107,13 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
         plugin_manager.get("attributions", name)  # unknown names fail before any work
     size = SIZES["quick" if quick else "full"]
     times: dict[str, float] = {}
-    start = clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        times[name] = round(now - clock, 1)
-        clock = now
+    start = time.perf_counter()
 
     torch.manual_seed(0)
     image_model, text_model = load(IMAGE_MODEL), load(TEXT_MODEL)
     data = demo_data(seed, size["ids"])
     test, val = data["splits"]["test"], data["splits"]["val"]
-    lap("load models and render data")
+    times["load models and render data"] = round(time.perf_counter() - start, 1)
     settings = {"quick": quick, "seed": seed, "data": data["config"], "sizes": size,
                 "methods": list(methods) if methods else "all", "top_k": top_k}
     summary: dict[str, Any] = {"settings": settings}
@@ -135,20 +128,13 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
                 attributes=data["attributes"], sanity_images=size["sanity"],
                 trees=size["trees"], top_k=top_k, times=times)
             summary["image"]["model"] = IMAGE_MODEL
-        clock = time.perf_counter()
         with explainify(text_model) as exp:
             text_data = text_image_data(test, exp.adapter.pixel_mean, exp.adapter.pixel_std)
             reference = text_image_data(val, exp.adapter.pixel_mean, exp.adapter.pixel_std)
-            text_section = Section("Text-to-image ReID", "text")
-            summary["text"] = {"model": TEXT_MODEL, "adapter": exp.adapter.describe(),
-                               "retrieval": txt.text_retrieval_part(exp, text_data, tmp,
-                                                                    text_section, top_k=top_k)}
-            txt.caption_maps_part(exp, text_data, img.image_methods(exp, methods), tmp,
-                                  text_section)
-            lap("text retrieval and caption maps")
-            summary["text"]["grounding"] = txt.grounding_part(
-                exp, text_data, reference, tmp, text_section, max_captions=size["captions"])
-            lap("phrase grounding")
+            text_parts, summary["text"] = text_sections(
+                exp, text_data, tmp, methods, reference=reference,
+                max_captions=size["captions"], top_k=top_k, times=times)
+            summary["text"]["model"] = TEXT_MODEL
         summary["attributes"] = summary["image"].pop("attributes")
         summary["times"] = times | {"total": round(time.perf_counter() - start, 1)}
         text = summary_text(summary, cards)
@@ -156,7 +142,7 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
         command = "reid-explain demo" + (" --quick" if quick else "") + (
             f" --seed {seed}" if seed is not None else "") + (
             f" --methods {' '.join(methods)}" if methods else "")
-        sections = [overview, models, *image_parts[:3], text_section, *image_parts[3:],
+        sections = [overview, models, *image_parts[:3], *text_parts, *image_parts[3:],
                     reproduce_section(command, settings, summary["times"])]
         (tmp / "index.html").write_text(render(
             "reid-explain demo: trained SynthPedes models explained",

@@ -134,7 +134,53 @@ def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys)
     assert page.ids == ["image-retrieval", "image-explanations", "sanity", "attributes",
                         "reproduce"]
     summary = json.loads((out / "summary.json").read_text())
-    gap = summary["explanations"]["methods"]["gradcam"]["gap"]
+    gap = summary["image"]["explanations"]["methods"]["gradcam"]["gap"]
     assert gap["n"] > 0 and np.isfinite(gap["method"])
-    assert "energy" in summary["explanations"]["methods"]["gradcam"]  # SynthPedes masks
+    assert "energy" in summary["image"]["explanations"]["methods"]["gradcam"]  # SynthPedes
     assert "reid-explain report --model torchreid:osnet_x0_25" in (out / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_report_command_on_a_user_clip_and_cuhk_pedes_json(tmp_path, capsys):
+    """``reid-explain report`` on an open_clip model from a local weights file (its config
+    registered with open_clip, as a user's own architecture would be) and a CUHK-PEDES-style
+    annotation file."""
+    import open_clip
+    import torch
+
+    from reid_explain import zoo
+
+    card = zoo.card("clip-synthpedes")
+    model = zoo.load("clip-synthpedes")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    arch = card["architecture"]
+    (configs / "synth-tiny-clip.json").write_text(json.dumps({
+        "embed_dim": arch["embed_dim"],
+        "vision_cfg": {"image_size": arch["image_size"], "layers": arch["layers"],
+                       "width": arch["width"], "head_width": arch["head_width"],
+                       "patch_size": arch["patch_size"]},
+        "text_cfg": {"context_length": arch["context_length"], "vocab_size": 49408,
+                     "width": arch["text_width"], "heads": arch["text_heads"],
+                     "layers": arch["text_layers"]}}))
+    open_clip.add_model_config(configs)
+    weights = tmp_path / "clip.pt"
+    torch.save(model.state_dict(), weights)
+    assert main(["synth", "--out", str(tmp_path / "data"), "--ids", "16", "--seed", "6",
+                 "--format", "cuhk"]) == 0
+    capsys.readouterr()
+    annotations = next((tmp_path / "data").rglob("reid_raw.json"))
+    out = tmp_path / "report"
+    code = main(["report", "--model", "open_clip:synth-tiny-clip", "--weights", str(weights),
+                 "--captions", str(annotations), "--methods", "gradcam", "--queries", "8",
+                 "--height", "128", "--width", "64", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    page = _Page()
+    page.feed((out / "index.html").read_text())
+    assert page.ids == ["text", "reproduce"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["text"]["retrieval"]["captions"] > 0
+    assert 0 <= summary["text"]["retrieval"]["R1"] <= 100
+    for src in page.images:
+        with Image.open(out / src) as image:
+            assert image.width > 50

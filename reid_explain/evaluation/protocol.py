@@ -77,6 +77,8 @@ class ReidEvalSet:
     query_masks: Tensor | None = None
     part_names: tuple[str, ...] = ()
     name: str = "data"
+    #: (G, K, H, W) bool part masks of the gallery images, or None (figures only)
+    gallery_masks: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.query_pids = np.asarray(self.query_pids)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from ..evaluation.protocol import ReidEvalSet
     from ..explainer import Explainer
 
-__all__ = ["Section", "image_report", "image_sections", "reproduce_section", "render"]
+__all__ = ["Section", "image_report", "image_sections", "reproduce_section", "render",
+           "text_sections"]
 
 
 def image_sections(explainer: Explainer, data: ReidEvalSet, out: Path,
@@ -67,6 +68,32 @@ def image_sections(explainer: Explainer, data: ReidEvalSet, out: Path,
     return sections, summary
 
 
+def text_sections(explainer: Explainer, data: Any, out: Path,
+                  methods: Sequence[str] | None = None, reference: Any = None,
+                  max_captions: int = 300, top_k: int = 5,
+                  times: dict[str, float] | None = None) -> tuple[list[Section], dict[str, Any]]:
+    """Text-to-image retrieval, caption maps and word relevance of a CLIP-style host on a
+    :class:`~reid_explain.training.text_image.TextImageData`; with part masks (SynthPedes) also
+    per-phrase grounding beside the location prior built from ``reference``."""
+    from . import image_section as img
+    from . import text_section as txt
+
+    times = {} if times is None else times
+    clock = time.perf_counter()
+    section = Section("Text-to-image ReID", "text")
+    summary: dict[str, Any] = {"adapter": explainer.adapter.describe(),
+                               "retrieval": txt.text_retrieval_part(explainer, data, out, section,
+                                                                    top_k=top_k)}
+    txt.caption_maps_part(explainer, data, img.image_methods(explainer, methods), out, section)
+    times["text retrieval and caption maps"] = round(time.perf_counter() - clock, 1)
+    if data.masks is not None and data.phrases:
+        clock = time.perf_counter()
+        summary["grounding"] = txt.grounding_part(explainer, data, reference, out, section,
+                                                  max_captions=max_captions)
+        times["phrase grounding"] = round(time.perf_counter() - clock, 1)
+    return [section], summary
+
+
 def reproduce_section(command: str, settings: dict[str, Any], times: dict[str, float]
                       ) -> Section:
     """The command, every setting, the machine, the stage times and the plugins loaded."""
@@ -92,26 +119,43 @@ def reproduce_section(command: str, settings: dict[str, Any], times: dict[str, f
     return section
 
 
-def image_report(explainer: Explainer, data: ReidEvalSet, out: str | Path,
+def image_report(explainer: Explainer, data: ReidEvalSet | None, out: str | Path,
                  methods: Sequence[str] | None = None, n_queries: int = 100,
                  attributes: pd.DataFrame | None = None, command: str = "",
-                 settings: dict[str, Any] | None = None, **options: Any) -> Path:
-    """Write the report of an image ReID host on ``data`` to ``out`` (whole or not at all)."""
+                 settings: dict[str, Any] | None = None, captions: Any = None,
+                 **options: Any) -> Path:
+    """Write the report of a host to ``out`` (whole or not at all): the image ReID sections on
+    ``data`` and, for a CLIP-style host given ``captions`` (a ``TextImageData``, e.g. from a
+    CUHK-PEDES JSON), the text-to-image section."""
     from .._io import atomic_path
+    from ..errors import InputError
 
+    if data is None and captions is None:
+        raise InputError("a report needs image ReID data, captions, or both")
     start = time.perf_counter()
     times: dict[str, float] = {}
+    summary: dict[str, Any] = {}
+    sections: list[Section] = []
+    names = []
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
-        sections, summary = image_sections(explainer, data, tmp, methods, n_queries,
-                                           attributes, times=times, **options)
+        if data is not None:
+            sections, summary["image"] = image_sections(explainer, data, tmp, methods,
+                                                        n_queries, attributes, times=times,
+                                                        **options)
+            names.append(data.name)
+        if captions is not None:
+            parts, summary["text"] = text_sections(explainer, captions, tmp, methods,
+                                                   max_captions=n_queries, times=times)
+            sections += parts
+            names.append(f"{len(captions)} captions")
         times["total"] = round(time.perf_counter() - start, 1)
-        settings = {"data": data.name, "methods": list(methods) if methods else "all",
+        settings = {"data": " + ".join(names), "methods": list(methods) if methods else "all",
                     "queries": n_queries, **(settings or {})}
         summary |= {"settings": settings, "times": times}
         sections.append(reproduce_section(command or "exp.report(...)", settings, times))
         (tmp / "index.html").write_text(render(
-            "reid-explain report", f"{type(explainer.model).__name__} on {data.name}",
+            "reid-explain report", f"{type(explainer.model).__name__} on {' + '.join(names)}",
             sections, summary))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return Path(out)

@@ -133,7 +133,8 @@ def interval_bars(rows: Sequence[Mapping], path: str | Path, xlabel: str,
 
 
 def curves(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
-           path: str | Path, xlabel: str = "fraction of cells perturbed") -> Path:
+           path: str | Path, xlabel: str = "fraction of cells perturbed",
+           ylabel: str = "cosine to the match") -> Path:
     """One panel per curve kind: {label: (x, y)} lines (e.g. deletion and insertion)."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.0), squeeze=False)
@@ -144,7 +145,7 @@ def curves(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
                     color="grey" if label == "random" else None)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel("cosine to the match", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     return _save(fig, path)

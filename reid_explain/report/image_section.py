@@ -33,6 +33,8 @@ FAST_OPTIONS: dict[str, dict[str, Any]] = {
 #: the faithfulness metrics of the report, and the grounding one where masks exist
 FAITHFULNESS = ("counterfactual_masking", "deletion", "insertion")
 GROUNDING = ("energy_pointing_game", "pointing_game")
+#: the curves perturb the query image only: the report plots and tables the query side
+METRIC_OPTIONS = {"deletion": {"side": "query"}, "insertion": {"side": "query"}}
 
 
 def display_images(explainer: Explainer, images: torch.Tensor) -> np.ndarray:
@@ -137,7 +139,7 @@ def explanation_part(explainer: Explainer, data: ReidEvalSet, methods: Sequence[
         start = time.perf_counter()
         results[method] = evaluate(explainer, data, method=method, metrics=metrics,
                                    max_queries=n_queries, seed=seed, progress=False,
-                                   batch_size=batch_size,
+                                   batch_size=batch_size, metric_options=METRIC_OPTIONS,
                                    method_options=FAST_OPTIONS.get(method))
         seconds[method] = time.perf_counter() - start
     # maps of the first queries against their true matches, every method, both sides
@@ -159,13 +161,14 @@ def explanation_part(explainer: Explainer, data: ReidEvalSet, methods: Sequence[
         score = maps[methods[0]][2][i]
         rows.append({"label": f"query {q} (pid {data.query_pids[q]})", "image": q_show[i],
                      "masks": q_masks, "maps": {m: maps[m][0][i] for m in methods}})
-        rows.append({"label": f"match {g}, cos {score:.2f}", "image": g_show[i], "masks": None,
-                     "maps": {m: maps[m][1][i] for m in methods}})
+        g_masks = None if data.gallery_masks is None else data.gallery_masks[g].numpy()
+        rows.append({"label": f"match {g}, cos {score:.2f}", "image": g_show[i],
+                     "masks": g_masks, "maps": {m: maps[m][1][i] for m in methods}})
     fig = figures.map_grid(rows, methods, out / "img" / "image_maps.png")
     section.heading("Maps of every method")
     section.figure(fig, "Each query (odd rows) and its highest-ranked true match (even rows): "
-                        "the image, its ground-truth parts (query side, where the data has "
-                        "them), then each method's map of the pair's cosine similarity.", out)
+                        "the image, its ground-truth parts (where the data has them), then "
+                        "each method's map of the pair's cosine similarity.", out)
     # faithfulness and grounding, each beside the random-map baseline
     summary: dict[str, Any] = {"methods": {}, "seconds": seconds}
     rows_table, gap_bars, energy_bars = [], [], []

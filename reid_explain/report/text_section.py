@@ -52,19 +52,20 @@ def caption_maps_part(explainer: Explainer, data: TextImageData, methods: Sequen
                       out: Path, section: Section, n_show: int = 3) -> dict[str, Any]:
     """Which patches (every image method) and which words (token IG) support a caption."""
     rows = list(range(0, min(len(data), 2 * n_show), 2))[:n_show]
-    pairs = [(i, int(data.caption_image[r])) for i, r in enumerate(rows)]
+    owners = [int(data.caption_image[r]) for r in rows]
+    pairs = [(i, i) for i in range(len(rows))]  # each caption with its own image
     captions = [data.captions[r] for r in rows]
     maps: dict[str, np.ndarray] = {}
     words = None
     for k, method in enumerate(methods):
-        expl = explainer.explain_text(captions, data.images, method=method,
+        expl = explainer.explain_text(captions, data.images[owners], method=method,
                                       text_method="token_ig" if k == 0 else None, pairs=pairs)
         maps[method] = expl.image.upsampled().numpy()
         if k == 0:
             words = expl.text
-    images = display_images(explainer, data.images[[p[1] for p in pairs]])
+    images = display_images(explainer, data.images[owners])
     grid = [{"label": f"caption {r}", "image": images[i],
-             "masks": None if data.masks is None else data.masks[pairs[i][1]].numpy(),
+             "masks": None if data.masks is None else data.masks[owners[i]].numpy(),
              "maps": {m: maps[m][i] for m in methods}} for i, r in enumerate(rows)]
     section.heading("Which patches and words a match rests on")
     fig = figures.map_grid(grid, list(methods), out / "img" / "caption_maps.png")

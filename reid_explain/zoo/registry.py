@@ -72,7 +72,7 @@ SPECS: dict[str, ZooSpec] = {spec.name: spec for spec in (
                       "head_width": 32, "text_width": 128, "text_layers": 3, "text_heads": 4,
                       "embed_dim": 128, "context_length": 64},
         data=ZOO_DATA,
-        training={"epochs": 12, "batch_size": 64, "lr": 5e-4, "weight_decay": 0.02,
+        training={"epochs": 16, "batch_size": 64, "lr": 5e-4, "weight_decay": 0.02,
                   "objective": "sdm", "logit_scale": 50.0, "eval_every": 300, "seed": 0},
         targets={"R1": 40.0}),
 )}
