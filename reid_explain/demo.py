@@ -137,6 +137,7 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
             summary["text"]["model"] = TEXT_MODEL
         summary["attributes"] = summary["image"].pop("attributes")
         summary["times"] = times | {"total": round(time.perf_counter() - start, 1)}
+        summary["plugins"] = plugin_manager.list_plugins()
         text = summary_text(summary, cards)
         overview_blocks(overview, summary, text)
         command = "reid-explain demo" + (" --quick" if quick else "") + (
@@ -200,8 +201,9 @@ def summary_text(summary: dict[str, Any], cards: dict[str, Any]) -> str:
     chance = summary["text"]["grounding"]["chance"]["energy"]
     lines.append(f"phrase grounding energy: best {best} {g[best]['energy']:.3f}, image-blind "
                  f"prior {prior:.3f}, chance {chance:.3f}")
-    lines.append("attribute study, most relied-on first: "
-                 + ", ".join(summary["attributes"]["ranking"][:5]))
+    study = summary["attributes"]
+    lines.append("attribute study, most relied-on first: " + ", ".join(study["ranking"][:5])
+                 if "ranking" in study else f"attribute study did not run: {study['error']}")
     lines.append("")
     lines.append("times (s): " + ", ".join(f"{k} {v}" for k, v in summary["times"].items()))
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +24,15 @@ BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "report"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    """The demo's report: the one the README's first command wrote where CI says so
+    (``REID_EXPLAIN_DEMO_OUTPUT``, read only), else a ``--quick`` run made here."""
+    existing = os.environ.get("REID_EXPLAIN_DEMO_OUTPUT")
+    if existing:
+        out = Path(existing)
+        assert (out / "summary.json").is_file(), f"{out}: no demo output there"
+    else:
+        out = tmp_path_factory.mktemp("demo") / "report"
+        assert main(["demo", "--quick", "--out", str(out)]) == 0
     return out, json.loads((out / "summary.json").read_text())
 
 
@@ -84,13 +92,15 @@ def test_report_renders_in_headless_chromium(demo, tmp_path):
             pytest.fail("chromium is required here (REID_EXPLAIN_REQUIRE_BROWSER) but missing")
         pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
     out, _ = demo
-    # a copy of the page that reports, in its title, what the browser itself saw
-    probe = out / "probe.html"
+    # a copy of the page (beside the test, the report stays untouched) that reports, in its
+    # title, what the browser itself saw
+    probe = tmp_path / "probe.html"
     script = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
               "document.title=['sections',document.querySelectorAll('section').length,"
               "'images',i.length,'decoded',i.filter(x=>x.complete&&x.naturalWidth>0).length,"
               "'tables',document.querySelectorAll('table').length].join(' ');});</script>")
-    probe.write_text((out / "index.html").read_text().replace("</body>", script + "</body>"))
+    page = (out / "index.html").read_text().replace("</body>", script + "</body>")
+    probe.write_text(page.replace("<head>", f'<head><base href="{out.resolve().as_uri()}/">', 1))
     flags = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--no-first-run", "--disable-background-networking", "--disable-component-update",
              "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
@@ -107,7 +117,6 @@ def test_report_renders_in_headless_chromium(demo, tmp_path):
     with Image.open(shot) as image:
         assert image.size == (1280, 2400)
         assert np.asarray(image.convert("L"), dtype=np.float64).std() > 20  # not blank
-    probe.unlink()
 
 
 @pytest.mark.slow
@@ -118,7 +127,7 @@ def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys)
 
     from reid_explain import zoo
 
-    assert main(["synth", "--out", str(tmp_path / "data"), "--ids", "16", "--seed", "5"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "data"), "--ids", "60", "--seed", "5"]) == 0
     capsys.readouterr()
     checkpoint = tmp_path / "model.pth"
     torch.save({"state_dict": zoo.load("osnet-synthpedes").state_dict()}, checkpoint)
@@ -126,7 +135,7 @@ def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys)
     mat = next((tmp_path / "data").rglob("market_attribute.mat"))
     code = main(["report", "--model", "torchreid:osnet_x0_25", "--weights", str(checkpoint),
                  "--data", str(tmp_path / "data"), "--attributes", str(mat), "--methods",
-                 "gradcam", "--queries", "12", "--height", "128", "--width", "64",
+                 "gradcam", "--queries", "16", "--height", "128", "--width", "64",
                  "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     page = _Page()
@@ -137,6 +146,7 @@ def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys)
     gap = summary["image"]["explanations"]["methods"]["gradcam"]["gap"]
     assert gap["n"] > 0 and np.isfinite(gap["method"])
     assert "energy" in summary["image"]["explanations"]["methods"]["gradcam"]  # SynthPedes
+    assert summary["image"]["attributes"]["ranking"]  # from the export's market_attribute.mat
     assert "reid-explain report --model torchreid:osnet_x0_25" in (out / "index.html").read_text()
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import plugin_manager
 from .html import Section, render
 
 if TYPE_CHECKING:
@@ -101,8 +102,6 @@ def reproduce_section(command: str, settings: dict[str, Any], times: dict[str, f
 
     import torch
 
-    from .. import plugin_manager
-
     section = Section("Reproduce", "reproduce")
     section.para("The same run:")
     section.code(command)
@@ -152,7 +151,8 @@ def image_report(explainer: Explainer, data: ReidEvalSet | None, out: str | Path
         times["total"] = round(time.perf_counter() - start, 1)
         settings = {"data": " + ".join(names), "methods": list(methods) if methods else "all",
                     "queries": n_queries, **(settings or {})}
-        summary |= {"settings": settings, "times": times}
+        summary |= {"settings": settings, "times": times,
+                    "plugins": plugin_manager.list_plugins()}
         sections.append(reproduce_section(command or "exp.report(...)", settings, times))
         (tmp / "index.html").write_text(render(
             "reid-explain report", f"{type(explainer.model).__name__} on {' + '.join(names)}",

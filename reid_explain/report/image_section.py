@@ -284,9 +284,19 @@ def attribute_part(outcomes: pd.DataFrame, attributes: pd.DataFrame, out: Path,
                    section: Section, n_estimators: int = 100) -> dict[str, Any]:
     """Which attributes the model's per-query AP and rank-1 hits depend on."""
     from ..attributes.study import run_study
+    from ..errors import ReidExplainError
 
-    study = run_study(outcomes, attributes, missing="drop", n_estimators=n_estimators,
-                      n_repeats=3)
+    try:
+        study = run_study(outcomes, attributes, missing="drop", n_estimators=n_estimators,
+                          n_repeats=3)
+    except (ReidExplainError, np.linalg.LinAlgError, ValueError) as exc:
+        # a study the data cannot support (too few queries for the attributes' levels) is
+        # reported as such; the rest of the report stands
+        reason = f"{type(exc).__name__}: {exc}"
+        section.verdict(False, f"The attribute study could not run on these "
+                               f"{len(outcomes)} queries ({reason}). It needs more queries "
+                               "than attribute levels; see docs/attribute_study.md.")
+        return {"error": reason, "n_queries": len(outcomes)}
     folder = study.save(out / "attribute_study")
     summary = study.summary()
     section.para(f"{summary['n_queries']} queries of {summary['n_identities']} identities: each "
