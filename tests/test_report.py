@@ -98,7 +98,9 @@ def test_report_renders_in_headless_chromium(demo, tmp_path):
     script = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
               "document.title=['sections',document.querySelectorAll('section').length,"
               "'images',i.length,'decoded',i.filter(x=>x.complete&&x.naturalWidth>0).length,"
-              "'tables',document.querySelectorAll('table').length].join(' ');});</script>")
+              "'tables',document.querySelectorAll('table').length,'numbers',"
+              "[...document.querySelectorAll('.kpi b,td')].filter(x=>/[0-9]/.test(x.textContent))"
+              ".length].join(' ');});</script>")
     page = (out / "index.html").read_text().replace("</body>", script + "</body>")
     probe.write_text(page.replace("<head>", f'<head><base href="{out.resolve().as_uri()}/">', 1))
     flags = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -110,6 +112,7 @@ def test_report_renders_in_headless_chromium(demo, tmp_path):
     counts = dict(zip(title.split()[::2], map(int, title.split()[1::2]), strict=True))
     assert counts["sections"] == len(SECTIONS) and counts["tables"] >= 8
     assert counts["images"] >= 12 and counts["decoded"] == counts["images"]
+    assert counts["numbers"] >= 100  # figures in the key-figure boxes and table cells
     shot = tmp_path / "report.png"
     subprocess.run(flags + ["--window-size=1280,2400", f"--screenshot={shot}",
                             (out / "index.html").as_uri()],

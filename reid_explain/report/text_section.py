@@ -23,6 +23,18 @@ if TYPE_CHECKING:
 PHRASE_METHODS = ("similarity", "gradcam", "attention_relevance")
 
 
+def one_caption_per_identity(data: TextImageData, n: int) -> list[int]:
+    """The first caption of each of the first ``n`` identities (figures show different people)."""
+    rows, seen = [], set()
+    for row, pid in enumerate(data.caption_pids.tolist()):
+        if pid not in seen and (not data.phrases or data.phrases[row]):
+            seen.add(pid)
+            rows.append(row)
+            if len(rows) == n:
+                break
+    return rows
+
+
 def text_retrieval_part(explainer: Explainer, data: TextImageData, out: Path, section: Section,
                         n_show: int = 4, top_k: int = 5) -> dict[str, Any]:
     from ..evaluation.retrieval import text_image_metrics
@@ -34,7 +46,7 @@ def text_retrieval_part(explainer: Explainer, data: TextImageData, out: Path, se
     result = text_image_metrics(text, image, data.caption_pids, data.image_pids)
     metrics = {k: float(result[k]) for k in ("R1", "R5", "R10", "mAP", "mINP")} | {
         "captions": len(data), "images": len(data.images)}
-    shown = list(range(0, min(len(data), 2 * n_show), 2))[:n_show]  # one caption per image
+    shown = one_caption_per_identity(data, n_show)
     top = (text[shown] @ image.T).topk(min(top_k, len(image)), dim=1)
     matches = data.image_pids[top.indices.numpy()] == data.caption_pids[shown][:, None]
     gallery = [display_images(explainer, data.images[row]) for row in top.indices]
@@ -51,7 +63,7 @@ def text_retrieval_part(explainer: Explainer, data: TextImageData, out: Path, se
 def caption_maps_part(explainer: Explainer, data: TextImageData, methods: Sequence[str],
                       out: Path, section: Section, n_show: int = 3) -> dict[str, Any]:
     """Which patches (every image method) and which words (token IG) support a caption."""
-    rows = list(range(0, min(len(data), 2 * n_show), 2))[:n_show]
+    rows = one_caption_per_identity(data, n_show)
     owners = [int(data.caption_image[r]) for r in rows]
     pairs = [(i, i) for i in range(len(rows))]  # each caption with its own image
     captions = [data.captions[r] for r in rows]
@@ -156,7 +168,7 @@ def _phrase_panels(explainer: Explainer, data: TextImageData, method: str,
                    n_show: int) -> list[dict[str, Any]]:
     from ..evaluation.grounding_scores import energy_pointing_game
 
-    rows = [r for r in range(0, len(data), 2) if data.phrases[r]][:n_show]
+    rows = one_caption_per_identity(data, n_show)
     image_rows = [int(data.caption_image[r]) for r in rows]
     groundings = explainer.ground(data.images[image_rows], [data.captions[r] for r in rows],
                                   method=method, phrases=[data.phrases[r] for r in rows])
