@@ -37,3 +37,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> object:
+    """``torch.load`` of a local file with ``weights_only=True``: tensors and plain containers
+    only, so a checkpoint cannot run code when it is read. Every failure (missing file, a
+    pickle that asks for more than tensors, a corrupt archive) is a project error naming the
+    file."""
+    import torch
+
+    from .errors import DataFormatError, InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise DataFormatError(f"{path}: not a loadable {what} (read with weights_only=True, "
+                              f"which allows tensors and plain containers only): "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                              ) from exc

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import InputError
+from .errors import DataFormatError, InputError
 
 FAMILIES = ("torchreid", "open_clip", "timm", "zoo")
 
@@ -51,7 +51,14 @@ def build_host(spec: str, weights: str | os.PathLike | None = None,
         except KeyError as exc:
             raise InputError(f"torchreid has no model {name!r}: {exc}") from None
         if path is not None:
-            torchreid.utils.load_pretrained_weights(model, path)
+            # torchreid reads the file with torch.load's default, weights_only=True from the
+            # torch floor this project declares (2.6): a checkpoint cannot run code
+            try:
+                torchreid.utils.load_pretrained_weights(model, path)
+            except Exception as exc:
+                raise DataFormatError(f"{path}: torchreid could not load it as a checkpoint "
+                                      f"of {name}: {type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0][:300]}") from exc
     elif family == "open_clip":
         import open_clip
 

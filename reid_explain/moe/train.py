@@ -319,7 +319,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     host = timm.create_model(args.model, pretrained=False, num_classes=0,
                              img_size=(args.height, args.width), depth=args.depth)
     if args.host_weights:
-        host.load_state_dict(torch.load(args.host_weights, map_location="cpu"))
+        from .._io import load_torch_file
+
+        host.load_state_dict(load_torch_file(args.host_weights, "host weights"))
     host.eval()
     adapter = choose_adapter(host)(host)
     moe_cls = get("backbone_modifications", "lora_moe").obj

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._io import atomic_path
-from ..errors import InputError
+from .._io import atomic_path, load_torch_file
+from ..errors import DataFormatError, InputError
 from .objectives import OBJECTIVES, base_objective
 from .session import TrainingSession
 
@@ -289,11 +289,14 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, TrainingSession
                                                       dict[str, Any]]:
     """Rebuild the host and a (detached) session holding the trained plugin heads."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {str(path)!r} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = load_torch_file(path, "text-image checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != "reid-explain/text-image/1":
-        raise InputError(f"{path}: not a reid-explain text-image checkpoint")
+        raise DataFormatError(f"{path}: not a reid-explain text-image checkpoint (no format "
+                              "'reid-explain/text-image/1')")
+    missing = [k for k in ("model", "clip_config", "train_config", "plugins")
+               if k not in payload]
+    if missing:
+        raise DataFormatError(f"{path}: text-image checkpoint lacks {missing}")
     clip_config = TinyClipConfig(**{k: tuple(v) if isinstance(v, list) else v
                                     for k, v in payload["clip_config"].items()})
     model = tiny_clip(clip_config)
