@@ -472,3 +472,28 @@ def test_text_non_utf8_and_bad_json(tmp_path):
     anno.write_text('{"split": "train"}')
     with pytest.raises(DataFormatError, match=r"top level must be a list"):
         load_text_annotations(tmp_path)
+
+
+def _with_first(change: dict) -> list[dict]:
+    return [dict(CUHK_RECORDS[0], **change), *CUHK_RECORDS[1:]]
+
+
+@pytest.mark.parametrize("records, message", [
+    (_with_first({"id": float("inf")}), r"record 0: field 'id' is not an integer \(inf\)"),
+    (_with_first({"id": -3}), r"record 0: field 'id' is -3, outside 0\.\.1000000000"),
+    (_with_first({"id": 10**20}), r"record 0: field 'id' is 100000000000000000000, outside"),
+    (_with_first({"split": "tset"}), r"record 0: field 'split' is 'tset'; known splits"),
+    (_with_first({"file_path": "/etc/passwd"}), r"record 0: field 'file_path' \('/etc/passwd'"
+                                                r"\) must be a path inside the image folder"),
+    (_with_first({"file_path": "../../secret.png"}), r"must be a path inside the image folder"),
+    ([*CUHK_RECORDS, dict(CUHK_RECORDS[0])], r"records 0 and 6 both describe "
+                                             r"'CUHK01/0363004\.png' in split 'train'"),
+], ids=["infinite id", "negative id", "huge id", "unknown split", "absolute path",
+        "parent path", "duplicate record"])
+def test_text_annotation_ids_splits_paths_and_duplicates_are_checked(tmp_path, records,
+                                                                     message):
+    path = tmp_path / "CUHK-PEDES" / "reid_raw.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(records))  # Infinity is what json writes for inf
+    with pytest.raises(DataFormatError, match=message):
+        load_text_annotations(path, check_images=False)

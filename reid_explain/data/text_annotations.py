@@ -32,6 +32,10 @@ DATASETS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 IMAGE_DIR = "imgs"
 _PATH_KEYS = ("file_path", "img_path")
+#: the splits these formats define; anything else is a typo that would silently drop records
+SPLITS = ("train", "val", "test")
+#: identity ids beyond this are not ids (the formats' ids are small positive integers)
+MAX_ID = 10**9
 _MAX_LISTED = 5
 
 
@@ -187,17 +191,23 @@ def _check_record(record: Any, i: int, path: Path, path_key: str) -> tuple[str, 
     file_path = record[file_key]
     if not isinstance(file_path, str) or not file_path:
         raise DataFormatError(f"{where}: field {file_key!r} must be a non-empty string")
+    if Path(file_path).is_absolute() or ".." in Path(file_path).parts:
+        raise DataFormatError(f"{where}: field {file_key!r} ({file_path!r}) must be a path "
+                              "inside the image folder (relative, without '..')")
     try:
         pid = int(record["id"])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataFormatError(f"{where}: field 'id' is not an integer ({record['id']!r})") \
             from None
     if isinstance(record["id"], bool) or (isinstance(record["id"], float)
                                           and record["id"] != pid):
         raise DataFormatError(f"{where}: field 'id' is not an integer ({record['id']!r})")
+    if not 0 <= pid <= MAX_ID:
+        raise DataFormatError(f"{where}: field 'id' is {pid}, outside 0..{MAX_ID}")
     split = record["split"]
-    if not isinstance(split, str) or not split:
-        raise DataFormatError(f"{where}: field 'split' must be a non-empty string")
+    if split not in SPLITS:
+        raise DataFormatError(f"{where}: field 'split' is {split!r}; known splits: "
+                              f"{list(SPLITS)}")
     captions = record["captions"]
     if isinstance(captions, str) or not isinstance(captions, list):
         raise DataFormatError(f"{where} ({file_path}): field 'captions' must be a list of strings")
@@ -224,6 +234,12 @@ def load_text_annotations(path: str | os.PathLike, dataset: str | None = None, *
     path_key = DATASETS[name][1]
     raw = read_json_records(anno)
     checked = [_check_record(r, i, anno, path_key) for i, r in enumerate(raw)]
+    first: dict[tuple[str, str], int] = {}
+    for i, (split, _, file_path, _) in enumerate(checked):
+        j = first.setdefault((split, file_path), i)
+        if j != i:
+            raise DataFormatError(f"{anno}: records {j} and {i} both describe {file_path!r} "
+                                  f"in split {split!r}; merge their captions into one record")
 
     if check_images:
         missing = [(i, fp) for i, (_, _, fp, _) in enumerate(checked)
