@@ -226,3 +226,17 @@ def test_unreadable_image_names_file(pedes):
     ds = TextImageDataset(data, "train")
     with pytest.raises(DataFormatError, match=r"2\.jpg: not a readable image"):
         ds[2]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("0001_c0s1_000151_00.jpg", r"camera 0; Market-1501 cameras are numbered from 1"),
+    ("-0005_c1s1_000151_00.jpg", r"identity -5 is neither -1 \(junk\) nor in 0\.\.1000000"),
+    ("99999999999_c1s1_0.jpg", r"identity 99999999999 is neither"),
+    ("1-2_c1s1_0.jpg", r"identity '1-2' is not an integer"),
+])
+def test_market_names_with_impossible_ids_or_cameras_are_refused(name, message):
+    from reid_explain.data.datasets import parse_market_name
+
+    with pytest.raises(DataFormatError, match=message):
+        parse_market_name(f"/data/bounding_box_test/{name}")
+    assert parse_market_name("/x/-1_c3s1_0.jpg") == (-1, 2)  # junk stays junk

@@ -35,6 +35,8 @@ MARKET_FOLDERS: dict[str, str] = {
 ATTRIBUTE_SPLIT: dict[str, str] = {"train": "train", "query": "test", "gallery": "test"}
 #: torchreid's own file-name pattern: ``0001_c1s1_000151_00.jpg`` -> pid 1, camera 1.
 MARKET_NAME = re.compile(r"([-\d]+)_c(\d)")
+#: identities beyond this are not ids (Market-1501 has 1,501; DukeMTMC-reID's reach 7,140)
+MAX_PID = 10**6
 _TORCHREID_SUBDIR = Path("market1501") / "Market-1501-v15.09.15"
 
 Transform = Callable[[Image.Image], Any]
@@ -65,7 +67,17 @@ def parse_market_name(path: str | os.PathLike) -> tuple[int, int]:
     if match is None:
         raise DataFormatError(f"{path}: file name does not match Market-1501's "
                               "'<pid>_c<camera>...' pattern")
-    return int(match.group(1)), int(match.group(2)) - 1
+    try:
+        pid = int(match.group(1))
+    except ValueError:
+        raise DataFormatError(f"{path}: identity {match.group(1)!r} is not an integer") from None
+    if pid != -1 and not 0 <= pid <= MAX_PID:
+        raise DataFormatError(f"{path}: identity {pid} is neither -1 (junk) nor in "
+                              f"0..{MAX_PID}")
+    camera = int(match.group(2))
+    if camera == 0:
+        raise DataFormatError(f"{path}: camera 0; Market-1501 cameras are numbered from 1")
+    return pid, camera - 1
 
 
 def resolve_market_root(root: str | os.PathLike) -> Path:
