@@ -497,3 +497,32 @@ def test_text_annotation_ids_splits_paths_and_duplicates_are_checked(tmp_path, r
     path.write_text(json.dumps(records))  # Infinity is what json writes for inf
     with pytest.raises(DataFormatError, match=message):
         load_text_annotations(path, check_images=False)
+
+
+@pytest.mark.parametrize("ids, message", [
+    (["0001", "12345678901234567890", "0004"], r"split 'test': field 'image_index' holds id "
+                                               r"12345678901234567890, outside 0\.\.1000000"),
+    (["0001", "0003", "0001"], r"split 'test': field 'image_index' lists id 1 twice"),
+], ids=["20-digit id", "duplicate id"])
+def test_mat_ids_out_of_range_or_twice_are_named(tmp_path, ids, message):
+    order = [*MARKET1501.fields, "image_index"]
+    path = tmp_path / "market_attribute.mat"
+    scipy.io.savemat(path, {"market_attribute": {
+        "train": _split_struct(_market_train_codes(), MARKET_TRAIN_IDS, order),
+        "test": _split_struct(_market_codes(3, 1), ids, order)}})
+    with pytest.raises(DataFormatError, match=message):
+        load_attribute_mat(path)
+
+
+def test_a_reader_that_crashes_takes_down_only_its_own_process(tmp_path):
+    """scipy's C reader can die with SIGSEGV on a corrupt .mat; the loader reads in a child
+    process, so a crash is an error naming the file (a real segfault here)."""
+    from reid_explain.data.isolated import read_isolated
+
+    path = tmp_path / "corrupt.mat"
+    path.write_bytes(b"MATLAB 5.0" + bytes(200))
+    with pytest.raises(DataFormatError, match=r"corrupt\.mat: the \.mat file reader crashed on "
+                                              r"this file \(SIGSEGV\)"):
+        read_isolated("import ctypes; ctypes.string_at(0)", path, ".mat file")
+    with pytest.raises(DataFormatError, match=r"corrupt\.mat: not a readable \.mat file"):
+        load_attribute_mat(path)  # the real reader on the same bytes: an error, no crash

@@ -93,6 +93,10 @@ def _struct_fields(obj: Any) -> dict[str, Any] | None:
     return None
 
 
+#: identity ids beyond this are not ids (Market-1501 has 1,501, DukeMTMC-reID 7,140)
+MAX_ATTRIBUTE_PID = 10**6
+
+
 def _cell_strings(value: Any) -> list[str] | None:
     """A cell of strings (or a char matrix, or a squeezed string) as a list; None if not one."""
     if isinstance(value, str):
@@ -137,6 +141,14 @@ def _decode_split(fields: dict[str, Any], split: str, schema: AttributeSchema,
     except ValueError as exc:
         raise DataFormatError(f"{where}: field {_INDEX_FIELD!r} holds a non-numeric id ({exc})") \
             from None
+    bad = [p for p in pids if not 0 <= p <= MAX_ATTRIBUTE_PID]
+    if bad:
+        raise DataFormatError(f"{where}: field {_INDEX_FIELD!r} holds id {bad[0]}, outside "
+                              f"0..{MAX_ATTRIBUTE_PID}")
+    seen: set[int] = set()
+    twice = next((p for p in pids if p in seen or seen.add(p)), None)
+    if twice is not None:
+        raise DataFormatError(f"{where}: field {_INDEX_FIELD!r} lists id {twice} twice")
     n = len(pids)
     missing = [f for f in schema.fields if f not in fields]
     if missing:
@@ -256,17 +268,34 @@ def load_attribute_mat(path: str | os.PathLike, schema: str | AttributeSchema | 
     ``schema``: an :class:`AttributeSchema`, a name (``"market1501"``, ``"dukemtmc"``), or None to
     detect it from the top variable. ``variable`` names the top variable of a non-standard file.
     """
+    from .isolated import read_isolated
+
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: attribute file not found")
-    try:
-        mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=True)
-    except NotImplementedError:
+    # scipy's C reader can crash the process on a corrupt file: read it in a child process
+    kind, mat = read_isolated(READ_MAT, path, ".mat file")
+    if kind == "v7.3":
         raise DataFormatError(f"{path}: MATLAB v7.3 (HDF5) file; re-save it with "
-                              "save(..., '-v7') to load it with scipy") from None
-    except Exception as exc:  # scipy raises several types for a corrupt file
-        raise DataFormatError(f"{path}: not a readable .mat file ({exc})") from None
+                              "save(..., '-v7') to load it with scipy")
+    if kind == "error":
+        raise DataFormatError(f"{path}: not a readable .mat file ({mat})")
     return attributes_from_mat_dict(mat, schema, source=path, variable=variable)
+
+
+#: the child process's reader: ``scipy.io.loadmat``, errors returned as values
+#: (``("ok", mat)``, ``("v7.3", None)``, ``("error", message)``)
+READ_MAT = """
+import pickle, sys
+import scipy.io
+try:
+    result = ("ok", scipy.io.loadmat(sys.argv[1], squeeze_me=False, struct_as_record=True))
+except NotImplementedError:
+    result = ("v7.3", None)
+except Exception as exc:  # scipy raises several types for a corrupt file
+    result = ("error", f"{type(exc).__name__}: {exc}")
+sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+"""
 
 
 def save_attribute_mat(table: pd.DataFrame, path: str | os.PathLike,
