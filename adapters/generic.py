@@ -39,6 +39,7 @@ class ModuleAdapter(CNNAdapter):
         self.fixed_grid = grid_size
         self._token_tap: TokenGridTap | None = None
         self._layer_dims: int | None = None
+        self._shapes: dict[tuple[int, int], tuple[int, ...]] = {}
         module = resolve_module(model, layer)
         super().__init__(model, layer=module, image_size=image_size, **options)
         self.layer_name = layer if isinstance(layer, str) else type(layer).__name__
@@ -53,12 +54,17 @@ class ModuleAdapter(CNNAdapter):
         return pool_embedding(self.model(images), self.model)
 
     def _probe_layer_dims(self, image_size: tuple[int, int]) -> tuple[int, ...]:
-        shape = probe_output_shape(self.model, self.layer, self.embed_image, image_size,
-                                   self.device)
-        if shape is None or len(shape) not in (3, 4):
-            raise AdapterError(f"layer {self.layer_name!r} gave output shape {shape}; "
-                               "expected (B, C, h, w) or tokens (B, N, C)")
-        return shape
+        """The layer's output shape for one image of ``image_size`` (one probe per size:
+        the shape depends on the architecture only)."""
+        key = (int(image_size[0]), int(image_size[1]))
+        if key not in self._shapes:
+            shape = probe_output_shape(self.model, self.layer, self.embed_image, key,
+                                       self.device)
+            if shape is None or len(shape) not in (3, 4):
+                raise AdapterError(f"layer {self.layer_name!r} gave output shape {shape}; "
+                                   "expected (B, C, h, w) or tokens (B, N, C)")
+            self._shapes[key] = tuple(shape)
+        return self._shapes[key]
 
     def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         shape = self._probe_layer_dims(image_size)

@@ -61,6 +61,10 @@ class OpenClipAdapter(ViTAdapter):
         p = self.model.visual.patch_size
         return (p, p) if isinstance(p, int) else (int(p[0]), int(p[1]))
 
+    def input_size(self) -> tuple[int, int] | None:
+        size = self.model.visual.image_size  # its position embeddings are fixed to it
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
     def blocks(self) -> list[nn.Module]:
         return list(self.model.visual.transformer.resblocks)
 

@@ -48,6 +48,13 @@ class TimmViTAdapter(ViTAdapter):
         p = self.model.patch_embed.patch_size
         return (p, p) if isinstance(p, int) else (int(p[0]), int(p[1]))
 
+    def input_size(self) -> tuple[int, int] | None:
+        embed = self.model.patch_embed
+        if getattr(self.model, "dynamic_img_size", False) or \
+                not getattr(embed, "strict_img_size", True) or embed.img_size is None:
+            return None
+        return int(embed.img_size[0]), int(embed.img_size[1])
+
     def blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)
 

@@ -143,6 +143,10 @@ class Adapter:
         """The (h, w) grid of the spatial layer for images of ``image_size``."""
         raise NotImplementedError
 
+    def input_size(self) -> tuple[int, int] | None:
+        """The only (H, W) the host takes (a ViT with fixed position embeddings), or None."""
+        return None
+
     def patch_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """Pixels per grid cell, rounded up (the cells of occlusion over patches)."""
         h, w = self.grid_size(image_size)

@@ -73,20 +73,82 @@ def explainify(model: nn.Module, layer: str | nn.Module | None = None,
     return Explainer(instance)
 
 
-def _check_images(images: Tensor, what: str) -> Tensor:
+def _check_images(images: Tensor, what: str, adapter: Adapter | None = None) -> Tensor:
+    """Images checked, and with ``adapter`` normalised to what the host takes, before the host
+    sees them: a batch dimension, the host's channel count (grey images are repeated to RGB),
+    its parameters' dtype and device, and a size its spatial layer can map (at least one grid
+    cell per axis). Every refusal names ``what`` and the reason."""
     if not isinstance(images, Tensor):
         raise InputError(f"{what} must be a torch.Tensor of images, got {type(images).__name__}")
     if images.dim() == 3:
         images = images[None]
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise InputError(f"{what} must be (B, 3, H, W) images, got shape {tuple(images.shape)}")
+    if images.dim() != 4:
+        raise InputError(f"{what} must be (B, C, H, W) images, got shape {tuple(images.shape)}")
     if not images.is_floating_point():
         raise InputError(f"{what} must be a float tensor (normalised images), got {images.dtype}")
     if images.shape[0] == 0:
         raise InputError(f"{what} is empty")
     if not torch.isfinite(images).all():
         raise InputError(f"{what} contains NaN or inf values")
+    if adapter is None:
+        if images.shape[1] not in (1, 3):
+            raise InputError(f"{what} must be (B, 3, H, W) images, got shape "
+                             f"{tuple(images.shape)}")
+        return images
+    channels = _input_channels(adapter.model)
+    if images.shape[1] != channels:
+        if images.shape[1] == 1 and channels == 3:
+            images = images.repeat(1, 3, 1, 1)
+        else:
+            raise InputError(f"{what} has {images.shape[1]} channels; the host's first layer "
+                             f"takes {channels}")
+    param = next(adapter.model.parameters(), None)
+    if param is not None and param.device.type == "meta":
+        raise InputError(f"the model's parameters are on the 'meta' device (not materialised); "
+                         f"load its weights before explaining {what}")
+    if param is not None and param.is_floating_point():
+        images = images.to(device=param.device, dtype=param.dtype)
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    expected = adapter.input_size()
+    if expected is not None and size != tuple(expected):
+        raise InputError(f"{what}: images of {size[0]}x{size[1]}; the host takes "
+                         f"{expected[0]}x{expected[1]} (its position embeddings are fixed to "
+                         "that size): resize them")
+    try:
+        grid = adapter.grid_size(size)
+    except Exception as exc:
+        raise InputError(f"{what}: images of {size[0]}x{size[1]} are too small or of a shape "
+                         f"the host cannot take ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    if min(grid) < 1:
+        raise InputError(f"{what}: images of {size[0]}x{size[1]} give a {grid[0]}x{grid[1]} "
+                         f"grid on the host's spatial layer; they must be at least "
+                         f"{adapter.patch_size(size)[0]}x{adapter.patch_size(size)[1]} pixels")
     return images
+
+
+def _input_channels(model: nn.Module) -> int:
+    """Channels the host's first convolution (or patch embedding) takes; 3 if none is found."""
+    for module in model.modules():
+        channels = getattr(module, "in_channels", None)
+        if isinstance(module, nn.modules.conv._ConvNd) and isinstance(channels, int):
+            return channels
+    return 3
+
+
+def _check_same_size(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
+    if a.shape[-2:] != b.shape[-2:]:
+        raise InputError(f"{names[0]} images are {tuple(a.shape[-2:])} and {names[1]} images "
+                         f"{tuple(b.shape[-2:])}; resize both sides to one size")
+
+
+def _check_embeddings(embeddings: Tensor, what: str) -> None:
+    """Refuse inputs whose embedding is all zeros: every map of them would be zero too."""
+    dead = (embeddings.abs().amax(dim=1) == 0).nonzero().flatten().tolist()
+    if dead:
+        raise InputError(f"{what} item(s) {dead[:5]} embed to an all-zero vector (blank or "
+                         "degenerate input?); their similarity, and so their maps, carry "
+                         "nothing to explain")
 
 
 def _check_texts(texts: Sequence[str] | str) -> list[str]:
@@ -101,13 +163,23 @@ def _pairs(scores: Tensor, pairs: Tensor | Sequence[tuple[int, int]] | None,
     """(P, 2) pairs: explicit, top-k of each row of ``scores``, or all."""
     n_rows, n_cols = scores.shape
     if pairs is not None:
-        pairs = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
+        raw = torch.as_tensor(pairs)
+        if raw.is_floating_point() and not torch.equal(raw, raw.round()):
+            raise InputError("pairs must hold integer indices, got fractional values")
+        if raw.dtype == torch.bool or raw.is_complex():
+            raise InputError(f"pairs must hold integer indices, got {raw.dtype}")
+        if raw.numel() % 2:
+            raise InputError(f"pairs must be (query, gallery) index pairs; got {raw.numel()} "
+                             "numbers, an odd count")
+        pairs = raw.to(torch.long).reshape(-1, 2)
         if pairs.numel() == 0:
             raise InputError("pairs is empty")
         if (pairs[:, 0] >= n_rows).any() or (pairs[:, 1] >= n_cols).any() or (pairs < 0).any():
             raise InputError(f"pairs index outside ({n_rows} queries, {n_cols} gallery items)")
         return pairs
     if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int):
+            raise InputError(f"top_k must be an integer, got {top_k!r}")
         if top_k < 1:
             raise InputError(f"top_k must be >= 1, got {top_k}")
         k = min(top_k, n_cols)
@@ -171,7 +243,7 @@ class Explainer:
     def embed(self, images: Tensor, batch_size: int = 64) -> Tensor:
         """L2-normalised image embeddings, ``(B, D)``."""
         self._check_open()
-        images = _check_images(images, "images").to(self.adapter.device)
+        images = _check_images(images, "images", self.adapter)
         with self.guard:
             out = [self.adapter.embed_image(chunk) for chunk in images.split(batch_size)]
         return F.normalize(torch.cat(out).float(), dim=-1)
@@ -260,9 +332,12 @@ class Explainer:
         """
         if side not in SIDES:
             raise InputError(f"side must be one of {SIDES}, got {side!r}")
-        query = _check_images(query, "query").to(self.adapter.device)
-        gallery = _check_images(gallery, "gallery").to(self.adapter.device)
+        query = _check_images(query, "query", self.adapter)
+        gallery = _check_images(gallery, "gallery", self.adapter)
+        _check_same_size(query, gallery, ("query", "gallery"))
         q_emb, g_emb = self.embed(query), self.embed(gallery)
+        _check_embeddings(q_emb, "query")
+        _check_embeddings(g_emb, "gallery")
         scores = q_emb @ g_emb.T
         pairs = _pairs(scores, pairs, top_k)
         qi, gi = pairs[:, 0], pairs[:, 1]
@@ -293,7 +368,7 @@ class Explainer:
         """Explain caption-image similarity: which patches support each caption (``method``)
         and which words the match rests on (``text_method``; None to skip)."""
         texts = _check_texts(texts)
-        images = _check_images(images, "images").to(self.adapter.device)
+        images = _check_images(images, "images", self.adapter)
         tokens = self.adapter.tokenize(texts)
         t_emb, i_emb = self.embed_text(texts), self.embed(images)
         scores = t_emb @ i_emb.T

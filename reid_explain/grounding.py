@@ -121,7 +121,7 @@ def ground(explainer: Explainer, images: Tensor, captions: Sequence[str] | str,
     from .explainer import _check_images, _check_texts
 
     captions = _check_texts(captions)
-    images = _check_images(images, "images").to(explainer.adapter.device)
+    images = _check_images(images, "images", explainer.adapter)
     if len(images) != len(captions):
         raise InputError(f"{len(images)} images for {len(captions)} captions: ground() pairs "
                          "each image with its caption")

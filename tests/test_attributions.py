@@ -194,7 +194,7 @@ def test_explain_validates_inputs():
         bad[0, 0, 0, 0] = float("nan")
         with pytest.raises(InputError, match="query contains NaN"):
             exp.explain(bad, images(1, (128, 64)))
-        with pytest.raises(InputError, match=r"gallery must be \(B, 3, H, W\)"):
+        with pytest.raises(InputError, match=r"gallery must be \(B, C, H, W\)"):
             exp.explain(images(1, (128, 64)), torch.zeros(2, 5))
         with pytest.raises(InputError, match="side must be"):
             exp.explain(images(1, (128, 64)), images(1, (128, 64)), side="left")

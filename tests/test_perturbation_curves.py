@@ -172,9 +172,10 @@ def test_positive_and_negative_perturbation(toy):
 
 def test_curves_are_batched_one_forward_per_chunk(toy):
     model = toy.model
+    imgs = torch.cat([toy_image(s) for s in range(3)])
+    toy.adapter.grid_size(tuple(imgs.shape[-2:]))  # the input check's size probe, once per size
     passes: list[int] = []
     handle = model.register_forward_hook(lambda _m, args, _o: passes.append(len(args[0])))
-    imgs = torch.cat([toy_image(s) for s in range(3)])
     maps = torch.rand(3, *GRID, generator=torch.Generator().manual_seed(4))
     expl = explanation(maps, imgs, gallery=True)
     batched = toy.score(expl, ["deletion"], deletion={"batch_size": 16})
