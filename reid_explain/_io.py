@@ -18,7 +18,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    remove_stale_temporaries(final)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp{os.getpid()}.", dir=final.parent))
     tmp = tmp_dir / final.name
     try:
         yield tmp
@@ -27,6 +28,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove the temporary folders that runs killed mid-write (SIGKILL skips every cleanup)
+    left beside ``final``: they carry their process id, and that process is gone."""
+    removed = []
+    for candidate in final.parent.glob(f".{final.name}.tmp*.*"):
+        pid_text = candidate.name[len(f".{final.name}.tmp"):].split(".", 1)[0]
+        if candidate.is_dir() and pid_text.isdigit() and not _alive(int(pid_text)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

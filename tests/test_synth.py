@@ -271,3 +271,35 @@ def test_cli_writes_chosen_formats(tmp_path, capsys):
     ann = json.loads((out / "synthpedes" / "annotations.json").read_text())
     assert ann["planted"]["order"][:2] == ["handbag", "bag"]
     assert synth_main(["--out", str(out), "--ids", "4", "--planted-order", "nope"]) == 2
+
+
+def test_a_killed_export_leaves_nothing_the_next_run_keeps(tmp_path):
+    """SIGKILL mid-write skips every cleanup: the hidden temporary folder stays. The next
+    write beside it removes it (its process is gone) and leaves a live process's alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "synthpedes_root"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import time\n"
+        "from reid_explain._io import atomic_path\n"
+        f"with atomic_path({str(out)!r}) as tmp:\n"
+        "    tmp.mkdir(); (tmp / 'half.jpg').write_bytes(b'x'); print('ready', flush=True)\n"
+        "    time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    live = [p for p in tmp_path.iterdir() if p.name.startswith(".synthpedes_root.tmp")]
+    assert len(live) == 1
+    from reid_explain._io import remove_stale_temporaries
+
+    assert remove_stale_temporaries(out) == []  # its writer is alive: not touched
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    time.sleep(0.1)
+    assert live[0].exists() and not out.exists()  # what a kill leaves: hidden, never final
+    export_synthpedes(out, SynthConfig(n_ids=4, images_per_id=4, seed=1),
+                      formats=("market",))
+    assert out.is_dir() and not live[0].exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
