@@ -52,15 +52,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .hosts import build_host
 
     size = (args.height, args.width)
+    import shutil
+
     model = build_host(args.model, args.weights, image_size=size)
+    partial = f"{args.out.rstrip('/')}.partial"  # completed batches, for --resume
     with explainify(model, layer=args.layer) as exp:
         data = _eval_data(exp, args.data, size)
         result = exp.evaluate(data, method=args.method, metrics=args.metrics,
                               masker=args.masker, batch_size=args.batch_size,
                               max_queries=args.max_queries, seed=args.seed,
                               random_baseline=not args.no_random_baseline,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, checkpoint=partial,
+                              resume=args.resume)
     result.save(args.out)
+    shutil.rmtree(partial, ignore_errors=True)
     print(result.summary.to_string(index=False))
     print(f"{result.info['queries']} queries ({result.info['skipped_no_valid_match']} without a "
           f"valid match skipped); wrote {args.out}/per_query.csv, summary.csv, summary.json")
@@ -146,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-random-baseline", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the query batches a killed run completed (kept in OUT.partial)")
     p.add_argument("--out", default="reid_explain_output/evaluate")
     p = sub.add_parser("report", help="HTML report of your model on your data")
     p.add_argument("--data", default=None,

@@ -135,3 +135,71 @@ def test_evaluate_takes_a_pair_of_datasets(tmp_path, metrics_plugin):
                               max_queries=3, random_baseline=False)
     assert result.info["queries"] == 3 and len(result.table) == 3
     assert result.table["pid"].tolist() == [query.data[i][1] for i in range(3)]
+
+
+class _Flaky:
+    """A third-party metric plugin that raises on its third batch while armed: a run that
+    dies part-way, as a kill or a failing plugin would leave it."""
+
+    armed = False
+    calls = 0
+
+    @staticmethod
+    def metric():
+        from reid_explain.metric import Metric
+
+        class FlakyMetric(Metric):
+            name = "flaky_metric"
+
+            def compute(self, context):
+                _Flaky.calls += 1
+                if _Flaky.armed and _Flaky.calls == 3:
+                    raise RuntimeError("the machine went away")
+                return {"mass": context.explanation.query.on_grid().flatten(1).sum(1)}
+
+        return FlakyMetric
+
+
+@pytest.mark.slow
+def test_evaluate_resumes_after_a_failure_with_identical_results(tmp_path, capsys):
+    import reid_explain
+    from reid_explain.cli import main
+    from reid_explain.hookspecs import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def register_metrics(self, register):
+            register(_Flaky.metric())
+
+    plugin = Plugin()
+    reid_explain.register(plugin, name="test-flaky")
+    try:
+        assert main(["synth", "--out", str(tmp_path / "data"), "--ids", "12", "--seed", "2",
+                     "--format", "market,masks"]) == 0
+        args = ["evaluate", "--data", str(tmp_path / "data"), "--model",
+                "zoo:osnet-synthpedes", "--height", "128", "--width", "64", "--metrics",
+                "counterfactual_masking", "flaky_metric", "--batch-size", "3",
+                "--max-queries", "12", "--no-progress"]
+        assert main([*args, "--out", str(tmp_path / "clean")]) == 0
+        _Flaky.armed, _Flaky.calls = True, 0
+        assert main([*args, "--out", str(tmp_path / "run")]) == 2
+        assert "the machine went away" in capsys.readouterr().err
+        partial = tmp_path / "run.partial"
+        assert not (tmp_path / "run").exists()
+        assert len(list(partial.glob("batch_*.json"))) == 1  # 2 variants per batch: batch 0
+        _Flaky.armed, _Flaky.calls = False, 0
+        assert main([*args, "--out", str(tmp_path / "run"), "--resume"]) == 0
+        assert _Flaky.calls == 2 * 3  # batch 0 reused: only batches 1..3 computed
+        for name in ("per_query.csv", "summary.csv"):
+            assert (tmp_path / "run" / name).read_bytes() == \
+                (tmp_path / "clean" / name).read_bytes()
+        assert not partial.exists()
+        # a resume of a different run is refused, not mixed in
+        _Flaky.armed, _Flaky.calls = True, 0
+        assert main([*args, "--out", str(tmp_path / "other")]) == 2
+        other = [*args[:-3], "--max-queries", "9", "--no-progress"]
+        assert main([*other, "--out", str(tmp_path / "other"), "--resume"]) == 2
+        assert "holds batches of a different evaluation" in capsys.readouterr().err
+    finally:
+        reid_explain.unregister(plugin)
+        _Flaky.armed = False

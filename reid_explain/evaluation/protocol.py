@@ -186,14 +186,66 @@ def _progress(iterable: Any, total: int, enabled: bool, desc: str) -> Any:
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
+class BatchStore:
+    """Completed query batches of one evaluation, one file each, so a killed run resumes.
+
+    Each batch's rows and values are written atomically to ``<folder>/batch_<start>.json``;
+    ``run.json`` holds the run's fingerprint (data, method, metrics, options), and a resume
+    with another fingerprint is refused rather than mixing two runs.
+    """
+
+    def __init__(self, folder: str | os.PathLike, fingerprint: dict[str, Any],
+                 resume: bool) -> None:
+        import json
+        import shutil
+
+        self.folder = Path(folder)
+        marker = self.folder / "run.json"
+        text = json.dumps(fingerprint, sort_keys=True, default=str)
+        if self.folder.exists() and resume:
+            if not marker.is_file() or marker.read_text() != text:
+                raise InputError(f"{self.folder}: holds batches of a different evaluation "
+                                 "(data, method, metrics or options differ); run without "
+                                 "--resume to start over")
+        elif self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not marker.is_file():
+            with atomic_path(marker) as tmp:
+                tmp.write_text(text)
+
+    def _path(self, start: int) -> Path:
+        return self.folder / f"batch_{start:08d}.json"
+
+    def load(self, start: int) -> dict[str, Any] | None:
+        import json
+
+        path = self._path(start)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save(self, start: int, record: dict[str, Any]) -> None:
+        import json
+
+        with atomic_path(self._path(start)) as tmp:
+            tmp.write_text(json.dumps(record))
+
+
 def evaluate(explainer: Explainer, data: ReidEvalSet, method: str = "gradcam",
              metrics: Sequence[str] = ("counterfactual_masking",), *,
              masker: str = "mean", masker_options: dict[str, Any] | None = None,
              batch_size: int = 16, max_queries: int | None = None, seed: int = 0,
              random_baseline: bool = True, progress: bool = True,
              method_options: dict[str, Any] | None = None,
-             metric_options: dict[str, dict[str, Any]] | None = None) -> EvaluationResult:
-    """Explain each query against its true match with ``method`` and score with ``metrics``."""
+             metric_options: dict[str, dict[str, Any]] | None = None,
+             checkpoint: str | os.PathLike | None = None,
+             resume: bool = False) -> EvaluationResult:
+    """Explain each query against its true match with ``method`` and score with ``metrics``.
+
+    With ``checkpoint`` (a folder), every completed batch of queries is written there
+    atomically; ``resume=True`` reuses the batches a killed run completed and computes the
+    rest, with results identical to an uninterrupted run (each batch's random maps are seeded
+    from ``seed`` and the batch's first query).
+    """
     metric_options = metric_options or {}
     entries = [plugin_manager.get("metrics", name) for name in metrics]
     masker_entry = plugin_manager.get("maskers", masker)
@@ -208,27 +260,43 @@ def evaluate(explainer: Explainer, data: ReidEvalSet, method: str = "gradcam",
     rows: list[dict[str, Any]] = []
     collected: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {}
     skipped = 0
-    generator = torch.Generator().manual_seed(seed)
+    store = None if checkpoint is None else BatchStore(checkpoint, {
+        "data": data.name, "queries": n_queries, "gallery": n_gallery, "method": method,
+        "metrics": list(metrics), "masker": masker, "masker_options": masker_options,
+        "batch_size": batch_size, "seed": seed, "random_baseline": random_baseline,
+        "method_options": method_options, "metric_options": metric_options}, resume)
     batches = range(0, n_queries, batch_size)
     for start in _progress(batches, math.ceil(n_queries / batch_size), progress,
                            f"evaluate {method}"):
+        done = None if store is None else store.load(start)
+        if done is not None:
+            rows.extend(done["rows"])
+            skipped += done["skipped"]
+            for variant, name, key, values in done["values"]:
+                collected.setdefault((variant, name), {}).setdefault(key, []).append(
+                    np.asarray(values, dtype=np.float64))
+            continue
+        batch_rows: list[dict[str, Any]] = []
+        batch_values: list[tuple[str, str, str, list[float]]] = []
+        batch_skipped = 0
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
         idx = np.arange(start, min(start + batch_size, n_queries))
         query_images = query_src.get(idx)
         q_emb = explainer.embed(query_images)
         match = true_matches(q_emb, gallery_emb, data.query_pids[idx], data.query_camids[idx],
                              data.gallery_pids, data.gallery_camids)
         keep = match >= 0
-        skipped += int((~keep).sum())
-        if not keep.any():
-            continue
-        idx, match = idx[keep], match[keep]
-        query_images = query_images[torch.as_tensor(keep)]
-        explanation = explainer.explain(query_images, gallery_src.get(match), method=method,
-                                        pairs=[(i, i) for i in range(len(idx))],
-                                        **(method_options or {}))
-        variants = [(method, explanation)]
-        if random_baseline:
-            variants.append(("random", random_maps(explanation, generator)))
+        batch_skipped = int((~keep).sum())
+        variants = []
+        if keep.any():
+            idx, match = idx[keep], match[keep]
+            query_images = query_images[torch.as_tensor(keep)]
+            explanation = explainer.explain(query_images, gallery_src.get(match), method=method,
+                                            pairs=[(i, i) for i in range(len(idx))],
+                                            **(method_options or {}))
+            variants = [(method, explanation)]
+            if random_baseline:
+                variants.append(("random", random_maps(explanation, generator)))
         for variant, expl in variants:
             context = MetricContext(
                 explainer=explainer, explanation=expl, masker=masker_obj, seed=seed + start,
@@ -248,18 +316,25 @@ def evaluate(explainer: Explainer, data: ReidEvalSet, method: str = "gradcam",
                     except Exception as exc:
                         raise PluginError(f"metric {entry.name!r} from plugin {entry.plugin!r} "
                                           f"raised {type(exc).__name__}: {exc}") from exc
-                store = collected.setdefault((variant, entry.name), {})
                 for key, value in values.items():
                     array = np.asarray(torch.as_tensor(value).detach().cpu().float().numpy(),
                                        dtype=np.float64).reshape(-1)
                     if len(array) != len(idx):
                         raise PluginError(f"metric {entry.name!r} returned {len(array)} values "
                                           f"for {key!r}, expected one per query ({len(idx)})")
-                    store.setdefault(key, []).append(array)
-                    rows.extend({"query": int(q), "pid": data.query_pids[q].item(),
-                                 "match": int(m), "method": variant, "metric": entry.name,
-                                 "key": key, "value": float(v)}
-                                for q, m, v in zip(idx, match, array, strict=True))
+                    batch_values.append((variant, entry.name, key, array.tolist()))
+                    batch_rows.extend({"query": int(q), "pid": data.query_pids[q].item(),
+                                       "match": int(m), "method": variant,
+                                       "metric": entry.name, "key": key, "value": float(v)}
+                                      for q, m, v in zip(idx, match, array, strict=True))
+        if store is not None:
+            store.save(start, {"rows": batch_rows, "values": batch_values,
+                               "skipped": batch_skipped})
+        rows.extend(batch_rows)
+        skipped += batch_skipped
+        for variant, name, key, values in batch_values:
+            collected.setdefault((variant, name), {}).setdefault(key, []).append(
+                np.asarray(values, dtype=np.float64))
     summary_rows = []
     for (variant, name), store in collected.items():
         metric = plugin_manager.get("metrics", name).obj(**metric_options.get(name, {}))
