@@ -57,22 +57,34 @@ def build_host(spec: str, weights: str | os.PathLike | None = None,
                 torchreid.utils.load_pretrained_weights(model, path)
             except Exception as exc:
                 raise DataFormatError(f"{path}: torchreid could not load it as a checkpoint "
-                                      f"of {name}: {type(exc).__name__}: "
-                                      f"{str(exc).splitlines()[0][:300]}") from exc
+                                      f"of {name}: {_first_line(exc)}") from exc
     elif family == "open_clip":
         import open_clip
 
         if name not in open_clip.list_models():
             raise InputError(f"open_clip has no model config {name!r}; add one with "
                              "open_clip.add_model_config(path)")
-        model = open_clip.create_model(name, pretrained=path, force_image_size=image_size)
+        try:  # open_clip reads the file with torch.load(weights_only=True)
+            model = open_clip.create_model(name, pretrained=path, force_image_size=image_size)
+        except Exception as exc:
+            if path is None:
+                raise
+            raise DataFormatError(f"{path}: open_clip could not load it as weights of {name}: "
+                                  f"{_first_line(exc)}") from exc
     elif family == "timm":
         import timm
 
         overlay = {"file": path} if path is not None else None
-        try:
+        try:  # timm reads the file with torch.load(weights_only=True)
             model = timm.create_model(name, pretrained=path is not None, num_classes=0,
                                       img_size=image_size, pretrained_cfg_overlay=overlay)
-        except RuntimeError as exc:
-            raise InputError(f"timm could not build {name!r}: {exc}") from None
+        except Exception as exc:
+            if path is None:
+                raise InputError(f"timm could not build {name!r}: {exc}") from None
+            raise DataFormatError(f"{path}: timm could not load it as weights of {name}: "
+                                  f"{_first_line(exc)}") from exc
     return model.eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"

@@ -63,3 +63,35 @@ def test_a_plain_state_dict_still_loads(tmp_path):
     torch.save({"w": torch.arange(3.0), "meta": {"epoch": 3, "name": "x"}}, path)
     loaded = load_torch_file(path)
     assert torch.equal(loaded["w"], torch.arange(3.0)) and loaded["meta"]["epoch"] == 3
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--model", "torchreid:osnet_x0_25"],
+    ["evaluate", "--model", "open_clip:RN50"],
+    ["evaluate", "--model", "timm:vit_tiny_patch16_224"],
+    ["report", "--model", "torchreid:osnet_x0_25"],
+], ids=["evaluate torchreid", "evaluate open_clip", "evaluate timm", "report torchreid"])
+def test_every_cli_weights_flag_refuses_a_checkpoint_that_runs_code(malicious, tmp_path,
+                                                                    argv, capsys):
+    from reid_explain.cli import main
+
+    path, marker = malicious
+    code = main([*argv, "--weights", str(path), "--data", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "out")])
+    assert code == 2 and not marker.exists()
+    assert f"{path.name}:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_moe_host_weights_flag_refuses_a_checkpoint_that_runs_code(malicious, tmp_path,
+                                                                   capsys):
+    from reid_explain.cli import main
+    from reid_explain.data.synth import SynthConfig, export_synthpedes
+
+    path, marker = malicious
+    export_synthpedes(tmp_path / "data", SynthConfig(n_ids=8, images_per_id=4, seed=1),
+                      formats=("market", "attributes"))
+    code = main(["train", "--task", "image", "--moe", "--root", str(tmp_path / "data"),
+                 "--host-weights", str(path), "--epochs", "1"])
+    assert code == 2 and not marker.exists()
+    assert "host weights" in capsys.readouterr().err
