@@ -203,3 +203,39 @@ def test_evaluate_resumes_after_a_failure_with_identical_results(tmp_path, capsy
     finally:
         reid_explain.unregister(plugin)
         _Flaky.armed = False
+
+
+@pytest.mark.slow
+def test_evaluate_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL a real ``reid-explain evaluate`` once it has completed some batches, resume it,
+    and compare with an uninterrupted run byte for byte."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from reid_explain.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "data"), "--ids", "16", "--seed", "4",
+                 "--format", "market,masks"]) == 0
+    args = ["evaluate", "--data", str(tmp_path / "data"), "--model", "zoo:osnet-synthpedes",
+            "--height", "128", "--width", "64", "--method", "integrated_gradients",
+            "--metrics", "counterfactual_masking", "deletion", "--batch-size", "1",
+            "--max-queries", "12", "--no-progress"]
+    partial = tmp_path / "run.partial"
+    child = subprocess.Popen([sys.executable, "-m", "reid_explain", *args, "--out",
+                              str(tmp_path / "run")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list(partial.glob("batch_*.json"))) < 3 and child.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    done = len(list(partial.glob("batch_*.json")))
+    assert 3 <= done < 12 and not (tmp_path / "run").exists()
+    assert main([*args, "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert main([*args, "--out", str(tmp_path / "clean")]) == 0
+    for name in ("per_query.csv", "summary.csv"):
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
