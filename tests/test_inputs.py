@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import images, make_osnet, make_tiny_clip
+from hygiene import HOOK_DICTS, host_state
 from torch import nn
 
 from reid_explain import explainify
@@ -16,6 +17,18 @@ from reid_explain.errors import InputError
 @pytest.fixture(scope="module")
 def osnet():
     return make_osnet()
+
+
+@pytest.fixture(autouse=True)
+def host_unchanged(request):
+    """Every test here: the host leaves with the same weights, modes, hooks and modules."""
+    if "osnet" not in request.fixturenames:
+        yield
+        return
+    model = request.getfixturevalue("osnet")
+    before = host_state(model)
+    yield
+    assert host_state(model) == before
 
 
 def test_grey_and_other_float_dtypes_become_what_the_host_takes(osnet):
@@ -73,6 +86,8 @@ def test_sides_of_different_sizes_channels_or_a_meta_model_are_named(osnet):
                              nn.Flatten())
     with explainify(meta, layer="0") as exp, pytest.raises(InputError, match="'meta' device"):
         exp.embed(images(1, (32, 16)))
+    assert all(len(getattr(m, d)) == 0 for m in meta.modules() for d in HOOK_DICTS
+               if hasattr(m, d))
 
 
 def test_inputs_that_embed_to_zero_are_refused_not_explained_as_zero_maps():
@@ -80,8 +95,10 @@ def test_inputs_that_embed_to_zero_are_refused_not_explained_as_zero_maps():
     nn.init.constant_(conv.weight, 1.0)
     nn.init.zeros_(conv.bias)
     host = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    before = host_state(host)
     dark = -torch.ones(2, 3, 32, 16)  # every activation negative: ReLU gives all zeros
     with explainify(host, layer="1") as exp:
         with pytest.raises(InputError, match=r"query item\(s\) \[0, 1\] embed to an all-zero "
                                              r"vector"):
             exp.explain(dark, images(1, (32, 16)).abs(), method="gradcam")
+    assert host_state(host) == before
