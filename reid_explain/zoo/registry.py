@@ -109,6 +109,13 @@ def card(name: str, root: str | Path | None = None) -> dict[str, Any]:
         raise DataFormatError(f"{path}: not a JSON model card ({exc})") from None
     if not isinstance(payload, dict) or payload.get("format") != CARD_FORMAT:
         raise DataFormatError(f"{path}: not a reid-explain zoo card (format {CARD_FORMAT!r})")
+    checks = {"family": lambda v: v in ("torchreid", "open_clip"),
+              "architecture": lambda v: isinstance(v, dict),
+              "weights_sha256": lambda v: isinstance(v, str)}
+    for key, ok in checks.items():
+        if not ok(payload.get(key)):
+            raise DataFormatError(f"{path}: field {key!r} is missing or malformed "
+                                  f"({payload.get(key)!r})")
     return payload
 
 
@@ -168,7 +175,11 @@ def load(name: str, device: str | torch.device = "cpu", root: str | Path | None 
     if digest != info.get("weights_sha256"):
         raise DataFormatError(f"{path}: SHA-256 {digest[:12]}… does not match its card "
                               f"({str(info.get('weights_sha256'))[:12]}…)")
-    model = build(name, info)
+    try:
+        model = build(name, info)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise DataFormatError(f"{card_path(name, root)}: its architecture fields do not build "
+                              f"a model ({type(exc).__name__}: {exc})") from None
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
