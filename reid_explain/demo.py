@@ -24,7 +24,7 @@ from ._io import atomic_path
 from .report.html import Section, render
 
 #: sizes of the run: (test identities, image queries explained, captions scored)
-SIZES = {"quick": {"ids": 30, "queries": 16, "captions": 48, "sanity": 4, "trees": 50},
+SIZES = {"quick": {"ids": 30, "queries": 40, "captions": 48, "sanity": 4, "trees": 50},
          "full": {"ids": 100, "queries": 100, "captions": 300, "sanity": 8, "trees": 100}}
 IMAGE_MODEL, TEXT_MODEL = "osnet-synthpedes", "clip-synthpedes"
 
