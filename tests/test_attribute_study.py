@@ -276,6 +276,22 @@ def test_bad_inputs_are_named():
     assert "hat" not in study.order and "hat" in study.dropped
 
 
+def test_a_degenerate_design_is_reported_per_attribute_not_fatal():
+    """Aliased attributes made statsmodels' clustered fit raise LinAlgError (Singular matrix)
+    and stopped the study (issue 15): now the later one is left out and named."""
+    outcomes, tidy = simulate(list(MARKET1501.names), n_ids=60, seed=4)
+    for name in ("hat", "backpack"):  # both worn by identity 1 only: aliased, near-constant
+        rows = tidy["attribute"] == name
+        tidy.loc[rows, "value"] = np.where(tidy.loc[rows, "pid"] == 1, "yes", "no")
+    with pytest.warns(UserWarning, match=r"backpack=yes = hat=yes"):
+        study = run_study(outcomes, tidy, **TINY)
+    table = study.analyses["ap"].table
+    assert "aliased with hat=yes" in table.loc["backpack", "glm.note"]
+    assert np.isnan(table.loc["backpack", "glm.chi2"])
+    assert np.isfinite(table.loc["hat", "glm.chi2"]) and table.loc["hat", "glm.df"] == 1
+    assert set(study.order) == set(MARKET1501.names)  # still ranked by the other methods
+
+
 def test_save_is_whole_and_never_clobbers_other_folders(planted, tmp_path):
     study = planted[3]
     (tmp_path / "mine").mkdir()
@@ -359,6 +375,45 @@ def test_market_mat_drives_the_cli_end_to_end(tmp_path):
     bad = attributes_main(["--attributes", str(tmp_path / "nope.mat"), "--outcomes",
                            str(tmp_path / "per_query.csv"), "--out", str(tmp_path / "x")])
     assert bad == 2
+
+
+@pytest.mark.filterwarnings("ignore:GLM:UserWarning")
+def test_official_mat_with_multi_hot_and_empty_colour_rows_keeps_every_query(tmp_path):
+    """The official files have identities with several colours set, or none: neither loses a
+    query by default (issue 15). Several set: one indicator per colour; none set: an explicit
+    "none" state with its own indicator."""
+    labels = _market_labels(80, seed=2)
+    empty = labels["pid"].isin([103, 104, 105, 106, 107, 108]) & \
+        (labels["attribute"] == "lower_color")
+    labels = labels[~empty]  # no lower colour set for six identities
+    more = pd.DataFrame([("test", pid, "lower_color", colour) for pid, colour in
+                         [(110, "black"), (110, "white"), (111, "blue"), (111, "brown")]],
+                        columns=labels.columns)
+    labels = pd.concat([labels, more], ignore_index=True)
+    labels.attrs["schema"] = "market1501"
+    path = tmp_path / "market_attribute.mat"
+    with pytest.warns(UserWarning, match="invalid attribute codes"):
+        save_attribute_mat(labels, path)
+        loaded = load_attributes(path)
+    outcomes = _outcomes_from(loaded, MARKET1501, ["gender"], seed=3)
+    study = run_study(outcomes, loaded, split="test", **TINY)
+    assert len(study.outcomes) == len(outcomes) == 160  # every query kept, missing="error"
+    values = study.design.values.set_index(outcomes["pid"].to_numpy())["lower_color"]
+    assert set(values.loc[[103, 104, 105, 106, 107, 108]]) == {"none"}
+    several = set(values.loc[110].iloc[0].split("|"))
+    assert {"black", "white"} <= several  # multi-hot: every colour set is kept
+    x = study.design.X.set_index(outcomes["pid"].to_numpy())
+    none_column = "lower_color=none"
+    assert none_column in study.design.blocks["lower_color"]
+    assert x.loc[[103, 104], none_column].eq(1).all()
+    expected = {f"lower_color={c}" for c in several - {study.design.reference["lower_color"]}}
+    row = x.loc[110, study.design.blocks["lower_color"]].iloc[0]
+    assert set(row[row == 1].index) == expected  # one indicator per colour set
+    assert "lower_color" in study.order
+    with pytest.warns(UserWarning, match="dropping 12 of 160"):  # the old policy, on request
+        dropped = run_study(outcomes, loaded, split="test", missing="drop",
+                            no_class=None, **TINY)
+    assert len(dropped.outcomes) == 148
 
 
 def test_duke_mat_and_a_model_without_experts_end_to_end(tmp_path):

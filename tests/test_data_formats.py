@@ -157,7 +157,8 @@ def test_codes_and_wide_views(market_mat):
     assert (codes.multi_hot[3, black:black + 8] == -1).all()
     wide = wide_attributes(table)
     assert wide.loc[("train", 2), "upper_color"] == "black|red"
-    assert wide.loc[("train", 7), "upper_color"] is None
+    assert wide.loc[("train", 7), "upper_color"] == "none"  # no colour set: its own state
+    assert wide_attributes(table, no_class=None).loc[("train", 7), "upper_color"] is None
     assert wide.loc[("train", 7), "hat"] is None
     assert wide.loc[("train", 11), "upper_color"] is None
     assert wide.shape == (7, len(MARKET1501))

@@ -32,8 +32,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from reid_explain.data.attributes import TIDY_COLUMNS, resolve_schema, wide_attributes
-from reid_explain.data.schema import AttributeKind, AttributeSchema
+from reid_explain.data.attributes import (
+    NO_CLASS,
+    TIDY_COLUMNS,
+    resolve_schema,
+    wide_attributes,
+)
+from reid_explain.data.schema import Attribute, AttributeKind, AttributeSchema
 from reid_explain.errors import DataFormatError, InputError
 
 __all__ = [
@@ -135,10 +140,10 @@ def prepare_outcomes(outcomes: pd.DataFrame, *, ap: str | None = "ap", hit: str 
 
 
 def _wide_from(attributes: pd.DataFrame, schema: AttributeSchema,
-               split: str | None) -> pd.DataFrame:
+               split: str | None, no_class: str | None = NO_CLASS) -> pd.DataFrame:
     """The attribute table as one row per pid (index ``pid``), one column per attribute."""
     if set(TIDY_COLUMNS) <= set(attributes.columns):
-        wide = wide_attributes(attributes, schema)
+        wide = wide_attributes(attributes, schema, no_class=no_class)
     else:
         wide = attributes.copy()
         if "pid" in wide.columns:
@@ -154,7 +159,7 @@ def _wide_from(attributes: pd.DataFrame, schema: AttributeSchema,
                 if pd.isna(value):
                     continue
                 states = str(value).split("|")
-                if any(s not in attribute.states for s in states):
+                if any(s not in _states(attribute) for s in states):
                     raise DataFormatError(
                         f"attributes: column {attribute.name!r}: value {value!r} is not one of "
                         f"{list(attribute.states)} (several classes joined with '|')")
@@ -176,11 +181,14 @@ def _wide_from(attributes: pd.DataFrame, schema: AttributeSchema,
 
 def query_attributes(attributes: pd.DataFrame, pids: Sequence[int],
                      schema: str | AttributeSchema | None = None, *, split: str | None = None,
-                     missing: Missing = "error") -> tuple[pd.DataFrame, np.ndarray]:
+                     missing: Missing = "error", no_class: str | None = NO_CLASS
+                     ) -> tuple[pd.DataFrame, np.ndarray]:
     """Attribute values (state names, ``"|"``-joined when multi-hot) for each query's pid.
 
     ``attributes``: a tidy table (:mod:`reid_explain.data.attributes`) or a wide one (a ``pid``
-    column or index, one column per schema attribute). ``missing="error"`` raises
+    column or index, one column per schema attribute). A colour with no class set in a tidy
+    table is the state ``no_class`` ("none", with its own indicator in the design; ``None``
+    makes it missing instead, the policy before issue 15). ``missing="error"`` raises
     :class:`InputError` naming the pids without labels (absent, invalid code, no colour set);
     ``"drop"`` drops those queries with a warning. Returns the per-query values (index: query
     row) and the boolean mask of the queries kept.
@@ -192,7 +200,7 @@ def query_attributes(attributes: pd.DataFrame, pids: Sequence[int],
                          f"{type(attributes).__name__}")
     chosen = resolve_schema(schema if schema is not None else attributes.attrs.get("schema"),
                             None, attributes.attrs.get("source", "attributes"))
-    wide = _wide_from(attributes, chosen, split)
+    wide = _wide_from(attributes, chosen, split, no_class)
     pids = np.asarray(pids, dtype=np.int64)
     values = wide.reindex(pids)
     values.index = pd.RangeIndex(len(pids))
@@ -233,6 +241,11 @@ class AttributeDesign:
         return list(self.blocks)
 
 
+def _states(attribute: Attribute) -> tuple[str, ...]:
+    """The attribute's states, plus the explicit no-class state of a colour-like attribute."""
+    return attribute.states + ((NO_CLASS,) if attribute.one_field_per_class else ())
+
+
 def _level_key(value: str, states: tuple[str, ...]) -> tuple:
     parts = value.split("|")
     return (len(parts), tuple(states.index(p) for p in parts))
@@ -249,7 +262,8 @@ def encode_attributes(values: pd.DataFrame, schema: AttributeSchema) -> Attribut
     dropped: dict[str, str] = {}
     for attribute in schema:
         column = values[attribute.name].astype(str)
-        observed = sorted(column.unique(), key=lambda v, s=attribute.states: _level_key(v, s))
+        states = _states(attribute)
+        observed = sorted(column.unique(), key=lambda v, s=states: _level_key(v, s))
         if len(observed) < 2:
             dropped[attribute.name] = f"constant ({observed[0]!r} for every query)"
             warnings.warn(f"attribute {attribute.name!r} is {dropped[attribute.name]}; dropped "
@@ -260,9 +274,9 @@ def encode_attributes(values: pd.DataFrame, schema: AttributeSchema) -> Attribut
         levels[attribute.name] = observed
         if attribute.kind is AttributeKind.MULTICLASS:
             sets = [set(v.split("|")) for v in column]
-            counts = {s: sum(s in members for members in sets) for s in attribute.states}
-            present = [s for s in attribute.states if counts[s] > 0]
-            ref = max(present, key=lambda s: (counts[s], -attribute.states.index(s)))
+            counts = {s: sum(s in members for members in sets) for s in states}
+            present = [s for s in states if counts[s] > 0]
+            ref = max(present, key=lambda s: (counts[s], -states.index(s)))
             names = []
             for state in present:
                 if state == ref:

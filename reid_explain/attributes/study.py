@@ -25,7 +25,7 @@ import pandas as pd
 import statsmodels.api as sm
 
 from reid_explain._io import atomic_path
-from reid_explain.data.attributes import resolve_schema
+from reid_explain.data.attributes import NO_CLASS, resolve_schema
 from reid_explain.data.schema import AttributeSchema
 from reid_explain.errors import InputError
 
@@ -152,7 +152,9 @@ class AttributeStudy:
                 sub = tmp / "responses" / name
                 sub.mkdir(parents=True)
                 analysis.table.to_csv(sub / "table.csv")
-                (sub / "glm_summary.txt").write_text(str(analysis.glm.results.summary()))
+                (sub / "glm_summary.txt").write_text(
+                    str(analysis.glm.results.summary()) if analysis.glm.results is not None
+                    else "GLM not fitted:\n" + analysis.glm.importance["note"].to_string())
                 shap_frame = pd.DataFrame(analysis.shap.values, columns=analysis.shap.features
                                           .columns)
                 shap_frame.insert(0, "pid", self.outcomes["pid"].to_numpy())
@@ -191,7 +193,7 @@ def _analyse(name: str, kind: str, y: np.ndarray, pids: np.ndarray, design: Attr
     g["q"] = fdr(g["p"], cfg["fdr_method"])
     cols: dict[str, pd.Series] = {
         "glm.chi2": g["chi2"], "glm.df": g["df"], "glm.p": g["p"], "glm.q": g["q"],
-        "glm.ame": g["ame"],
+        "glm.ame": g["ame"], "glm.note": g["note"],
         "permutation.mean": forest.importance.loc[attrs, "mean"],
         "permutation.std": forest.importance.loc[attrs, "std"],
         "shap.mean_abs": shap_fit.importance.loc[attrs],
@@ -273,7 +275,7 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
               delta_columns: Sequence[str] | None = None,
               consensus_responses: Sequence[str] | None = None,
               consensus: Consensus = "auto", missing: Missing = "error",
-              n_estimators: int = 100, min_samples_leaf: int = 5, n_splits: int = 5,
+              no_class: str | None = NO_CLASS, n_estimators: int = 100, min_samples_leaf: int = 5, n_splits: int = 5,
               n_repeats: int = 5, random_state: int = 0, n_jobs: int | None = 1,
               fdr_method: str = FDR_METHOD) -> AttributeStudy:
     """Run the attribute-importance study on per-query outcomes of any model.
@@ -301,7 +303,7 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
     chosen = resolve_schema(schema if schema is not None else attributes.attrs.get("schema"),
                             None, attributes.attrs.get("source", "attributes"))
     values, keep = query_attributes(attributes, table["pid"].to_numpy(), chosen, split=split,
-                                    missing=missing)
+                                    missing=missing, no_class=no_class)
     table = table[keep].reset_index(drop=True)
     design = encode_attributes(values, chosen)
     pids = table["pid"].to_numpy()
@@ -343,6 +345,7 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
     cfg = {"n_estimators": n_estimators, "min_samples_leaf": min_samples_leaf,
            "n_splits": n_splits, "n_repeats": n_repeats, "random_state": random_state,
            "n_jobs": n_jobs, "fdr_method": fdr_method, "split": split, "missing": missing,
+           "no_class": no_class,
            "schema": chosen.name, "consensus_responses": list(consensus_responses),
            "consensus": consensus}
     analyses = {name: _analyse(name, kind, table[name].to_numpy(), pids, design, cfg)

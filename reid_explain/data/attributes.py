@@ -500,12 +500,19 @@ def attribute_codes(table: pd.DataFrame,
     return AttributeCodes(keys, chosen.names, codes, states, multi_hot)
 
 
-def wide_attributes(table: pd.DataFrame,
-                    schema: str | AttributeSchema | None = None) -> pd.DataFrame:
+#: The value of a one-field-per-class attribute (a colour) with no class set in its file.
+NO_CLASS = "none"
+
+
+def wide_attributes(table: pd.DataFrame, schema: str | AttributeSchema | None = None,
+                    no_class: str | None = NO_CLASS) -> pd.DataFrame:
     """One row per (split, pid), one column per attribute.
 
-    A cell holds the state name; several set classes are joined with ``"|"`` in state order;
-    no class set or an invalid code gives a missing value.
+    A cell holds the state name; several set classes are joined with ``"|"`` in state order.
+    A labelled identity with *no* class of a one-field-per-class attribute set (the official
+    Market-1501 files have such colour rows) gets ``no_class`` (``"none"``, an explicit state:
+    the labeller saw no listed colour); ``no_class=None`` makes it a missing value. An invalid
+    code, or an identity absent from the table, is always a missing value.
     """
     codes = attribute_codes(table, schema)
     chosen = resolve_schema(schema if schema is not None else table.attrs.get("schema"))
@@ -519,6 +526,8 @@ def wide_attributes(table: pd.DataFrame,
                 column.append(None)
                 continue
             set_states = [s for s, bit in zip(attribute.states, block[r], strict=True) if bit]
+            if not set_states and attribute.one_field_per_class and no_class is not None:
+                set_states = [no_class]  # every key is an identity the table labels
             column.append("|".join(set_states) if set_states else None)
         data[attribute.name] = column
     index = pd.MultiIndex.from_tuples(codes.keys, names=["split", "pid"])
