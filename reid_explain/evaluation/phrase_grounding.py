@@ -5,19 +5,23 @@ Each caption of a split is grounded on its own image (one map per phrase, see
 the pointing game and the energy pointing game against that part's mask. The counterfactual
 check masks the top-k% cells of the caption's combined phrase map (the mean of its phrase
 maps) in the image, against k% random cells, and measures the drop of the caption-image cosine.
+
+Maps are collected once (:func:`collect_phrase_maps`, on the host's patch grid) and scored
+separately (:func:`score_phrase_maps`), so that controls built from the same maps (scored on
+another image's masks, combined with a prior, sharpened) cost no further forward pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..maps import GroundingMap
 from ..masker import grid_to_pixels
 from .bootstrap import bootstrap_ci
 from .grounding_scores import energy_pointing_game, pointing_game
@@ -27,88 +31,158 @@ if TYPE_CHECKING:
     from ..training.text_image import TextImageData
 
 
+@dataclass
+class PhraseMaps:
+    """Per caption row: its phrases and their ``(K, h, w)`` maps on the patch grid."""
+
+    method: str
+    image_size: tuple[int, int]
+    rows: list[int] = field(default_factory=list)
+    phrases: list[list[dict[str, Any]]] = field(default_factory=list)
+    maps: list[Tensor | None] = field(default_factory=list)
+
+    def append(self, row: int, phrases: list[dict[str, Any]], maps: Tensor | None) -> None:
+        self.rows.append(row)
+        self.phrases.append(phrases)
+        self.maps.append(None if maps is None else maps.detach().float().cpu())
+
+    def mapped(self, method: str, fn: Callable[[int, Tensor], Tensor]) -> PhraseMaps:
+        """New maps ``fn(position, maps)`` for the same phrases (e.g. combined with a prior)."""
+        out = PhraseMaps(method, self.image_size)
+        for i, (row, phrases, maps) in enumerate(zip(self.rows, self.phrases, self.maps,
+                                                     strict=True)):
+            out.append(row, phrases, None if maps is None else fn(i, maps))
+        return out
+
+
+def _caption_rows(data: TextImageData, max_captions: int | None,
+                  batch_size: int) -> list[list[int]]:
+    n = len(data) if max_captions is None else min(max_captions, len(data))
+    return [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+
+
+def collect_phrase_maps(explainer: Explainer, data: TextImageData, method: str,
+                        ppim: Any = None, max_captions: int | None = None,
+                        batch_size: int = 64, **options: Any) -> PhraseMaps:
+    """``method``'s phrase maps for the first ``max_captions`` captions, each on its image."""
+    out = PhraseMaps(method, tuple(data.images.shape[-2:]))
+    for rows in _caption_rows(data, max_captions, batch_size):
+        image_rows = torch.as_tensor(data.caption_image[rows])
+        groundings = explainer.ground(data.images[image_rows], [data.captions[r] for r in rows],
+                                      method=method, phrases=[data.phrases[r] for r in rows],
+                                      ppim=ppim, **options)
+        for r, g in zip(rows, groundings, strict=True):
+            out.append(r, g.phrases, g.maps.on_grid() if len(g) else None)
+    return out
+
+
+def prior_grid(reference: TextImageData, grid: tuple[int, int]) -> Tensor:
+    """Each part's mean mask over ``reference`` (a training split), pooled to ``grid``."""
+    if reference.masks is None:
+        raise ValueError("the location prior needs a reference split with part masks "
+                         "(a SynthPedes split)")
+    mean_masks = reference.masks.float().mean(dim=0)  # (K_parts, H, W)
+    return F.adaptive_avg_pool2d(mean_masks[:, None], tuple(grid))[:, 0]
+
+
+def prior_phrase_maps(reference: TextImageData, data: TextImageData, grid: tuple[int, int],
+                      max_captions: int | None = None, power: float = 1.0) -> PhraseMaps:
+    """Image-blind phrase maps: each phrase's map is its part's mean training mask on the grid,
+    raised to ``power`` (> 1 sharpens it toward where the part is most often)."""
+    if tuple(reference.part_names) != tuple(data.part_names):
+        raise ValueError("the location prior needs a reference split with the same parts")
+    prior = prior_grid(reference, grid).pow(power)
+    name = "location_prior" if power == 1 else f"location_prior^{power:g}"
+    out = PhraseMaps(name, tuple(data.images.shape[-2:]))
+    for rows in _caption_rows(data, max_captions, 64):
+        for r in rows:
+            parts = [p.get("part") for p in data.phrases[r]]
+            maps = torch.stack([prior[data.part_names.index(p)] if p in data.part_names
+                                else torch.zeros(tuple(grid)) for p in parts]) if parts else None
+            out.append(r, data.phrases[r], maps)
+    return out
+
+
+def score_phrase_maps(data: TextImageData, phrase_maps: PhraseMaps,
+                      mask_image: Sequence[int] | np.ndarray | None = None) -> dict[str, Any]:
+    """Pointing game and energy pointing game of each phrase map against its part's mask.
+
+    Maps are upsampled to image size as :meth:`GroundingMap.upsampled` does. ``mask_image``
+    (image row -> image row) scores each caption's maps on *another* image's masks, the
+    image-swap control; a phrase whose part that image lacks is skipped. Each record also
+    carries ``chance``, the part's area share (the energy of a uniform map).
+    """
+    if data.masks is None:
+        raise ValueError("phrase grounding scores need part masks (a SynthPedes split)")
+    records: list[dict[str, Any]] = []
+    for r, phrases, grid_maps in zip(phrase_maps.rows, phrase_maps.phrases, phrase_maps.maps,
+                                     strict=True):
+        parts = [p.get("part") for p in phrases]
+        keep = [i for i, part in enumerate(parts) if part in data.part_names]
+        if grid_maps is None or not keep:
+            continue
+        image_row = int(data.caption_image[r])
+        if mask_image is not None:
+            image_row = int(mask_image[image_row])
+        masks = data.masks[image_row]  # (K_parts, H, W)
+        part_masks = torch.stack([masks[data.part_names.index(parts[i])] for i in keep])
+        if mask_image is not None:  # the other image may lack the part: skip, not score 0
+            present = part_masks.flatten(1).any(dim=1)
+            keep = [i for i, p in zip(keep, present.tolist(), strict=True) if p]
+            part_masks = part_masks[present]
+            if not keep:
+                continue
+        maps = F.interpolate(grid_maps[keep][:, None], size=phrase_maps.image_size,
+                             mode="bilinear", align_corners=False)[:, 0]
+        energy = energy_pointing_game(maps, part_masks[:, None])[:, 0]
+        pointing = pointing_game(maps, part_masks[:, None])[:, 0]
+        chance = part_masks.flatten(1).float().mean(dim=1)
+        for j, i in enumerate(keep):
+            records.append({"caption": r, "part": parts[i], "phrase": phrases[i].get("text"),
+                            "energy": float(energy[j]), "pointing": float(pointing[j]),
+                            "chance": float(chance[j])})
+    return summarise_records(records, phrase_maps.method)
+
+
+def summarise_records(records: list[dict[str, Any]], method: str) -> dict[str, Any]:
+    """Phrase-weighted means, per-part means (with chance) and their unweighted mean."""
+
+    def mean(key: str, sel: list[int] | None = None) -> float:
+        values = np.array([records[k][key] for k in (sel if sel is not None
+                                                     else range(len(records)))], float)
+        return float(np.nanmean(values)) if len(values) else float("nan")
+
+    by_part = {}
+    for part in sorted({r["part"] for r in records}):
+        sel = [k for k, r in enumerate(records) if r["part"] == part]
+        by_part[part] = {"n": len(sel), "energy": mean("energy", sel),
+                         "pointing": mean("pointing", sel), "chance": mean("chance", sel)}
+    part_mean = {key: float(np.mean([v[key] for v in by_part.values()])) if by_part
+                 else float("nan") for key in ("energy", "pointing", "chance")}
+    return {"method": method, "phrases": len(records), "energy": mean("energy"),
+            "pointing": mean("pointing"), "chance": mean("chance"), "part_mean": part_mean,
+            "by_part": by_part, "records": records}
+
+
 def phrase_grounding_scores(explainer: Explainer, data: TextImageData, method: str,
                             ppim: Any = None, max_captions: int | None = None,
                             batch_size: int = 64, **options: Any) -> dict[str, Any]:
     """Mean pointing game and energy pointing game of ``method``'s phrase maps, overall and
     per part, plus the per-phrase values."""
-
-    def maps_of(rows: list[int], image_rows: Tensor) -> list[tuple[list[dict], Tensor | None]]:
-        groundings = explainer.ground(data.images[image_rows], [data.captions[r] for r in rows],
-                                      method=method, phrases=[data.phrases[r] for r in rows],
-                                      ppim=ppim, **options)
-        return [(g.phrases, g.maps.upsampled() if len(g) else None) for g in groundings]
-
-    return {"method": method, **_score_phrase_maps(data, maps_of, max_captions, batch_size)}
+    return score_phrase_maps(data, collect_phrase_maps(explainer, data, method, ppim,
+                                                       max_captions, batch_size, **options))
 
 
 def location_prior_scores(reference: TextImageData, data: TextImageData,
                           grid: tuple[int, int], max_captions: int | None = None,
-                          batch_size: int = 64) -> dict[str, Any]:
+                          batch_size: int = 64, power: float = 1.0) -> dict[str, Any]:
     """The same scores for an image-blind reference: each phrase's map is its part's mean mask
     over ``reference`` (the training split), pooled to ``grid`` and upsampled as a model's
     maps are. It needs no model and sees no test image; it uses masks no method trains on.
     What it scores is how much the benchmark rewards knowing *where a part usually is*, the
     level a phrase map must beat to show that it reads the image."""
-    if reference.masks is None or tuple(reference.part_names) != tuple(data.part_names):
-        raise ValueError("the location prior needs a reference split with part masks of the "
-                         "same parts (a SynthPedes split)")
-    mean_masks = reference.masks.float().mean(dim=0)  # (K_parts, H, W)
-    size = tuple(mean_masks.shape[-2:])
-    as_maps = GroundingMap(mean_masks, torch.zeros(len(mean_masks)), "location_prior", size,
-                           tuple(grid))
-    prior = replace(as_maps, maps=as_maps.on_grid()).upsampled()  # as a model's maps are
-
-    def maps_of(rows: list[int], image_rows: Tensor) -> list[tuple[list[dict], Tensor | None]]:
-        out = []
-        for r in rows:
-            parts = [p.get("part") for p in data.phrases[r]]
-            maps = torch.stack([prior[data.part_names.index(p)] if p in data.part_names
-                                else torch.zeros(size) for p in parts]) if parts else None
-            out.append((data.phrases[r], maps))
-        return out
-
-    return {"method": "location_prior", **_score_phrase_maps(data, maps_of, max_captions,
-                                                             batch_size)}
-
-
-def _score_phrase_maps(data: TextImageData, maps_of: Callable, max_captions: int | None,
-                       batch_size: int) -> dict[str, Any]:
-    """Score each caption's phrase maps (``maps_of(rows, image_rows)`` -> per row its phrases,
-    dicts with ``part`` and ``text``, and their ``(K, H, W)`` maps at image size) against the
-    parts' masks."""
-    if data.masks is None:
-        raise ValueError("phrase grounding scores need part masks (a SynthPedes split)")
-    n = len(data) if max_captions is None else min(max_captions, len(data))
-    records: list[dict[str, Any]] = []
-    for start in range(0, n, batch_size):
-        rows = list(range(start, min(start + batch_size, n)))
-        image_rows = torch.as_tensor(data.caption_image[rows])
-        for r, image_row, (phrases, maps) in zip(rows, image_rows.tolist(),
-                                                 maps_of(rows, image_rows), strict=True):
-            parts = [p.get("part") for p in phrases]
-            keep = [i for i, part in enumerate(parts) if part in data.part_names]
-            if maps is None or not keep:
-                continue
-            masks = data.masks[image_row]  # (K_parts, H, W)
-            part_masks = torch.stack([masks[data.part_names.index(parts[i])] for i in keep])
-            energy = energy_pointing_game(maps[keep], part_masks[:, None])[:, 0]
-            pointing = pointing_game(maps[keep], part_masks[:, None])[:, 0]
-            for j, i in enumerate(keep):
-                records.append({"caption": r, "part": parts[i],
-                                "phrase": phrases[i].get("text"),
-                                "energy": float(energy[j]), "pointing": float(pointing[j])})
-    energy = np.array([r["energy"] for r in records], dtype=np.float64)
-    pointing = np.array([r["pointing"] for r in records], dtype=np.float64)
-    by_part = {}
-    for part in sorted({r["part"] for r in records}):
-        sel = [k for k, r in enumerate(records) if r["part"] == part]
-        by_part[part] = {"n": len(sel), "energy": float(np.nanmean(energy[sel])),
-                         "pointing": float(np.nanmean(pointing[sel]))}
-    return {"phrases": len(records),
-            "energy": float(np.nanmean(energy)) if len(records) else float("nan"),
-            "pointing": float(np.nanmean(pointing)) if len(records) else float("nan"),
-            "by_part": by_part, "records": records}
+    return score_phrase_maps(data, prior_phrase_maps(reference, data, grid, max_captions,
+                                                     power))
 
 
 @torch.no_grad()
@@ -117,44 +191,37 @@ def _caption_similarity(explainer: Explainer, images: torch.Tensor,
     return (explainer.embed(images) * text_emb).sum(dim=1)
 
 
-def phrase_counterfactual_gap(explainer: Explainer, data: TextImageData, method: str,
-                              ppim: Any = None, fraction: float = 0.2, n_random: int = 5,
-                              max_captions: int | None = None, seed: int = 0,
-                              batch_size: int = 64, **options: Any) -> dict[str, float]:
-    """Caption-image cosine drop when the top ``fraction`` cells of the caption's phrase map
-    are set to the mean colour, minus the drop for random cells (bootstrap CI over captions)."""
+def maps_counterfactual_gap(explainer: Explainer, data: TextImageData, phrase_maps: PhraseMaps,
+                            fraction: float = 0.2, n_random: int = 5, seed: int = 0,
+                            batch_size: int = 64) -> dict[str, float]:
+    """Caption-image cosine drop when the top ``fraction`` cells of each caption's mean phrase
+    map are set to 0 (the mean colour), minus the drop for random cells (bootstrap CI over
+    captions). Works for any maps, a model's or an image-blind prior's."""
     generator = torch.Generator().manual_seed(seed)
-    n = len(data) if max_captions is None else min(max_captions, len(data))
+    entries = [(r, m) for r, m in zip(phrase_maps.rows, phrase_maps.maps, strict=True)
+               if m is not None and len(m)]
     top_drops, random_drops = [], []
-    for start in range(0, n, batch_size):
-        rows = list(range(start, min(start + batch_size, n)))
-        image_rows = torch.as_tensor(data.caption_image[rows])
-        images = data.images[image_rows]
-        captions = [data.captions[r] for r in rows]
-        groundings = explainer.ground(images, captions, method=method,
-                                      phrases=[data.phrases[r] for r in rows], ppim=ppim,
-                                      **options)
-        keep = [i for i, g in enumerate(groundings) if len(g)]
-        if not keep:
-            continue
-        maps = torch.stack([groundings[i].maps.on_grid().mean(dim=0) for i in keep])
-        images = images[keep]
-        text_emb = explainer.embed_text([captions[i] for i in keep])
-        h, w = maps.shape[-2:]
+    for start in range(0, len(entries), batch_size):
+        chunk = entries[start: start + batch_size]
+        rows = [r for r, _ in chunk]
+        maps = torch.stack([m.mean(dim=0) for _, m in chunk])
+        images = data.images[torch.as_tensor(data.caption_image[rows])]
+        text_emb = explainer.embed_text([data.captions[r] for r in rows])
+        n, (h, w) = len(rows), maps.shape[-2:]
         k = max(1, round(fraction * h * w))
-        top = torch.zeros(len(keep), h * w, dtype=torch.bool)
+        top = torch.zeros(n, h * w, dtype=torch.bool)
         top.scatter_(1, maps.flatten(1).argsort(dim=1, descending=True, stable=True)[:, :k],
                      True)
         variants = [top.view(-1, h, w)]
         for _ in range(n_random):
-            idx = torch.rand(len(keep), h * w, generator=generator).argsort(dim=1)[:, :k]
-            variants.append(torch.zeros(len(keep), h * w, dtype=torch.bool)
+            idx = torch.rand(n, h * w, generator=generator).argsort(dim=1)[:, :k]
+            variants.append(torch.zeros(n, h * w, dtype=torch.bool)
                             .scatter_(1, idx, True).view(-1, h, w))
         base = _caption_similarity(explainer, images, text_emb)
         size = tuple(images.shape[-2:])
         masked = torch.cat([images.masked_fill(grid_to_pixels(v, size), 0.0) for v in variants])
         sims = _caption_similarity(explainer, masked, text_emb.repeat(len(variants), 1))
-        sims = sims.view(len(variants), len(keep))
+        sims = sims.view(len(variants), n)
         top_drops.append((base - sims[0]).cpu())
         random_drops.append((base[None] - sims[1:]).mean(dim=0).cpu())
     top_drop = torch.cat(top_drops).numpy()
@@ -163,3 +230,13 @@ def phrase_counterfactual_gap(explainer: Explainer, data: TextImageData, method:
     return {"top_drop": float(top_drop.mean()), "random_drop": float(random_drop.mean()),
             "gap": ci.estimate, "gap_ci_low": ci.low, "gap_ci_high": ci.high,
             "captions": int(len(top_drop))}
+
+
+def phrase_counterfactual_gap(explainer: Explainer, data: TextImageData, method: str,
+                              ppim: Any = None, fraction: float = 0.2, n_random: int = 5,
+                              max_captions: int | None = None, seed: int = 0,
+                              batch_size: int = 64, **options: Any) -> dict[str, float]:
+    """:func:`maps_counterfactual_gap` of ``method``'s phrase maps."""
+    maps = collect_phrase_maps(explainer, data, method, ppim, max_captions, batch_size,
+                               **options)
+    return maps_counterfactual_gap(explainer, data, maps, fraction, n_random, seed, batch_size)

@@ -216,6 +216,8 @@ def train_text_image(model: nn.Module, data: TextImageData, config: TrainConfig,
     step = 0
     try:
         for epoch in range(config.epochs):
+            if step >= steps:  # max_steps reached: no more (empty) epochs
+                break
             for rows in _batches(len(data), config.batch_size, generator):
                 if step >= steps:
                     break

@@ -50,11 +50,14 @@ class ZooSplit:
 
 def render_splits(data: dict[str, Any], with_masks: bool = False,
                   max_ids: dict[str, int] | None = None,
-                  splits: Sequence[str] = ("train", "val", "test")) -> dict[str, ZooSplit]:
+                  splits: Sequence[str] = ("train", "val", "test"),
+                  pid_splits: dict[str, Sequence[int]] | None = None) -> dict[str, ZooSplit]:
     """``train``, ``val`` and ``test`` splits of the SynthPedes set ``data`` (SynthConfig fields).
 
     ``max_ids`` caps the identities per split (the demo renders only part of the test split);
-    ``splits`` chooses which are rendered.
+    ``splits`` chooses which are rendered. ``pid_splits`` (split name -> identities) replaces
+    the data set's own split, e.g. to hold out garment/colour combinations
+    (:func:`heldout_pid_splits`); every image of those identities is rendered.
     Validation images are marked query/gallery like the test split: the first image of each
     identity on each camera is a query.
     """
@@ -65,6 +68,9 @@ def render_splits(data: dict[str, Any], with_masks: bool = False,
     val = set(synth.val_pids)
     keep_ids = {"train": sorted(set(synth.train_pids) - val), "val": sorted(val),
                 "test": sorted(synth.test_pids)}
+    if pid_splits is not None:
+        keep_ids = {k: sorted(int(p) for p in v) for k, v in pid_splits.items()}
+        splits = tuple(keep_ids)
     keep_ids = {k: v for k, v in keep_ids.items() if k in splits}
     if max_ids:
         keep_ids = {k: v[:max_ids[k]] if k in max_ids else v for k, v in keep_ids.items()}
@@ -78,7 +84,7 @@ def render_splits(data: dict[str, Any], with_masks: bool = False,
         spec = sample.spec
         name = split_of[spec.pid]
         out = rows[name]
-        if name == "test":
+        if name == "test" and pid_splits is None:
             query = spec.split == "query"
         else:
             query = (spec.pid, spec.cam) not in seen_cams
@@ -113,3 +119,54 @@ def text_image_data(split: ZooSplit, mean: Sequence[float], std: Sequence[float]
                          captions=captions, caption_image=np.asarray(owner), phrases=phrases,
                          masks=None if split.masks is None else torch.from_numpy(split.masks),
                          part_names=PARTS)
+
+
+def garment_pairs(identity: Any) -> tuple[str, str]:
+    """The (garment, colour) combinations an identity wears, as its captions name them:
+    sleeve length x upper colour, and lower garment (trousers, shorts, long or short
+    dress/skirt) x lower colour."""
+    lower = {("pants", "long"): "trousers", ("pants", "short"): "shorts",
+             ("dress", "long"): "long dress", ("dress", "short"): "short dress"}[
+        (identity.get("clothes"), identity.get("lower_length"))]
+    return (f"{identity.get('upper_color')} {identity.get('sleeve')}-sleeved top",
+            f"{identity.get('lower_color')} {lower}")
+
+
+def heldout_pid_splits(data: dict[str, Any], test_share: float = 0.25, val_share: float = 0.15,
+                       seed: int = 0) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
+    """Identities split so that test and validation wear garment/colour combinations that no
+    training identity wears (open-vocabulary phrases: "green shorts" never seen in training).
+
+    Combinations are drawn in a seeded random order and held out for the test split until it
+    holds ``test_share`` of the identities, then for validation up to ``val_share``; a
+    combination worn by more than half of a split's target is skipped, so no split is one
+    common garment. An identity wearing a test combination is a test identity; else one
+    wearing a validation combination is a validation identity; all others train.
+    Returns the identities per split and the held-out combinations per split.
+    """
+    from ..data.synth_plan import SynthConfig, plan
+
+    people = [p for p in plan(SynthConfig(**data)).identities if p.pid != 0]
+    pairs = {p.pid: garment_pairs(p) for p in people}
+    candidates = sorted({c for worn in pairs.values() for c in worn})
+    order = [candidates[i] for i in np.random.default_rng(seed).permutation(len(candidates))]
+    held: dict[str, set[str]] = {"test": set(), "val": set()}
+
+    def members(name: str) -> set[int]:  # test identities first, then validation ones
+        taken = members("test") if name == "val" else set()
+        return {pid for pid, worn in pairs.items() if held[name] & set(worn)} - taken
+
+    for name, share in (("test", test_share), ("val", val_share)):
+        target = share * len(people)
+        for combo in order:
+            if len(members(name)) >= target:
+                break
+            if any(combo in h for h in held.values()):
+                continue
+            wearers = sum(combo in worn for worn in pairs.values())
+            if wearers > 0.5 * target:
+                continue
+            held[name].add(combo)
+    test, val = members("test"), members("val")
+    split = {"train": sorted(set(pairs) - test - val), "val": sorted(val), "test": sorted(test)}
+    return split, {k: sorted(v) for k, v in held.items()}

@@ -1,0 +1,1 @@
+"""Studies that reproduce the papers' claims end to end (training, controls, statistics)."""
