@@ -213,6 +213,13 @@ def run_one(variant: str, seed: int, splits: Splits, config: StudyConfig,
                       for name, maps in references["test_maps"].items()}
         out.update({"test": _scores(test),
                     "image_swap": _scores(swap), "gap": gap, "reference_gaps": prior_gaps})
+        if ppim is not None:  # the PPIM head's own maps, faithfulness beside plausibility
+            head_maps = test_maps if best == "ppim" else collect_phrase_maps(
+                exp, splits.test, "ppim", ppim=ppim, max_captions=config.test_captions)
+            out["ppim_maps"] = {
+                "test": _scores(score_phrase_maps(splits.test, head_maps)),
+                "gap": gap if best == "ppim" else maps_counterfactual_gap(
+                    exp, splits.test, head_maps, config.fraction, seed=seed)}
         if variant == "baseline":  # the prior combined with the baseline's maps
             choice = max(config.combinations, key=lambda c: score_phrase_maps(
                 splits.val, combine(references["val_maps"]["prior"], val_maps[best], *c)
@@ -433,6 +440,16 @@ def markdown_tables(result: dict[str, Any]) -> str:
                       f"{np.mean([m['test']['energy'] for m in mixes]):.3f}, pointing "
                       f"{np.mean([m['test']['pointing'] for m in mixes]):.3f}, gap "
                       f"{np.mean([m['gap']['gap'] for m in mixes]):.3f} (mean over seeds)."]
+    heads = {v: [r["ppim_maps"] for r in result["runs"] if r["variant"] == v and "ppim_maps" in r]
+             for v in summary["variants"]}
+    heads = {v: h for v, h in heads.items() if h}
+    if heads:
+        lines += ["", "The PPIM head's own maps on the test split (whether or not validation chose "
+                      "them), mean over seeds: " + "; ".join(
+                          f"{v}: energy {np.mean([h['test']['energy'] for h in hs]):.3f}, "
+                          f"pointing {np.mean([h['test']['pointing'] for h in hs]):.3f}, gap "
+                          f"{np.mean([h['gap']['gap'] for h in hs]):.3f}"
+                          for v, hs in heads.items()) + "."]
     parts = list(ref_test["by_part"])
     lines += ["", "Energy per part (mean over seeds); the reference row is the strongest "
                   "image-blind reference, then chance; phrases per part in brackets.", "",
