@@ -30,6 +30,13 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--n-ids", type=int, default=400)
+    p.add_argument("--host", default="random",
+                   help="'random' (frozen random ViT-Tiny) or 'zoo:NAME' (a trained zoo CLIP's "
+                        "image tower, e.g. zoo:clip-synthpedes)")
+    p.add_argument("--router", action="store_true",
+                   help="also train the learned router and report its gap to the oracle")
+    p.add_argument("--ablation-routing", default="oracle", choices=["oracle", "learned"],
+                   help="route the ablation by the labels (oracle) or the router's predictions")
     p.add_argument("--json", default=None, help="also write every run's summary here")
     args = p.parse_args()
 
@@ -45,13 +52,19 @@ def main() -> None:
                 warnings.simplefilter("ignore")
                 result = planted_order_study(None if order == "default" else order.split(","),
                                              seed, epochs=args.epochs, n_ids=args.n_ids,
-                                             threads=1)
+                                             threads=1, host=args.host, router=args.router,
+                                             ablation_routing=args.ablation_routing)
             seconds = time.perf_counter() - start
             resp = result.other["responses"]
             name = "default" if order == "default" else f"order{i}"
             print(f"{name:<8} {seed:>4} {result.rho:>6.3f} {result.top3:>4} | "
                   f"{resp['rho']:>10.3f} {resp['top3']:>4} | "
                   f"{result.metrics['oracle_mAP']:>5.3f} {seconds:>5.0f}", flush=True)
+            if "learned:hard_mAP" in result.metrics:
+                m = result.metrics
+                print(f"         mAP oracle {m['oracle_mAP']:.3f} learned hard "
+                      f"{m['learned:hard_mAP']:.3f} soft {m['learned:soft_mAP']:.3f} no experts "
+                      f"{m['none_mAP']:.3f}", flush=True)
             print(f"         planted {result.planted_order}\n         found   {result.order}",
                   flush=True)
             runs.append({**result.summary(), "total_seconds": round(seconds, 1)})

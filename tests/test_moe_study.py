@@ -260,3 +260,37 @@ def test_planted_order_is_recovered_by_the_ablation_consensus(order):
     if order is not None:
         assert set(result.order[:3]) != {"lower_color", "upper_color", "gender"}
     assert rank_agreement(result.planted_order, result.planted_order) == (1.0, 3)
+
+
+def test_planted_study_checks_its_routing_options_before_any_work():
+    with pytest.raises(ValueError, match="needs router=True"):
+        planted_order_study(None, ablation_routing="learned")
+    with pytest.raises(ValueError, match="must be 'oracle' or 'learned'"):
+        planted_order_study(None, ablation_routing="labels")
+
+
+def test_predicted_codes_route_by_what_the_router_reads_from_the_zoo_host():
+    """The less circular check: routing by the router's predictions, from the pixels."""
+    from reid_explain.moe.planted import _planted_host, predicted_codes
+    from reid_explain.moe.routers import LearnedRouter
+
+    model, size, stats = _planted_host("zoo:clip-synthpedes", (64, 32), depth=2, seed=0)
+    assert size == (128, 64) and stats is not None  # the host's own input size and means
+    adapter = choose_adapter(model)(model)
+    moe = get("backbone_modifications", "lora_moe").obj(adapter, schema="market1501",
+                                                         last_n=1).apply()
+    try:
+        images = torch.randn(5, 3, *size)
+        with torch.no_grad(), moe.bypass():
+            dim = adapter.embed_image(images[:1]).shape[1]
+        torch.manual_seed(0)
+        router = LearnedRouter(moe.layout, dim).eval()
+        codes = predicted_codes(moe, router, images, batch_size=2)
+        with torch.no_grad(), moe.bypass():
+            expected = router.predict(router(adapter.embed_image(images)))
+        assert torch.equal(codes, expected) and codes.shape == (5, len(MARKET1501))
+        assert (codes >= 0).all()  # every attribute gets a predicted state
+    finally:
+        moe.remove()
+    with pytest.raises(ValueError, match="'random' or 'zoo:NAME'"):
+        _planted_host("resnet50", (64, 32), depth=2, seed=0)

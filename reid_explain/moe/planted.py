@@ -33,7 +33,7 @@ from scipy import stats
 from reid_explain.attributes.study import AttributeStudy, run_study
 from reid_explain.moe.ablation import ablation_outcomes
 
-__all__ = ["PlantedResult", "planted_order_study", "rank_agreement"]
+__all__ = ["PlantedResult", "planted_order_study", "predicted_codes", "rank_agreement"]
 
 
 @dataclass
@@ -73,7 +73,9 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
                         couple: bool = False, depth: int = 2, last_n: int = 2, rank: int = 4,
                         epochs: int = 12, p: int = 8, k: int = 4, lr: float = 3e-3,
                         consensus: str = "ablation", study_options: dict[str, Any] | None = None,
-                        threads: int | None = None) -> PlantedResult:
+                        threads: int | None = None, host: str = "random", router: bool = False,
+                        ablation_routing: str = "oracle", router_lr: float = 3e-3
+                        ) -> PlantedResult:
     """Export SynthPedes with ``planted_order``, train oracle-routed experts, run the study.
 
     Defaults keep one run CPU-cheap (400 identities x 6 images, so that the colours alone cannot
@@ -84,8 +86,22 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
     hair to gender). ``seed`` seeds the data, the host and the training. ``root``: a folder to
     export into (default: a temporary one, removed afterwards). ``study_options`` go to
     :func:`run_study`.
+
+    ``host``: ``"random"`` (the frozen random ViT-Tiny above) or ``"zoo:NAME"``, a trained zoo
+    model's image tower (e.g. ``zoo:clip-synthpedes``), frozen, at its own input size (which
+    replaces ``height``/``width``). ``router=True`` trains MoSAIC's deployable alternative to the
+    oracle beside the experts, a :class:`~reid_explain.moe.routers.LearnedRouter` on the host's
+    expert-free features, and reports its mAP and gap to the oracle.
+    ``ablation_routing="learned"`` (needs the router) routes the ablation by the router's
+    *predicted* attributes instead of the labels, so the experts a query uses depend on what
+    its pixels show, not on the labels the study plants (the less circular check).
     """
-    import timm
+    if ablation_routing not in ("oracle", "learned"):
+        raise ValueError(f"ablation_routing must be 'oracle' or 'learned', got "
+                         f"{ablation_routing!r}")
+    if ablation_routing == "learned" and not router:
+        raise ValueError("ablation_routing='learned' needs router=True")
+    import torchvision.transforms as T
 
     from reid_explain.data.attributes import load_attributes
     from reid_explain.data.datasets import ImageReidDataset, default_transform
@@ -93,8 +109,12 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
     from reid_explain.data.synth_identities import resolve_planted_order
     from reid_explain.data.synth_plan import SynthConfig
     from reid_explain.explainer import choose_adapter
+    from reid_explain.moe.routers import LearnedRouter
     from reid_explain.moe.train import IdClassifier, evaluate_routing, load_split, train_image_moe
     from reid_explain.plugin_manager import get
+
+    model, size, stats_ = _planted_host(host, (height, width), depth, seed)
+    height, width = size
 
     planted = list(resolve_planted_order(planted_order))
     seconds: dict[str, float] = {}
@@ -109,30 +129,38 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
                              width=width, planted_order=tuple(planted), couple=couple)
         export_synthpedes(base, config, formats=("market", "attributes"))
         table = load_attributes(base / "market1501" / "market_attribute.mat")
-        transform = default_transform(height, width)
+        transform = T.Compose([T.Resize((height, width)), T.ToTensor(), T.Normalize(*stats_)]) \
+            if stats_ is not None else default_transform(height, width)
         splits = {name: load_split(ImageReidDataset(base, name, transform=transform,
                                                     attributes=table))
                   for name in ("train", "query", "gallery")}
         seconds["data"] = time.perf_counter() - t
 
-        torch.manual_seed(seed)
-        host = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
-                                 img_size=(height, width), depth=depth).eval()
-        adapter = choose_adapter(host)(host)
+        adapter = choose_adapter(model)(model)
+        with torch.no_grad():
+            dim = int(adapter.embed_image(torch.zeros(1, 3, height, width)).shape[1])
         moe = get("backbone_modifications", "lora_moe").obj(
             adapter, schema="market1501", last_n=last_n, rank=rank).apply()
         try:
             t = time.perf_counter()
-            classifier = IdClassifier(int(host.num_features), int(splits["train"]["pid"].max()) + 1)
-            train_image_moe(moe, splits["train"], classifier, epochs=epochs, p=p, k=k, lr=lr,
-                            seed=seed)
+            torch.manual_seed(seed)
+            classifier = IdClassifier(dim, int(splits["train"]["pid"].max()) + 1)
+            learned = LearnedRouter(moe.layout, dim) if router else None
+            train_image_moe(moe, splits["train"], classifier, learned, epochs=epochs, p=p, k=k,
+                            lr=lr, router_lr=router_lr, seed=seed)
             seconds["train"] = time.perf_counter() - t
             t = time.perf_counter()
             q, g = splits["query"], splits["gallery"]
-            outcomes = ablation_outcomes(moe, q["img"], g["img"], q["attributes"],
-                                         g["attributes"], q["pid"], g["pid"], q["camid"],
-                                         g["camid"])
-            metrics = evaluate_routing(moe, q, g, routings=("oracle", "none"))
+            if learned is not None:
+                learned.eval()
+            q_codes, g_codes = (q["attributes"], g["attributes"]) if ablation_routing == \
+                "oracle" else (predicted_codes(moe, learned, q["img"]),
+                               predicted_codes(moe, learned, g["img"]))
+            outcomes = ablation_outcomes(moe, q["img"], g["img"], q_codes, g_codes, q["pid"],
+                                         g["pid"], q["camid"], g["camid"])
+            routings = ("oracle", "learned:hard", "learned:soft", "none") if router \
+                else ("oracle", "none")
+            metrics = evaluate_routing(moe, q, g, router=learned, routings=routings)
             seconds["ablation"] = time.perf_counter() - t
         finally:
             moe.remove()
@@ -155,7 +183,49 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
         if found is not None and sorted(found) == sorted(planted):
             r, t3 = rank_agreement(planted, found)
             other[name] = {"rho": round(r, 4), "top3": t3, "order": found}
-    return PlantedResult(planted, study, study.order, rho, top3, consensus, other,
-                         {"oracle_mAP": metrics["oracle"]["mAP"],
-                          "oracle_rank1": metrics["oracle"]["rank1"],
-                          "none_mAP": metrics["none"]["mAP"]}, seconds)
+    summary = {"oracle_mAP": metrics["oracle"]["mAP"], "oracle_rank1": metrics["oracle"]["rank1"],
+               "none_mAP": metrics["none"]["mAP"]}
+    for routing in ("learned:hard", "learned:soft"):
+        if routing in metrics:
+            summary[f"{routing}_mAP"] = metrics[routing]["mAP"]
+            summary[f"{routing}_rank1"] = metrics[routing]["rank1"]
+    if "router_accuracy" in metrics:
+        summary.update({f"router_accuracy.{k}": v for k, v in metrics["router_accuracy"].items()})
+    return PlantedResult(planted, study, study.order, rho, top3, consensus, other, summary,
+                         seconds)
+
+
+def _planted_host(host: str, size: tuple[int, int], depth: int, seed: int
+                  ) -> tuple[torch.nn.Module, tuple[int, int], tuple | None]:
+    """The host, its input size and its normalisation (None: ImageNet's)."""
+    if host == "random":
+        import timm
+
+        torch.manual_seed(seed)
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
+                                  img_size=size, depth=depth).eval()
+        return model, size, None
+    if host.startswith("zoo:"):
+        from reid_explain.training.text_image import OPENAI_MEAN, OPENAI_STD
+        from reid_explain.zoo import card, load
+
+        name = host.partition(":")[2]
+        model = load(name)
+        architecture = card(name)["architecture"]
+        if "image_size" not in architecture:
+            raise ValueError(f"host {host!r}: the planted study needs a zoo model with a ViT "
+                             "image tower (an open_clip CLIP)")
+        return model, tuple(architecture["image_size"]), (OPENAI_MEAN, OPENAI_STD)
+    raise ValueError(f"host must be 'random' or 'zoo:NAME', got {host!r}")
+
+
+@torch.no_grad()
+def predicted_codes(moe: Any, router: Any, images: torch.Tensor,
+                    batch_size: int = 64) -> torch.Tensor:
+    """The router's attribute predictions ``(N, A)`` from the expert-free features."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        with moe.bypass():
+            features = moe.adapter.embed_image(images[start:start + batch_size])
+        out.append(router.predict(router(features)))
+    return torch.cat(out)
