@@ -275,7 +275,8 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
               delta_columns: Sequence[str] | None = None,
               consensus_responses: Sequence[str] | None = None,
               consensus: Consensus = "auto", missing: Missing = "error",
-              no_class: str | None = NO_CLASS, n_estimators: int = 100, min_samples_leaf: int = 5, n_splits: int = 5,
+              no_class: str | None = NO_CLASS, n_estimators: int = 100,
+              min_samples_leaf: int = 5, n_splits: int = 5,
               n_repeats: int = 5, random_state: int = 0, n_jobs: int | None = 1,
               fdr_method: str = FDR_METHOD) -> AttributeStudy:
     """Run the attribute-importance study on per-query outcomes of any model.
