@@ -289,6 +289,11 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
     table's. ``consensus_responses`` default to AP and hit (the ΔAP columns when there is
     neither).
 
+    A colour with several classes set gets one indicator per set class; one with no class set
+    (the official Market-1501 files have such identities) is the state ``no_class``
+    (``"none"``), so every query is kept; ``no_class=None`` makes it missing, and ``missing``
+    then decides (``"error"``, or ``"drop"`` those queries).
+
     ``consensus`` chooses what ``study.ranking`` ranks by. ``"responses"``: the mean rank over
     every (response, method) column of ``consensus_responses`` ("which attribute values does
     accuracy depend on"). ``"ablation"``: the mean rank over the ablation methods of
