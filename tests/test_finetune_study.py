@@ -86,9 +86,19 @@ def test_finetuning_from_the_zoo_runs_end_to_end_on_two_seeds(tmp_path):
     summary = result["summary"]["variants"]["ppim+constraint"]
     assert summary["seeds"] == [0, 1]
     share = summary["energy"]["image_dependent"]
-    strongest = refs["test"][refs["strongest"]]["energy"]
+    strongest = max(v["energy"] for v in refs["test"].values())  # the higher of the priors
     assert share["per_seed"] == pytest.approx([v - strongest
                                                for v in summary["energy"]["per_seed"]])
+    swap = summary["image_swap_energy"]["own_minus_swap"]["per_seed"]
+    assert swap == pytest.approx([runs[("ppim+constraint", s)]["test"]["energy"]
+                                  - runs[("ppim+constraint", s)]["image_swap"]["energy"]
+                                  for s in (0, 1)])
+    gap_share = summary["gap"]["image_dependent"]["per_seed"]
+    assert gap_share == pytest.approx([
+        runs[("ppim+constraint", s)]["gap"]["gap"]
+        - max(g["gap"] for g in runs[("ppim+constraint", s)]["reference_gaps"].values())
+        for s in (0, 1)])
+    assert "ppim_maps" in runs[("ppim+constraint", 0)]
     gain = summary["energy"]["gain_over_baseline"]["per_seed"]
     assert gain == pytest.approx([runs[("ppim+constraint", s)]["test"]["energy"]
                                   - runs[("baseline", s)]["test"]["energy"] for s in (0, 1)])
