@@ -94,12 +94,12 @@ def prior_phrase_maps(reference: TextImageData, data: TextImageData, grid: tuple
     prior = prior_grid(reference, grid).pow(power)
     name = "location_prior" if power == 1 else f"location_prior^{power:g}"
     out = PhraseMaps(name, tuple(data.images.shape[-2:]))
-    for rows in _caption_rows(data, max_captions, 64):
-        for r in rows:
-            parts = [p.get("part") for p in data.phrases[r]]
-            maps = torch.stack([prior[data.part_names.index(p)] if p in data.part_names
-                                else torch.zeros(tuple(grid)) for p in parts]) if parts else None
-            out.append(r, data.phrases[r], maps)
+    n = len(data) if max_captions is None else min(max_captions, len(data))
+    for r in range(n):
+        parts = [p.get("part") for p in data.phrases[r]]
+        maps = torch.stack([prior[data.part_names.index(p)] if p in data.part_names
+                            else torch.zeros(tuple(grid)) for p in parts]) if parts else None
+        out.append(r, data.phrases[r], maps)
     return out
 
 

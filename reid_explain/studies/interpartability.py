@@ -238,11 +238,11 @@ def run_one(variant: str, seed: int, splits: Splits, config: StudyConfig,
 
 def build_references(splits: Splits, config: StudyConfig) -> dict[str, Any]:
     """The image-blind references, with the prior's power chosen on validation."""
-    val_scores = {}
-    for power in config.prior_powers:
-        maps = prior_phrase_maps(splits.train, splits.val, splits.grid, config.val_captions,
-                                 power)
-        val_scores[power] = _scores(score_phrase_maps(splits.val, maps))
+    val_maps = {power: prior_phrase_maps(splits.train, splits.val, splits.grid,
+                                         config.val_captions, power)
+                for power in {1.0, *config.prior_powers}}
+    val_scores = {power: _scores(score_phrase_maps(splits.val, val_maps[power]))
+                  for power in config.prior_powers}
     best_power = max(config.prior_powers, key=lambda p: val_scores[p]["energy"])
     test_maps = {"prior": prior_phrase_maps(splits.train, splits.test, splits.grid,
                                             config.test_captions),
@@ -256,8 +256,7 @@ def build_references(splits: Splits, config: StudyConfig) -> dict[str, Any]:
     return {"prior_power_val": {str(p): s["energy"] for p, s in val_scores.items()},
             "best_power": best_power, "strongest": strongest, "test": test,
             "test_maps": test_maps,
-            "val_maps": {"prior": prior_phrase_maps(splits.train, splits.val, splits.grid,
-                                                    config.val_captions)},
+            "val_maps": {"prior": val_maps[1.0]},
             "prior_grid": prior_grid(splits.train, splits.grid).tolist()}
 
 
