@@ -3,6 +3,9 @@
     from reid_explain import explainify
     with explainify(model) as exp:
         result = exp.explain(query, gallery, method="gradcam", top_k=5)
+        moe = exp.modify("lora_moe", schema="market1501")   # training-time modification
+
+    session = reid_explain.attach(model, losses=["ppim"])   # auxiliary losses for a loop
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from .metric import Metric, MetricContext
 from .phrases import PartPhrase, PhraseExtractor, extract_phrases
 from .plugin_manager import list_plugins, register, unregister
 from .targets import CosineSimilarity, Target
+from .training.session import TrainingSession, attach, auxiliary_losses
+from .training_hooks import BackboneModification, TrainingLoss
 
 __version__ = "0.1.0"
 
@@ -35,5 +40,6 @@ __all__ = [
     "PairExplanation", "PartPhrase", "PhraseExtractor", "extract_phrases",
     "PluginConflictError", "PluginError", "ReidExplainError", "Target", "TextImageExplanation",
     "TokenRelevance", "UnknownPluginError", "explainify", "hookimpl", "hookspec",
-    "list_plugins", "register", "unregister",
+    "list_plugins", "register", "unregister", "attach", "auxiliary_losses", "TrainingSession",
+    "BackboneModification", "TrainingLoss",
 ]

@@ -31,7 +31,7 @@ from .training.capture import ForwardCapture
 from .training.phrase_tokens import isolated_phrase_embeddings, phrase_index, pool_phrases
 
 if TYPE_CHECKING:
-    from .explainer import Explainer
+    from .interfaces import ExplainerLike
 
 
 @dataclass
@@ -71,7 +71,7 @@ def _head_of(ppim: Any) -> Any:
     return head
 
 
-def _forward_phrases(explainer: Explainer, images: Tensor, captions: Sequence[str],
+def _forward_phrases(explainer: ExplainerLike, images: Tensor, captions: Sequence[str],
                      phrases: list[list[dict[str, Any]]], ppim: Any) -> dict[str, Any]:
     """One captured forward of images and captions: patch tokens (at PPIM's ``patch_block``),
     the phrase index and embeddings (in PPIM's ``phrase_context``), the global embeddings."""
@@ -93,7 +93,7 @@ def _forward_phrases(explainer: Explainer, images: Tensor, captions: Sequence[st
             "image": image_emb, "text": text_emb}
 
 
-def contextual_maps(explainer: Explainer, images: Tensor, captions: Sequence[str],
+def contextual_maps(explainer: ExplainerLike, images: Tensor, captions: Sequence[str],
                     phrases: list[list[dict[str, Any]]], ppim: Any = None,
                     temperature: float = 0.1) -> list[Tensor]:
     """Per caption, ``(K, h, w)`` maps from the phrase embeddings (PPIM head or raw)."""
@@ -113,15 +113,15 @@ def contextual_maps(explainer: Explainer, images: Tensor, captions: Sequence[str
     return list(maps.split(counts))
 
 
-def ground(explainer: Explainer, images: Tensor, captions: Sequence[str] | str,
+def ground(explainer: ExplainerLike, images: Tensor, captions: Sequence[str] | str,
            method: str = "similarity", phrases: Sequence[Sequence[Any]] | None = None,
            ppim: Any = None, phrase_extractor: str = "rules", temperature: float = 0.1,
            **options: Any) -> list[PhraseGrounding]:
     """One :class:`PhraseGrounding` per (image, caption) row: a map per extracted phrase."""
-    from .explainer import _check_images, _check_texts
+    from .inputs import check_images, check_texts
 
-    captions = _check_texts(captions)
-    images = _check_images(images, "images", explainer.adapter)
+    captions = check_texts(captions)
+    images = check_images(images, "images", explainer.adapter)
     if len(images) != len(captions):
         raise InputError(f"{len(images)} images for {len(captions)} captions: ground() pairs "
                          "each image with its caption")
@@ -158,7 +158,7 @@ def ground(explainer: Explainer, images: Tensor, captions: Sequence[str] | str,
 
 
 @torch.no_grad()
-def part_wise_similarity(explainer: Explainer, images: Tensor, captions: Sequence[str],
+def part_wise_similarity(explainer: ExplainerLike, images: Tensor, captions: Sequence[str],
                          ppim: Any, alpha: float = 0.5,
                          phrases: Sequence[Sequence[Any]] | None = None) -> Tensor:
     """``(T, I)`` caption-image scores: global cosine + ``alpha`` x mean over the caption's

@@ -8,14 +8,13 @@ from the sequence. A masker is a plugin (``register_maskers``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from .explainer import Explainer
-    from .metric import MetricContext
+    from .interfaces import ExplainerLike
 
 
 def grid_to_pixels(grid_masks: Tensor, size: tuple[int, int]) -> Tensor:
@@ -37,13 +36,24 @@ class Masker:
         removed."""
         raise NotImplementedError
 
-    def embed(self, explainer: Explainer, images: Tensor, grid_masks: Tensor,
+    def embed(self, explainer: ExplainerLike, images: Tensor, grid_masks: Tensor,
               batch_size: int = 64) -> Tensor:
         """L2-normalised embeddings of the masked images (token maskers override this)."""
         return explainer.embed(self(images, grid_masks), batch_size=batch_size)
 
 
-def resolve_masker(context: MetricContext, masker: str | Masker | None = None,
+class MaskingContext(Protocol):
+    """What :func:`resolve_masker` reads of a :class:`~reid_explain.metric.MetricContext`
+    (a Protocol, so that this module and metric.py need not import each other)."""
+
+    @property
+    def masker(self) -> Masker | None: ...
+
+    @property
+    def explainer(self) -> ExplainerLike: ...
+
+
+def resolve_masker(context: MaskingContext, masker: str | Masker | None = None,
                    masker_options: dict[str, Any] | None = None) -> Masker:
     """The masker a metric's options name, else the context's, else ``"mean"``; checked
     against the host's capabilities so a ViT-only masker on a CNN fails with a reason."""

@@ -16,7 +16,7 @@ import numpy as np
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from .explainer import Explainer
+    from .interfaces import ExplainerLike
     from .maps import PairExplanation, TextImageExplanation
     from .masker import Masker
 
@@ -31,7 +31,7 @@ class MetricContext:
     gallery item in ``gallery_embeddings``.
     """
 
-    explainer: Explainer
+    explainer: ExplainerLike
     explanation: PairExplanation
     masker: Masker | None = None
     seed: int = 0

@@ -12,7 +12,9 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from . import plugin_manager
 from .adapter import Adapter
+from .errors import AdapterError, PluginError, ReidExplainError
 
 
 class _OnHost:
@@ -137,3 +139,27 @@ class TrainingLoss(_OnHost):
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
+
+
+def build_modification(adapter: Adapter, name: str, **options: Any) -> BackboneModification:
+    """The registered backbone modification ``name`` on ``adapter``, not yet applied.
+
+    Unknown names raise :class:`~reid_explain.errors.UnknownPluginError` listing the known
+    ones; a host lacking a capability the modification needs, an :class:`AdapterError`; bad
+    options, a :class:`PluginError` naming the plugin.
+    """
+    entry = plugin_manager.get("backbone_modifications", name)
+    cls = entry.obj
+    missing = set(cls.requires) - set(adapter.capabilities)
+    if missing:
+        raise AdapterError(
+            f"backbone modification {name!r} needs {sorted(missing)}, which adapter "
+            f"{adapter.name!r} ({type(adapter.model).__name__}) lacks (it has "
+            f"{sorted(adapter.capabilities)})")
+    try:
+        return cls(adapter, **options)
+    except ReidExplainError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"backbone modification {name!r} from plugin {entry.plugin!r}: "
+                          f"{type(exc).__name__}: {exc}") from exc

@@ -20,7 +20,7 @@ from reid_explain.hookspecs import hookimpl
 from reid_explain.masker import Masker
 
 if TYPE_CHECKING:
-    from reid_explain.explainer import Explainer
+    from reid_explain.interfaces import ExplainerLike
 
 
 class TokenDrop(Masker):
@@ -34,7 +34,7 @@ class TokenDrop(Masker):
                         "use masker.embed(explainer, images, grid_masks)")
 
     @torch.no_grad()
-    def embed(self, explainer: Explainer, images: Tensor, grid_masks: Tensor,
+    def embed(self, explainer: ExplainerLike, images: Tensor, grid_masks: Tensor,
               batch_size: int = 64) -> Tensor:
         """L2-normalised embeddings, one forward per (drop count, chunk of ``batch_size``)."""
         adapter = explainer.adapter

@@ -34,12 +34,12 @@ from reid_explain.metric import Metric, MetricContext, perturbable_sides
 from reid_explain.targets import CosineSimilarity
 
 if TYPE_CHECKING:
-    from reid_explain.explainer import Explainer
+    from reid_explain.interfaces import ExplainerLike
 
 SIDES = ("query", "gallery")
 
 
-def similarity_forward(explainer: Explainer, batch_size: int = 64
+def similarity_forward(explainer: ExplainerLike, batch_size: int = 64
                        ) -> Callable[[Tensor, Tensor], Tensor]:
     """``f(images, references) -> (B,)`` cosine of each image's embedding to its reference."""
     def forward(images: Tensor, references: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from reid_explain.masker import Masker, resolve_masker
 from reid_explain.metric import Metric, MetricContext, perturbable_sides
 
 if TYPE_CHECKING:
-    from reid_explain.explainer import Explainer
+    from reid_explain.interfaces import ExplainerLike
 
 #: RISE: 0%, 10%, ..., 100%
 CURVE_STEPS: tuple[float, ...] = tuple(i / 10 for i in range(11))
@@ -81,7 +81,7 @@ def trapezoid_auc(fractions: Tensor, curves: Tensor) -> Tensor:
     return torch.trapezoid(curves.double(), x=fractions.double(), dim=0)
 
 
-def masked_scores(explainer: Explainer, masker: Masker, images: Tensor, masks: Tensor,
+def masked_scores(explainer: ExplainerLike, masker: Masker, images: Tensor, masks: Tensor,
                   image_index: Tensor, references: Tensor, batch_size: int) -> Tensor:
     """Cosine of each row's masked image to its reference; rows are ``(mask, image)`` pairs
     with ``image_index`` into ``images``/``references``, one masker call per chunk."""

@@ -27,7 +27,7 @@ from .bootstrap import bootstrap_ci
 from .grounding_scores import energy_pointing_game, pointing_game
 
 if TYPE_CHECKING:
-    from ..explainer import Explainer
+    from ..interfaces import ExplainerLike
     from ..training.text_image import TextImageData
 
 
@@ -61,7 +61,7 @@ def _caption_rows(data: TextImageData, max_captions: int | None,
     return [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
 
 
-def collect_phrase_maps(explainer: Explainer, data: TextImageData, method: str,
+def collect_phrase_maps(explainer: ExplainerLike, data: TextImageData, method: str,
                         ppim: Any = None, max_captions: int | None = None,
                         batch_size: int = 64, **options: Any) -> PhraseMaps:
     """``method``'s phrase maps for the first ``max_captions`` captions, each on its image."""
@@ -164,7 +164,7 @@ def summarise_records(records: list[dict[str, Any]], method: str) -> dict[str, A
             "by_part": by_part, "records": records}
 
 
-def phrase_grounding_scores(explainer: Explainer, data: TextImageData, method: str,
+def phrase_grounding_scores(explainer: ExplainerLike, data: TextImageData, method: str,
                             ppim: Any = None, max_captions: int | None = None,
                             batch_size: int = 64, **options: Any) -> dict[str, Any]:
     """Mean pointing game and energy pointing game of ``method``'s phrase maps, overall and
@@ -186,12 +186,12 @@ def location_prior_scores(reference: TextImageData, data: TextImageData,
 
 
 @torch.no_grad()
-def _caption_similarity(explainer: Explainer, images: torch.Tensor,
+def _caption_similarity(explainer: ExplainerLike, images: torch.Tensor,
                         text_emb: torch.Tensor) -> torch.Tensor:
     return (explainer.embed(images) * text_emb).sum(dim=1)
 
 
-def maps_counterfactual_gap(explainer: Explainer, data: TextImageData, phrase_maps: PhraseMaps,
+def maps_counterfactual_gap(explainer: ExplainerLike, data: TextImageData, phrase_maps: PhraseMaps,
                             fraction: float = 0.2, n_random: int = 5, seed: int = 0,
                             batch_size: int = 64) -> dict[str, float]:
     """Caption-image cosine drop when the top ``fraction`` cells of each caption's mean phrase
@@ -232,7 +232,7 @@ def maps_counterfactual_gap(explainer: Explainer, data: TextImageData, phrase_ma
             "captions": int(len(top_drop))}
 
 
-def phrase_counterfactual_gap(explainer: Explainer, data: TextImageData, method: str,
+def phrase_counterfactual_gap(explainer: ExplainerLike, data: TextImageData, method: str,
                               ppim: Any = None, fraction: float = 0.2, n_random: int = 5,
                               max_captions: int | None = None, seed: int = 0,
                               batch_size: int = 64, **options: Any) -> dict[str, float]:

@@ -31,7 +31,7 @@ from ..maps import PairExplanation
 from ..metric import MetricContext
 
 if TYPE_CHECKING:
-    from ..explainer import Explainer
+    from ..interfaces import ExplainerLike
 
 
 class ImageSource:
@@ -230,7 +230,7 @@ class BatchStore:
             tmp.write_text(json.dumps(record))
 
 
-def evaluate(explainer: Explainer, data: ReidEvalSet, method: str = "gradcam",
+def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam",
              metrics: Sequence[str] = ("counterfactual_masking",), *,
              masker: str = "mean", masker_options: dict[str, Any] | None = None,
              batch_size: int = 16, max_queries: int | None = None, seed: int = 0,

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import plugin_manager as plugins
+from ..adapter_choice import build_adapter
+from ..engine import Engine
 from ..errors import InputError, PluginError
-from ..explainer import Explainer, explainify
 from ..metric import Metric, MetricContext
 from ..targets import CosineSimilarity
 
@@ -132,7 +133,7 @@ def _inside(name: str, ancestor: str) -> bool:
     return ancestor == "" or name.startswith(ancestor + ".")
 
 
-def randomization_units(explainer: Explainer, images: Tensor) -> list[str]:
+def randomization_units(explainer: Engine, images: Tensor) -> list[str]:
     """Names of the modules that own parameters and run when embedding ``images``, top first.
 
     A module counts if the embedding has a gradient path to one of its own parameters, so
@@ -278,7 +279,7 @@ def _map_layer(layer: Any, model: nn.Module) -> Any:
 def model_randomization_check(
         model: nn.Module, images: Tensor, targets: Tensor,
         method: str | Sequence[str] = "gradcam", *, layers: str = "cascade",
-        explainer_factory: Callable[[nn.Module], Explainer] | None = None,
+        explainer_factory: Callable[[nn.Module], Engine] | None = None,
         units: Sequence[str] | None = None, steps: int | None = 8,
         measures: Sequence[str] = ("spearman", "spearman_abs"),
         measure: str = "spearman_abs", threshold: float = 0.5, seed: int = 0,
@@ -290,7 +291,8 @@ def model_randomization_check(
     ``targets`` give the score explained for each image: ``(B, D)`` reference embeddings held
     fixed, or ``(B, 3, H, W)`` images (e.g. each query's gallery match) re-embedded by each
     randomised model, so that every step explains the same pair under the current weights.
-    ``explainer_factory(copy)`` wraps a copy (default ``explainify(copy, **explainify_options)``;
+    ``explainer_factory(copy)`` wraps a copy (default: an :class:`~reid_explain.engine.Engine`
+    on the adapter ``explainify(copy, **explainify_options)`` would choose;
     a ``layer`` given as a module of ``model`` is mapped to the copy's module of the same name).
     ``units`` are module names to randomise, top first, one step each with all their
     parameterised submodules (default: :func:`randomization_units` split into ``steps``
@@ -306,7 +308,7 @@ def model_randomization_check(
     clone = copy.deepcopy(model).eval()
     if "layer" in options:
         options["layer"] = _map_layer(options["layer"], model)
-    factory = explainer_factory or (lambda m: explainify(m, **options))
+    factory = explainer_factory or (lambda m: Engine(build_adapter(m, **options)))
     per_method = method_options or {}
     image_size = (int(images.shape[-2]), int(images.shape[-1]))
     with factory(clone) as explainer:

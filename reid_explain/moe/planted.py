@@ -108,10 +108,9 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
     from reid_explain.data.synth_export import export_synthpedes
     from reid_explain.data.synth_identities import resolve_planted_order
     from reid_explain.data.synth_plan import SynthConfig
-    from reid_explain.explainer import choose_adapter
     from reid_explain.moe.routers import LearnedRouter
     from reid_explain.moe.train import IdClassifier, evaluate_routing, load_split, train_image_moe
-    from reid_explain.plugin_manager import get
+    from reid_explain.training.session import attach
 
     model, size, stats_ = _planted_host(host, (height, width), depth, seed)
     height, width = size
@@ -136,12 +135,12 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
                   for name in ("train", "query", "gallery")}
         seconds["data"] = time.perf_counter() - t
 
-        adapter = choose_adapter(model)(model)
-        with torch.no_grad():
-            dim = int(adapter.embed_image(torch.zeros(1, 3, height, width)).shape[1])
-        moe = get("backbone_modifications", "lora_moe").obj(
-            adapter, schema="market1501", last_n=last_n, rank=rank).apply()
+        session = attach(model, modifications=["lora_moe"],
+                         lora_moe={"schema": "market1501", "last_n": last_n, "rank": rank})
+        moe = session.modification("lora_moe")
         try:
+            with torch.no_grad(), moe.bypass():
+                dim = int(session.adapter.embed_image(torch.zeros(1, 3, height, width)).shape[1])
             t = time.perf_counter()
             torch.manual_seed(seed)
             classifier = IdClassifier(dim, int(splits["train"]["pid"].max()) + 1)
@@ -163,7 +162,7 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
             metrics = evaluate_routing(moe, q, g, router=learned, routings=routings)
             seconds["ablation"] = time.perf_counter() - t
         finally:
-            moe.remove()
+            session.detach()
         t = time.perf_counter()
         options = {"n_estimators": 50, "n_splits": 3, "n_repeats": 3, "random_state": seed,
                    **(study_options or {})}

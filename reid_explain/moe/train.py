@@ -303,8 +303,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
     from reid_explain.data.attributes import load_attributes
     from reid_explain.data.datasets import ImageReidDataset, default_transform, resolve_market_root
-    from reid_explain.explainer import choose_adapter
-    from reid_explain.plugin_manager import get
+    from reid_explain.training.session import attach
 
     torch.manual_seed(args.seed)
     root = Path(args.root)
@@ -323,12 +322,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         host.load_state_dict(load_torch_file(args.host_weights, "host weights"))
     host.eval()
-    adapter = choose_adapter(host)(host)
-    moe_cls = get("backbone_modifications", "lora_moe").obj
     schema = table.attrs.get("schema") if args.schema is None else args.schema
-    moe = moe_cls(adapter, schema=schema, last_n=args.last_n, rank=args.rank, alpha=args.alpha,
-                  dropout=args.dropout, pooling=args.pooling,
-                  unfreeze_last=args.unfreeze_last).apply()
+    session = attach(host, modifications=["lora_moe"], lora_moe={
+        "schema": schema, "last_n": args.last_n, "rank": args.rank, "alpha": args.alpha,
+        "dropout": args.dropout, "pooling": args.pooling, "unfreeze_last": args.unfreeze_last})
+    moe = session.modification("lora_moe")
     dim = int(host.num_features)
     classifier = IdClassifier(dim, int(splits["train"]["pid"].max()) + 1)
     router = (LearnedRouter(moe.layout, dim, mode=args.router_mode)
@@ -350,7 +348,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                "train_seconds": round(seconds, 2), "history": history, "metrics": metrics,
                "checkpoint": str(out / "checkpoint")}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    moe.remove()
+    session.detach()
     return summary
 
 

@@ -21,13 +21,13 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..evaluation.protocol import ReidEvalSet
-    from ..explainer import Explainer
+    from ..interfaces import ExplainerLike
 
 __all__ = ["Section", "image_report", "image_sections", "reproduce_section", "render",
            "text_sections"]
 
 
-def image_sections(explainer: Explainer, data: ReidEvalSet, out: Path,
+def image_sections(explainer: ExplainerLike, data: ReidEvalSet, out: Path,
                    methods: Sequence[str] | None = None, n_queries: int = 100,
                    attributes: pd.DataFrame | None = None, sanity_images: int = 8,
                    trees: int = 100, top_k: int = 5, times: dict[str, float] | None = None
@@ -69,7 +69,7 @@ def image_sections(explainer: Explainer, data: ReidEvalSet, out: Path,
     return sections, summary
 
 
-def text_sections(explainer: Explainer, data: Any, out: Path,
+def text_sections(explainer: ExplainerLike, data: Any, out: Path,
                   methods: Sequence[str] | None = None, reference: Any = None,
                   max_captions: int = 300, top_k: int = 5,
                   times: dict[str, float] | None = None) -> tuple[list[Section], dict[str, Any]]:
@@ -118,7 +118,7 @@ def reproduce_section(command: str, settings: dict[str, Any], times: dict[str, f
     return section
 
 
-def image_report(explainer: Explainer, data: ReidEvalSet | None, out: str | Path,
+def image_report(explainer: ExplainerLike, data: ReidEvalSet | None, out: str | Path,
                  methods: Sequence[str] | None = None, n_queries: int = 100,
                  attributes: pd.DataFrame | None = None, command: str = "",
                  settings: dict[str, Any] | None = None, captions: Any = None,

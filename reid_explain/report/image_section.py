@@ -24,7 +24,7 @@ from . import figures
 from .html import Section
 
 if TYPE_CHECKING:
-    from ..explainer import Explainer
+    from ..interfaces import ExplainerLike
 
 #: options that keep the slower attributions affordable on a CPU
 FAST_OPTIONS: dict[str, dict[str, Any]] = {
@@ -37,7 +37,7 @@ GROUNDING = ("energy_pointing_game", "pointing_game")
 METRIC_OPTIONS = {"deletion": {"side": "query"}, "insertion": {"side": "query"}}
 
 
-def display_images(explainer: Explainer, images: torch.Tensor) -> np.ndarray:
+def display_images(explainer: ExplainerLike, images: torch.Tensor) -> np.ndarray:
     """Normalised (N, 3, H, W) tensors back to uint8 (N, H, W, 3) for figures."""
     mean = torch.tensor(explainer.adapter.pixel_mean).view(1, 3, 1, 1)
     std = torch.tensor(explainer.adapter.pixel_std).view(1, 3, 1, 1)
@@ -45,7 +45,7 @@ def display_images(explainer: Explainer, images: torch.Tensor) -> np.ndarray:
     return (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
-def image_methods(explainer: Explainer, methods: Sequence[str] | None) -> list[str]:
+def image_methods(explainer: ExplainerLike, methods: Sequence[str] | None) -> list[str]:
     """The requested image attributions (default: every registered one the host supports);
     unknown names fail here, before any work."""
     entries = plugin_manager.registry("attributions")
@@ -85,7 +85,7 @@ def _curve(table: pd.DataFrame, metric: str, method: str) -> tuple[np.ndarray, n
     return x[order], means.to_numpy()[order]
 
 
-def retrieval_part(explainer: Explainer, data: ReidEvalSet, out: Path, section: Section,
+def retrieval_part(explainer: ExplainerLike, data: ReidEvalSet, out: Path, section: Section,
                    n_show: int = 6, top_k: int = 5) -> dict[str, Any]:
     """R@k/mAP of the model on ``data`` and a figure of ranked lists with match marks."""
     from ..attributes.outcomes import per_query_outcomes
@@ -128,7 +128,7 @@ def retrieval_part(explainer: Explainer, data: ReidEvalSet, out: Path, section: 
     return {"retrieval": metrics, "outcomes": outcomes}
 
 
-def explanation_part(explainer: Explainer, data: ReidEvalSet, methods: Sequence[str],
+def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Sequence[str],
                      out: Path, section: Section, n_queries: int, n_show: int = 4,
                      seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
     """Maps of every method on both images, then each method scored beside random maps."""
@@ -251,7 +251,7 @@ def explanation_part(explainer: Explainer, data: ReidEvalSet, methods: Sequence[
     return summary
 
 
-def sanity_part(explainer: Explainer, data: ReidEvalSet, methods: Sequence[str], out: Path,
+def sanity_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Sequence[str], out: Path,
                 section: Section, n_images: int = 8, steps: int = 6) -> dict[str, Any]:
     """Adebayo et al.'s cascading model-randomisation check on the first queries."""
     from ..evaluation.protocol import true_matches

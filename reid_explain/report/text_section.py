@@ -16,7 +16,7 @@ from .html import Section
 from .image_section import display_images
 
 if TYPE_CHECKING:
-    from ..explainer import Explainer
+    from ..interfaces import ExplainerLike
     from ..training.text_image import TextImageData
 
 #: phrase-map methods of the report: the head-free similarity map and two attributions
@@ -35,7 +35,7 @@ def one_caption_per_identity(data: TextImageData, n: int) -> list[int]:
     return rows
 
 
-def text_retrieval_part(explainer: Explainer, data: TextImageData, out: Path, section: Section,
+def text_retrieval_part(explainer: ExplainerLike, data: TextImageData, out: Path, section: Section,
                         n_show: int = 4, top_k: int = 5) -> dict[str, Any]:
     from ..evaluation.retrieval import text_image_metrics
 
@@ -60,7 +60,7 @@ def text_retrieval_part(explainer: Explainer, data: TextImageData, out: Path, se
     return metrics
 
 
-def caption_maps_part(explainer: Explainer, data: TextImageData, methods: Sequence[str],
+def caption_maps_part(explainer: ExplainerLike, data: TextImageData, methods: Sequence[str],
                       out: Path, section: Section, n_show: int = 3) -> dict[str, Any]:
     """Which patches (every image method) and which words (token IG) support a caption."""
     rows = one_caption_per_identity(data, n_show)
@@ -90,7 +90,7 @@ def caption_maps_part(explainer: Explainer, data: TextImageData, methods: Sequen
     return {"captions": captions}
 
 
-def grounding_part(explainer: Explainer, data: TextImageData, reference: TextImageData | None,
+def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: TextImageData | None,
                    out: Path, section: Section, max_captions: int, n_show: int = 3,
                    seed: int = 0) -> dict[str, Any]:
     """Per-phrase maps scored against each phrase's own part mask, beside the image-blind
@@ -164,7 +164,7 @@ def _chance(data: TextImageData, records: list[dict[str, Any]]) -> dict[str, Any
             "by_part": by_part, "records": shares}
 
 
-def _phrase_panels(explainer: Explainer, data: TextImageData, method: str,
+def _phrase_panels(explainer: ExplainerLike, data: TextImageData, method: str,
                    n_show: int) -> list[dict[str, Any]]:
     from ..evaluation.grounding_scores import energy_pointing_game
 

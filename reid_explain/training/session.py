@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from .. import plugin_manager
 from ..adapter import Adapter
-from ..errors import PluginError
-from ..explainer import choose_adapter
-from ..training_hooks import BackboneModification, TrainingLoss
+from ..adapter_choice import choose_adapter
+from ..errors import PluginError, UnknownPluginError
+from ..training_hooks import BackboneModification, TrainingLoss, build_modification
 from .capture import ForwardCapture
 
 _SESSIONS: weakref.WeakKeyDictionary[nn.Module, TrainingSession] = weakref.WeakKeyDictionary()
@@ -35,8 +35,8 @@ class TrainingSession:
         self.adapter = adapter or choose_adapter(model)(model)
         self.modifications: dict[str, BackboneModification] = {}
         for name in modifications:
-            entry = plugin_manager.get("backbone_modifications", name)
-            self.modifications[name] = entry.obj(self.adapter, **options.get(name, {}))
+            self.modifications[name] = build_modification(self.adapter, name,
+                                                          **options.get(name, {}))
         self.losses: dict[str, TrainingLoss] = {}
         self.capture: ForwardCapture | None = None
         entries = [plugin_manager.get("training_losses", name) for name in losses]
@@ -101,6 +101,16 @@ class TrainingSession:
     def __exit__(self, *exc: object) -> None:
         self.detach()
 
+    def modification(self, name: str) -> BackboneModification:
+        """The session's modification ``name`` (e.g. ``"lora_moe"``: route / ablate / bypass)."""
+        try:
+            return self.modifications[name]
+        except KeyError:
+            raise UnknownPluginError(
+                f"this session has no modification {name!r}; it has "
+                f"{sorted(self.modifications) or 'none'} (attach(model, "
+                f"modifications=[{name!r}]) adds it)") from None
+
     def parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the plugins own (heads, experts): add them to the optimiser."""
         for loss in self.losses.values():
@@ -155,5 +165,5 @@ def auxiliary_losses(model: nn.Module, batch: Mapping[str, Any]) -> Tensor:
     session = _SESSIONS.get(model)
     if session is None:
         raise RuntimeError("no training losses are attached to this model; call "
-                           "reid_explain.training.attach(model, losses=[...]) first")
+                           "reid_explain.attach(model, losses=[...]) first")
     return session(batch)

@@ -1,0 +1,126 @@
+"""The Engine: an adapter's host run through attribution plugins, inside a HostGuard.
+
+It is what the :class:`~reid_explain.explainer.Explainer` façade is built on (embeddings and one
+attribution method on a batch), kept in its own module so that parts which must wrap a model
+themselves (the model-randomisation check wraps copies of the host) need not import the façade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import plugin_manager as plugins
+from .adapter import Adapter
+from .attribution import Attribution
+from .errors import AdapterError, InputError, PluginError
+from .host_guard import HostGuard
+from .inputs import check_images, check_texts
+from .targets import Target
+
+
+class Engine:
+    """Embeddings and attributions of one wrapped host; every call leaves the host as it was."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self.guard = HostGuard(adapter.model)
+        self._closed = False
+
+    @property
+    def model(self) -> nn.Module:
+        return self.adapter.model
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove everything this engine (its adapter) put on the host."""
+        if not self._closed:
+            self.adapter.close()
+            self._closed = True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.adapter.describe()})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this explainer is closed; call explainify(model) again")
+
+    # -- embeddings ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, images: Tensor, batch_size: int = 64) -> Tensor:
+        """L2-normalised image embeddings, ``(B, D)``."""
+        self._check_open()
+        images = check_images(images, "images", self.adapter)
+        with self.guard:
+            out = [self.adapter.embed_image(chunk) for chunk in images.split(batch_size)]
+        return F.normalize(torch.cat(out).float(), dim=-1)
+
+    @torch.no_grad()
+    def embed_text(self, texts: Sequence[str] | str, batch_size: int = 64) -> Tensor:
+        """L2-normalised text embeddings, ``(B, D)`` (CLIP-style hosts)."""
+        self._check_open()
+        tokens = self.adapter.tokenize(check_texts(texts))
+        with self.guard:
+            out = [self.adapter.embed_text(chunk) for chunk in tokens.split(batch_size)]
+        return F.normalize(torch.cat(out).float(), dim=-1)
+
+    def similarity(self, query: Tensor, gallery: Tensor) -> Tensor:
+        """Cosine similarity matrix ``(Bq, Bg)``."""
+        return self.embed(query) @ self.embed(gallery).T
+
+    # -- attribution --------------------------------------------------------------------------
+    def _method(self, method: str, modality: str) -> tuple[Attribution, str]:
+        entry = plugins.get("attributions", method)
+        cls = entry.obj
+        if cls.modality != modality:
+            raise InputError(f"attribution {method!r} explains {cls.modality} inputs, "
+                             f"not {modality} inputs")
+        missing = set(cls.requires) - set(self.adapter.capabilities)
+        if missing:
+            raise AdapterError(f"attribution {method!r} needs {sorted(missing)}, which adapter "
+                               f"{self.adapter.name!r} ({type(self.model).__name__}) lacks")
+        try:
+            return cls(self.adapter), entry.plugin
+        except Exception as exc:
+            raise PluginError(f"attribution {method!r} from plugin {entry.plugin!r} failed to "
+                              f"initialise: {type(exc).__name__}: {exc}") from exc
+
+    def attribute(self, inputs: Tensor, target: Target, method: str = "gradcam",
+                  baselines: Any = None, internal_batch_size: int | None = None,
+                  modality: str = "image", **options: Any) -> Tensor:
+        """Run one attribution method on a batch; ``internal_batch_size`` rows per pass."""
+        self._check_open()
+        instance, plugin = self._method(method, modality)
+        n = inputs.shape[0]
+        step = internal_batch_size or n
+        outputs = []
+        with self.guard:
+            for start in range(0, n, step):
+                rows = slice(start, min(start + step, n))
+                chunk_baselines = baselines[rows] if isinstance(baselines, Tensor) and \
+                    baselines.dim() == inputs.dim() and baselines.shape[0] == n else baselines
+                try:
+                    result = instance.attribute(inputs[rows], target.select(rows),
+                                                baselines=chunk_baselines, **options)
+                except Exception as exc:
+                    raise PluginError(f"attribution {method!r} from plugin {plugin!r} raised "
+                                      f"{type(exc).__name__}: {exc}") from exc
+                if not isinstance(result, Tensor) or result.shape[0] != rows.stop - rows.start:
+                    raise PluginError(f"attribution {method!r} from plugin {plugin!r} returned "
+                                      f"{type(result).__name__} "
+                                      f"{tuple(getattr(result, 'shape', ()))}; expected one map "
+                                      "per input row")
+                outputs.append(result.detach().float().cpu())
+        maps = torch.cat(outputs)
+        if not torch.isfinite(maps).all():
+            raise PluginError(f"attribution {method!r} from plugin {plugin!r} returned NaN/inf")
+        return maps
