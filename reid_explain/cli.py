@@ -46,24 +46,144 @@ def _eval_data(exp, root: str, size: tuple[int, int]):
             else ReidEvalSet.from_market(path, transform))
 
 
+def _stage_printer(command: str) -> Callable[[str], None]:
+    """One line per stage on stderr, flushed at once, so a long run is never silent (also
+    when stderr is a log file, where progress bars would be noise)."""
+
+    def log(message: str) -> None:
+        print(f"reid-explain {command}: {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def _check_market_root(root: str, flag: str = "--data") -> None:
+    """``root`` holds a Market-1501-style query and gallery (a SynthPedes export does too)."""
+    from pathlib import Path
+
+    from .data.datasets import MARKET_FOLDERS, resolve_market_root
+    from .errors import DataFormatError
+
+    path = Path(root)
+    if not path.exists():
+        raise DataFormatError(f"{flag} {root}: no such folder")
+    if not path.is_dir():
+        raise DataFormatError(f"{flag} {root}: is a file; give the root folder of a "
+                              "Market-1501-style data set or a SynthPedes export")
+    try:
+        market = resolve_market_root(path)
+    except DataFormatError as exc:
+        raise DataFormatError(f"{flag}: {exc} (a Market-1501-style folder or a SynthPedes "
+                              "export, e.g. from reid-explain synth)") from None
+    for split in ("query", "gallery"):
+        folder = market / MARKET_FOLDERS[split]
+        if not folder.is_dir() or next(folder.glob("*.jpg"), None) is None:
+            raise DataFormatError(f"{flag} {root}: no {split} images ({folder} holds no *.jpg)")
+    side = path / "synthpedes"
+    if (side / "annotations.json").is_file() and not (side / "masks.npz").is_file():
+        raise DataFormatError(f"{flag} {root}: a SynthPedes export without its part masks "
+                              f"({side / 'masks.npz'} is missing); export it with "
+                              "--format market,masks")
+
+
+def _check_writable(out: str, flag: str = "--out") -> None:
+    """``out`` can be written: it is a folder or absent, and the nearest existing folder above
+    it (where the output is created and atomically renamed) is writable."""
+    import os
+    from pathlib import Path
+
+    from .errors import InputError
+
+    path = Path(out).absolute()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {out}: exists and is not a folder")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {out}: cannot write in {parent}")
+
+
+def _check_plugin_name(kind: str, name: str, flag: str) -> type:
+    """The registered class of ``name``; an unknown name names the flag and the known ones."""
+    from .errors import UnknownPluginError
+
+    try:
+        return plugins.get(kind, name).obj
+    except UnknownPluginError as exc:
+        raise UnknownPluginError(f"{flag}: {exc}") from None
+
+
+def check_evaluate_args(args: argparse.Namespace) -> dict[str, type]:
+    """Every input of ``evaluate`` checked before the host is built or any image read, so a
+    typo fails in seconds rather than after the gallery is embedded. Returns the attribution
+    and masker classes (their host capabilities are checked once the host is built)."""
+    from .errors import InputError
+    from .hosts import check_spec
+
+    for flag, value in (("--height", args.height), ("--width", args.width),
+                        ("--batch-size", args.batch_size), ("--max-queries", args.max_queries)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be a positive integer, got {value}")
+    method = _check_plugin_name("attributions", args.method, "--method")
+    if method.modality != "image":
+        images = sorted(n for n, e in plugins.registry("attributions").items()
+                        if e.obj.modality == "image")
+        raise InputError(f"--method {args.method!r} explains {method.modality} inputs; "
+                         f"evaluate explains image pairs: use one of {', '.join(images)}")
+    for name in args.metrics:
+        _check_plugin_name("metrics", name, "--metrics")
+    masker = _check_plugin_name("maskers", args.masker, "--masker")
+    check_spec(args.model, args.weights)
+    _check_market_root(args.data)
+    _check_writable(args.out)
+    return {"method": method, "masker": masker}
+
+
+def _check_capabilities(adapter: object, classes: dict[str, type]) -> None:
+    """The host's adapter offers what the method and masker need (e.g. attention)."""
+    from .errors import AdapterError
+
+    have = set(getattr(adapter, "capabilities", ()))
+    for flag, cls in classes.items():
+        missing = set(getattr(cls, "requires", ())) - have
+        if missing:
+            raise AdapterError(f"--{flag} {cls.name!r} needs {sorted(missing)}, which this host "
+                               f"({getattr(adapter, 'name', '?')} adapter) lacks")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Explain every query of a data set against its true match and score the maps."""
+    """Explain every query of a data set against its true match and score the maps.
+
+    All inputs are checked first; then one line per stage goes to stderr, with progress bars
+    for the gallery and the query batches when stderr is a terminal (``--no-progress``: no
+    bars, and the stage lines instead, one per batch)."""
+    import shutil
+
+    classes = check_evaluate_args(args)
+    log = _stage_printer("evaluate")
+    bars = not args.no_progress and sys.stderr.isatty()
+
     from .explainer import explainify
     from .hosts import build_host
 
     size = (args.height, args.width)
-    import shutil
-
+    log(f"building host {args.model}" + (f" from {args.weights}" if args.weights else ""))
     model = build_host(args.model, args.weights, image_size=size)
     partial = f"{args.out.rstrip('/')}.partial"  # completed batches, for --resume
     with explainify(model, layer=args.layer) as exp:
+        _check_capabilities(exp.adapter, classes)
+        log(f"loading data {args.data}")
         data = _eval_data(exp, args.data, size)
+        log(f"data: {len(data.query_pids)} queries, {len(data.gallery_pids)} gallery images")
         result = exp.evaluate(data, method=args.method, metrics=args.metrics,
                               masker=args.masker, batch_size=args.batch_size,
                               max_queries=args.max_queries, seed=args.seed,
                               random_baseline=not args.no_random_baseline,
-                              progress=not args.no_progress, checkpoint=partial,
+                              progress=bars, log=log, checkpoint=partial,
                               resume=args.resume)
+    log(f"writing {args.out}")
     result.save(args.out)
     shutil.rmtree(partial, ignore_errors=True)
     print(result.summary.to_string(index=False))
@@ -150,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queries", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-random-baseline", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars; one line per stage and per query batch on stderr "
+                        "instead (the default when stderr is not a terminal)")
     p.add_argument("--resume", action="store_true",
                    help="reuse the query batches a killed run completed (kept in OUT.partial)")
     p.add_argument("--out", default="reid_explain_output/evaluate")

@@ -28,9 +28,10 @@ def _weights_file(weights: str | os.PathLike | None) -> str | None:
     return str(path)
 
 
-def build_host(spec: str, weights: str | os.PathLike | None = None,
-               image_size: tuple[int, int] = (256, 128), num_classes: int = 1) -> nn.Module:
-    """A host model in eval mode from ``family:name`` and an optional local weights file."""
+def check_spec(spec: str, weights: str | os.PathLike | None = None) -> tuple[str, str]:
+    """``(family, name)`` of a host spec, checked without building anything: the family, a
+    zoo model's name, and that a weights file exists (so a command can refuse a typo before
+    any slow work)."""
     family, _, name = spec.partition(":")
     if family not in FAMILIES or not name:
         raise InputError(f"model spec {spec!r} must be family:name with family one of "
@@ -39,6 +40,19 @@ def build_host(spec: str, weights: str | os.PathLike | None = None,
     if family == "zoo":
         if weights is not None:
             raise InputError(f"{spec}: zoo models carry their own weights; drop --weights")
+        from .zoo.registry import spec as zoo_spec
+
+        zoo_spec(name)
+    else:
+        _weights_file(weights)
+    return family, name
+
+
+def build_host(spec: str, weights: str | os.PathLike | None = None,
+               image_size: tuple[int, int] = (256, 128), num_classes: int = 1) -> nn.Module:
+    """A host model in eval mode from ``family:name`` and an optional local weights file."""
+    family, name = check_spec(spec, weights)
+    if family == "zoo":
         from .zoo import load
 
         return load(name)

@@ -76,7 +76,11 @@ def test_every_cli_weights_flag_refuses_a_checkpoint_that_runs_code(malicious, t
     from reid_explain.cli import main
 
     path, marker = malicious
-    code = main([*argv, "--weights", str(path), "--data", str(tmp_path / "none"),
+    data = tmp_path / "data"  # looks like Market-1501 to the checks run before the host
+    for folder in ("query", "bounding_box_test"):
+        (data / folder).mkdir(parents=True)
+        (data / folder / "0001_c1s1_000151_00.jpg").write_bytes(b"")
+    code = main([*argv, "--weights", str(path), "--data", str(data),
                  "--out", str(tmp_path / "out")])
     assert code == 2 and not marker.exists()
     assert f"{path.name}:" in capsys.readouterr().err

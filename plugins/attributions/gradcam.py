@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from captum.attr import LayerGradCam
 from torch import Tensor
 
 from reid_explain.attribution import Attribution
@@ -25,6 +24,8 @@ class GradCAM(Attribution):
                   relu_attributions: bool = True, **options: Any) -> Tensor:
         if baselines is not None:
             raise ValueError("gradcam takes no baselines")
+        from captum.attr import LayerGradCam  # lazy: plugins load fast
+
         with self.adapter.spatial_tap() as layer:
             cam = LayerGradCam(self.forward_func(target), layer)
             maps = cam.attribute(inputs, additional_forward_args=target.args,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from captum.attr import IntegratedGradients as CaptumIG
 from torch import Tensor
 
 from reid_explain.attribution import Attribution
@@ -26,6 +25,8 @@ class IntegratedGradients(Attribution):
                   n_steps: int = 32, method: str = "gausslegendre",
                   internal_batch_size: int | None = None, absolute: bool = False,
                   **options: Any) -> Tensor:
+        from captum.attr import IntegratedGradients as CaptumIG  # lazy: plugins load fast
+
         ig = CaptumIG(self.forward_func(target))
         attr = ig.attribute(inputs, baselines=baselines, additional_forward_args=target.args,
                             n_steps=n_steps, method=method,

@@ -10,7 +10,6 @@ import math
 from typing import Any
 
 import torch
-from captum.attr import FeatureAblation
 from torch import Tensor
 
 from reid_explain.attribution import Attribution
@@ -39,6 +38,8 @@ class PatchOcclusion(Attribution):
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         patch = tuple(patch_size) if patch_size else self.adapter.patch_size(size)
         mask = patch_feature_mask(size, patch, inputs.device)
+        from captum.attr import FeatureAblation  # lazy: plugins load fast
+
         ablation = FeatureAblation(self.forward_func(target))
         attr = ablation.attribute(inputs, baselines=0.0 if baselines is None else baselines,
                                   additional_forward_args=target.args, feature_mask=mask,

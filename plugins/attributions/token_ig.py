@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from captum.attr import LayerIntegratedGradients
 from torch import Tensor
 
 from reid_explain.attribution import Attribution
@@ -32,6 +31,8 @@ class TokenIntegratedGradients(Attribution):
         if baselines is None:
             special = self.adapter.special_tokens(inputs)
             baselines = torch.where(special, inputs, torch.full_like(inputs, pad_token))
+        from captum.attr import LayerIntegratedGradients  # lazy: plugins load fast
+
         lig = LayerIntegratedGradients(self.forward_func(target),
                                        self.adapter.text_embedding_layer())
         attr = lig.attribute(inputs, baselines=baselines, additional_forward_args=target.args,

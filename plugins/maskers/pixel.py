@@ -10,7 +10,6 @@ import math
 
 import torch
 from torch import Tensor
-from torchvision.transforms.functional import gaussian_blur
 
 from reid_explain.hookspecs import hookimpl
 from reid_explain.masker import Masker, grid_to_pixels
@@ -49,6 +48,8 @@ class GaussianBlur(Masker):
             raise ValueError(f"blur sigma must be > 0, got {sigma}")
         size = self.options.get("kernel_size")
         size = int(size) if size is not None else blur_kernel_size(sigma, images.shape[-2:])
+        from torchvision.transforms.functional import gaussian_blur  # lazy: torchvision is slow
+
         return gaussian_blur(images, kernel_size=[size, size], sigma=[sigma, sigma])
 
     def __call__(self, images: Tensor, grid_masks: Tensor) -> Tensor:

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from captum.metrics import infidelity, sensitivity_max
 from torch import Tensor
 
 from reid_explain.hookspecs import hookimpl
@@ -87,6 +86,8 @@ class Infidelity(Metric):
     higher_is_better = False
 
     def compute(self, context: MetricContext) -> dict[str, Tensor]:
+        from captum.metrics import infidelity  # lazy: plugins load fast
+
         opts = self.options
         generator = torch.Generator().manual_seed(int(opts.get("seed", context.seed)))
         forward = similarity_forward(context.explainer, int(opts.get("batch_size", 64)))
@@ -116,6 +117,8 @@ class Sensitivity(Metric):
     higher_is_better = False
 
     def compute(self, context: MetricContext) -> dict[str, Tensor]:
+        from captum.metrics import sensitivity_max  # lazy: plugins load fast
+
         opts = self.options
         explainer = context.explainer
         method = context.explanation.method

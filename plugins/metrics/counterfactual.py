@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reid_explain.evaluation.bootstrap import bootstrap_ci
 from reid_explain.hookspecs import hookimpl
 from reid_explain.maps import GroundingMap
 from reid_explain.masker import resolve_masker
@@ -131,6 +130,8 @@ def summarize_counterfactual(values: Mapping[str, np.ndarray], n_boot: int = 200
     v = {key.rsplit(".", 1)[-1]: np.asarray(a, dtype=np.float64).reshape(-1)
          for key, a in values.items()}
     out = {key: _nanmean(a) for key, a in v.items()}
+
+    from reid_explain.evaluation.bootstrap import bootstrap_ci  # lazy: pandas is slow
 
     def interval(name: str, x: np.ndarray) -> None:
         ci = bootstrap_ci(x, n_boot=n_boot, confidence=confidence, seed=seed)

@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
-from torchvision import transforms as T
 
 from reid_explain.errors import DataFormatError
 
@@ -43,7 +42,12 @@ Transform = Callable[[Image.Image], Any]
 
 
 def default_transform(height: int = 256, width: int = 128) -> Transform:
-    """Resize to ``height``×``width`` (the usual ReID input), ToTensor, ImageNet normalisation."""
+    """Resize to ``height``×``width`` (the usual ReID input), ToTensor, ImageNet normalisation.
+
+    torchvision is imported here, not with the module: it costs about a second (it pulls in
+    torch's compiler), which a command that only checks its inputs should not pay."""
+    from torchvision import transforms as T
+
     return T.Compose([T.Resize((height, width)), T.ToTensor(),
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 

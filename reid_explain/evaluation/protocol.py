@@ -238,13 +238,18 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
              method_options: dict[str, Any] | None = None,
              metric_options: dict[str, dict[str, Any]] | None = None,
              checkpoint: str | os.PathLike | None = None,
-             resume: bool = False) -> EvaluationResult:
+             resume: bool = False,
+             log: Callable[[str], None] | None = None) -> EvaluationResult:
     """Explain each query against its true match with ``method`` and score with ``metrics``.
 
     With ``checkpoint`` (a folder), every completed batch of queries is written there
     atomically; ``resume=True`` reuses the batches a killed run completed and computes the
     rest, with results identical to an uninterrupted run (each batch's random maps are seeded
     from ``seed`` and the batch's first query).
+
+    ``progress`` shows tqdm bars for the gallery and the query batches; ``log`` (e.g.
+    ``print``) receives one line per stage, and one per query batch when the bars are off, so
+    a run whose output is not a terminal still says where it is.
     """
     metric_options = metric_options or {}
     entries = [plugin_manager.get("metrics", name) for name in metrics]
@@ -254,8 +259,12 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
     query_src = ImageSource(data.query, "query")
     gallery_src = ImageSource(data.gallery, "gallery")
     n_gallery = len(gallery_src)
+    if log is not None:
+        log(f"embedding gallery: {n_gallery} images")
     gallery_emb = torch.cat([explainer.embed(gallery_src.get(range(s, min(s + 64, n_gallery))))
-                             for s in range(0, n_gallery, 64)])
+                             for s in _progress(range(0, n_gallery, 64),
+                                                math.ceil(n_gallery / 64), progress,
+                                                "embed gallery")])
     n_queries = len(query_src) if max_queries is None else min(max_queries, len(query_src))
     rows: list[dict[str, Any]] = []
     collected: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {}
@@ -266,9 +275,13 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
         "batch_size": batch_size, "seed": seed, "random_baseline": random_baseline,
         "method_options": method_options, "metric_options": metric_options}, resume)
     batches = range(0, n_queries, batch_size)
-    for start in _progress(batches, math.ceil(n_queries / batch_size), progress,
-                           f"evaluate {method}"):
+    n_batches = math.ceil(n_queries / batch_size)
+    for k, start in enumerate(_progress(batches, n_batches, progress, f"evaluate {method}")):
         done = None if store is None else store.load(start)
+        if log is not None and not progress:
+            end = min(start + batch_size, n_queries)
+            log(f"{'reusing' if done is not None else 'explaining'} batch {k + 1}/{n_batches} "
+                f"(queries {start}-{end - 1}, {method} + {len(entries)} metric(s))")
         if done is not None:
             rows.extend(done["rows"])
             skipped += done["skipped"]
