@@ -7,11 +7,52 @@
 * SynthPedes, the benchmark with ground-truth part masks: :mod:`reid_explain.data.synth`
 """
 
-from .attributes import attribute_codes, load_attributes, save_attribute_mat, wide_attributes
-from .datasets import ImageReidDataset, TextImageDataset, collate_text_batch, default_transform
-from .schema import DUKEMTMC, MARKET1501, PARTS, Attribute, AttributeKind, AttributeSchema
-from .synth_side import load_synthpedes_side
-from .text_annotations import load_text_annotations
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .attributes import attribute_codes, load_attributes, save_attribute_mat, wide_attributes
+    from .datasets import ImageReidDataset, TextImageDataset, collate_text_batch, default_transform
+    from .schema import DUKEMTMC, MARKET1501, PARTS, Attribute, AttributeKind, AttributeSchema
+    from .synth_side import load_synthpedes_side
+    from .text_annotations import load_text_annotations
+
+#: public name -> submodule; imported on first use, so that importing one light submodule
+#: (a schema, a score) does not import pandas, scipy and PIL through its siblings
+_EXPORTS: dict[str, str] = {
+    "attribute_codes": "attributes",
+    "load_attributes": "attributes",
+    "save_attribute_mat": "attributes",
+    "wide_attributes": "attributes",
+    "ImageReidDataset": "datasets",
+    "TextImageDataset": "datasets",
+    "collate_text_batch": "datasets",
+    "default_transform": "datasets",
+    "DUKEMTMC": "schema",
+    'MARKET1501': 'schema',
+    "PARTS": "schema",
+    "Attribute": "schema",
+    "AttributeKind": "schema",
+    "AttributeSchema": "schema",
+    "load_synthpedes_side": "synth_side",
+    "load_text_annotations": "text_annotations",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "DUKEMTMC", "MARKET1501", "PARTS", "Attribute", "AttributeKind", "AttributeSchema",

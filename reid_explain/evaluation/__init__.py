@@ -4,10 +4,48 @@ Metric plugins (faithfulness by perturbation, counterfactual masking, grounding)
 ``reid_explain.plugins.metrics`` and are used by name; see docs/metrics.md.
 """
 
-from .bootstrap import BootstrapCI, bootstrap_ci
-from .protocol import EvaluationResult, ReidEvalSet, evaluate, random_maps, true_matches
-from .retrieval import from_distmat, from_similarity, image_reid_metrics, text_image_metrics
-from .sanity import model_randomization_check, random_map_baseline
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bootstrap import BootstrapCI, bootstrap_ci
+    from .protocol import EvaluationResult, ReidEvalSet, evaluate, random_maps, true_matches
+    from .retrieval import from_distmat, from_similarity, image_reid_metrics, text_image_metrics
+    from .sanity import model_randomization_check, random_map_baseline
+
+#: public name -> submodule; imported on first use, so that importing one light submodule
+#: (a schema, a score) does not import pandas, scipy and PIL through its siblings
+_EXPORTS: dict[str, str] = {
+    "BootstrapCI": "bootstrap",
+    "bootstrap_ci": "bootstrap",
+    "EvaluationResult": "protocol",
+    "ReidEvalSet": "protocol",
+    "evaluate": "protocol",
+    "random_maps": "protocol",
+    "true_matches": "protocol",
+    "from_distmat": "retrieval",
+    "from_similarity": "retrieval",
+    "image_reid_metrics": "retrieval",
+    "text_image_metrics": "retrieval",
+    "model_randomization_check": "sanity",
+    "random_map_baseline": "sanity",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "BootstrapCI", "EvaluationResult", "ReidEvalSet", "bootstrap_ci", "evaluate",

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from reid_explain.data.attributes import resolve_schema
 from reid_explain.data.schema import AttributeKind, AttributeSchema
 
 #: index of the state of a presence attribute that means "present" (schema states ("no", "yes"))
@@ -61,6 +60,10 @@ class ExpertLayout:
 
     def __init__(self, schema: str | AttributeSchema, prefix: str = "moe_",
                  attributes: Sequence[str] | None = None) -> None:
+        # imported here: reading attribute tables needs pandas and scipy, which registering
+        # the lora_moe plugin (every command's start) should not pay for
+        from reid_explain.data.attributes import resolve_schema
+
         self.schema = resolve_schema(schema)
         chosen = tuple(attributes) if attributes is not None else self.schema.names
         unknown = [a for a in chosen if a not in self.schema.names]
