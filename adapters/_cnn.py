@@ -1,9 +1,20 @@
-"""Shared machinery of adapters for CNN hosts: a real spatial layer with (B, C, h, w) output."""
+"""Shared machinery of adapters for CNN hosts: a real spatial layer with (B, C, h, w) output.
+
+The default spatial layer is found by one probe forward that records every module's output
+(the whole module tree, ModuleLists included) in the order the modules finish: the last module
+whose output is a spatial map with more than one cell per axis is the last place before global
+pooling where the map still says *where*. A host that never has one (PCB's 6x1 part stripes
+come after its last 2-D map, so this is rare) gets the last map with more than one cell and a
+warning that names the layer and how to pick another.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,6 +22,11 @@ from torch import Tensor, nn
 
 from reid_explain.adapter import Adapter, resolve_module
 from reid_explain.errors import AdapterError
+
+logger = logging.getLogger("reid_explain")
+
+#: the probe size when the host declares none (Market-1501 / DukeMTMC crops)
+DEFAULT_PROBE_SIZE = (256, 128)
 
 
 def pool_embedding(output: Any, model: nn.Module) -> Tensor:
@@ -26,72 +42,187 @@ def pool_embedding(output: Any, model: nn.Module) -> Tensor:
     return output
 
 
+@contextlib.contextmanager
+def _eval_probe(model: nn.Module) -> Iterator[torch.device]:
+    """Eval mode and no grad for a probe forward; every module's mode is restored."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield next((p.device for p in model.parameters()), torch.device("cpu"))
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def run_probe(model: nn.Module, embed: Callable[[Tensor], Any], image_size: tuple[int, int],
+              device: torch.device | None = None) -> None:
+    """One dummy image through ``embed`` (eval mode, no grad). The host's own exception becomes
+    an :class:`AdapterError` naming the size tried, since that is what a user can change."""
+    with _eval_probe(model) as default_device:
+        images = torch.zeros(1, 3, *image_size, device=device or default_device)
+        try:
+            embed(images)
+        except AdapterError:
+            raise
+        except Exception as exc:
+            first = str(exc).splitlines()[0][:300] if str(exc) else ""
+            raise AdapterError(
+                f"{type(model).__name__} failed on a {image_size[0]}x{image_size[1]} probe image "
+                f"on {images.device} ({type(exc).__name__}: {first}); if the host takes another "
+                "size, pass explainify(model, image_size=(H, W)); if it needs another device, "
+                "move it there first") from exc
+
+
 def probe_output_shape(model: nn.Module, layer: nn.Module, embed: Any,
                        image_size: tuple[int, int], device: torch.device) -> tuple[int, ...] | None:
     """Shape of ``layer``'s output for one dummy image through ``embed`` (no grad, eval mode,
     modes restored), or None if the layer did not run."""
     shape: list[tuple[int, ...]] = []
-    handle = layer.register_forward_hook(lambda _m, _a, out: shape.append(tuple(out.shape)))
-    modes = {m: m.training for m in model.modules()}
+
+    def record(_m: nn.Module, _a: Any, out: Any) -> None:
+        if isinstance(out, Tensor):
+            shape.append(tuple(out.shape))
+
+    handle = layer.register_forward_hook(record)
     try:
-        model.eval()
-        with torch.no_grad():
-            embed(torch.zeros(1, 3, *image_size, device=device))
+        run_probe(model, embed, image_size, device)
     finally:
         handle.remove()
-        for m, mode in modes.items():
-            m.training = mode
-    return shape[0] if shape else None
+    return shape[-1] if shape else None
 
 
-def probe_spatial_layer(model: nn.Module, image_size: tuple[int, int]) -> str:
-    """Name of the last top-level child that outputs a spatial map (``conv5``, ``layer4``).
+@dataclass(frozen=True)
+class SpatialLayerChoice:
+    """The probed spatial layer: its name, its grid at the probe size, and the candidates."""
 
-    One no-grad forward in eval mode on a dummy image; modes are restored afterwards.
+    name: str
+    grid: tuple[int, int]
+    image_size: tuple[int, int]
+    #: every module with a (B, C, h, w) output of more than one cell, in the order they finished
+    candidates: tuple[tuple[str, tuple[int, int]], ...]
+
+    @property
+    def degenerate(self) -> bool:
+        return min(self.grid) < 2
+
+
+def module_output_grids(model: nn.Module, embed: Callable[[Tensor], Any],
+                        image_size: tuple[int, int], root: nn.Module | None = None,
+                        channels_last: bool = False) -> list[tuple[str, tuple[int, int]]]:
+    """(name, (h, w)) of every module under ``root`` (default: the model) whose output is a
+    4-D map of more than one cell, in the order the modules finished in one probe forward.
+
+    Names are relative to ``model``. A module called twice keeps its last call's position.
+    ``channels_last`` reads maps as ``(B, h, w, C)`` (timm's Swin stages).
     """
-    outputs: dict[str, tuple[int, ...]] = {}
+    root = root if root is not None else model
+    prefix = {id(m): n for n, m in model.named_modules()}
+    finished: dict[str, tuple[int, int]] = {}
     handles = []
-    order: list[str] = []
-    for name, child in model.named_children():
-        def hook(_m: nn.Module, _a: Any, out: Any, _name: str = name) -> None:
-            if isinstance(out, Tensor):
-                outputs[_name] = tuple(out.shape)
-                order.append(_name)
-        handles.append(child.register_forward_hook(hook))
-    modes = {m: m.training for m in model.modules()}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(_m: nn.Module, _a: Any, out: Any) -> None:
+            if isinstance(out, Tensor) and out.dim() == 4:
+                h, w = (out.shape[1], out.shape[2]) if channels_last else (out.shape[2],
+                                                                           out.shape[3])
+                finished.pop(name, None)  # re-insert: dicts keep insertion order
+                if h * w > 1:
+                    finished[name] = (int(h), int(w))
+        return record
+
+    for module in root.modules():
+        name = prefix.get(id(module), "")
+        if name and not isinstance(module, nn.Identity):  # the same tensor as its input
+            handles.append(module.register_forward_hook(hook(name)))
     try:
-        model.eval()
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with torch.no_grad():
-            model(torch.zeros(1, 3, *image_size, device=device))
+        run_probe(model, embed, image_size)
     finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
-    # a spatial map has more than one cell: global pooling layers also return (B, C, 1, 1)
-    four_d = [n for n in order if len(outputs[n]) == 4 and outputs[n][2] * outputs[n][3] > 1]
-    if not four_d:
-        raise AdapterError(f"{type(model).__name__} has no top-level child with a spatial "
-                           "(B, C, h, w) output; pass layer='name.of.a.conv.layer'")
-    return four_d[-1]
+        for handle in handles:
+            handle.remove()
+    return list(finished.items())
+
+
+def choose_spatial_layer(model: nn.Module, embed: Callable[[Tensor], Any],
+                         image_size: tuple[int, int], root: nn.Module | None = None,
+                         channels_last: bool = False) -> SpatialLayerChoice:
+    """The last module whose output still has more than one cell per axis (else the last with
+    more than one cell, flagged degenerate)."""
+    grids = module_output_grids(model, embed, image_size, root, channels_last)
+    if not grids:
+        raise AdapterError(f"{type(model).__name__} has no module with a spatial (B, C, h, w) "
+                           f"output of more than one cell for {image_size[0]}x{image_size[1]} "
+                           "images; pass layer='name.of.a.conv.layer' (see "
+                           "model.named_modules())")
+    proper = [(n, g) for n, g in grids if min(g) > 1]
+    name, grid = (proper or grids)[-1]
+    return SpatialLayerChoice(name, grid, tuple(image_size), tuple(grids))  # type: ignore[arg-type]
+
+
+def warn_if_degenerate(model: nn.Module, layer_name: str, grid: tuple[int, int],
+                       image_size: tuple[int, int],
+                       candidates: tuple[tuple[str, tuple[int, int]], ...] = ()) -> None:
+    """A map of one cell on an axis cannot say where along that axis: say so, and how to pick
+    another layer."""
+    if min(grid) >= 2:
+        return
+    better = [f"{n!r} ({g[0]}x{g[1]})" for n, g in candidates if min(g) > 1][-3:]
+    hint = f"; layers with finer maps: {', '.join(better)}" if better else ""
+    warnings.warn(
+        f"{type(model).__name__}: spatial layer {layer_name!r} gives a {grid[0]}x{grid[1]} grid "
+        f"for {image_size[0]}x{image_size[1]} images, so its maps cannot localise along the "
+        f"axis of size 1; choose another with explainify(model, layer='name'){hint}",
+        UserWarning, stacklevel=4)
 
 
 class CNNAdapter(Adapter):
     """A host whose spatial layer is a real module with (B, C, h, w) output."""
 
-    probe_size: tuple[int, int] = (256, 128)
+    #: maps are (B, h, w, C) (timm's NHWC stages): the tap transposes them
+    channels_last: bool = False
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
                  image_size: tuple[int, int] | None = None, **options: Any) -> None:
         super().__init__(model, **options)
+        declared = self.input_size()
         if image_size is not None:
-            self.probe_size = tuple(image_size)  # type: ignore[assignment]
-        if layer is None:
-            layer = probe_spatial_layer(model, self.probe_size)
-        self.layer_name = layer if isinstance(layer, str) else type(layer).__name__
-        self.layer = resolve_module(model, layer)
+            self.probe_size: tuple[int, int] = (int(image_size[0]), int(image_size[1]))
+        else:
+            self.probe_size = declared or DEFAULT_PROBE_SIZE
         self._grids: dict[tuple[int, int], tuple[int, int]] = {}
+        self._tap = nn.Identity()
+        candidates: tuple[tuple[str, tuple[int, int]], ...] = ()
+        if layer is None:
+            layer = self._default_layer()
+            if layer is None:
+                choice = choose_spatial_layer(model, self._embed_image, self.probe_size,
+                                              root=self.search_root(),
+                                              channels_last=self.channels_last)
+                layer, candidates = choice.name, choice.candidates
+                self._grids[self.probe_size] = choice.grid
+            named = False
+        else:
+            named = True
+        self.layer_name = layer if isinstance(layer, str) else _module_name(model, layer)
+        self.layer = resolve_module(model, layer)
+        try:
+            grid = self.grid_size(self.probe_size)
+        except AdapterError:
+            if named and image_size is None:
+                return  # a named layer, a host of another size: checked when images come
+            raise
+        logger.info("%s adapter: spatial layer %r, %dx%d grid for %dx%d images", self.name,
+                    self.layer_name, grid[0], grid[1], *self.probe_size)
+        warn_if_degenerate(model, self.layer_name, grid, self.probe_size, candidates)
+
+    def _default_layer(self) -> str | None:
+        """The spatial layer the host family declares, if any (checked by a probe); None
+        searches the module tree."""
+        return None
+
+    def search_root(self) -> nn.Module:
+        """The part of the host searched for the spatial layer (the image tower)."""
+        return self.model
 
     def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         key = (int(image_size[0]), int(image_size[1]))
@@ -102,12 +233,35 @@ class CNNAdapter(Adapter):
                 raise AdapterError(f"layer {self.layer_name!r} of {type(self.model).__name__} "
                                    f"gave output shape {shape}; a spatial layer must output "
                                    "(B, C, h, w)")
-            self._grids[key] = (shape[2], shape[3])
+            self._grids[key] = (shape[1], shape[2]) if self.channels_last else (shape[2],
+                                                                                 shape[3])
         return self._grids[key]
 
     @contextlib.contextmanager
     def spatial_tap(self) -> Iterator[nn.Module]:
-        yield self.layer
+        if not self.channels_last:
+            yield self.layer
+            return
+
+        def through_tap(_m: nn.Module, _a: Any, out: Tensor) -> Tensor:
+            # (B, h, w, C) -> the adapter's own Identity as (B, C, h, w) -> back
+            return self._tap(out.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+        handle = self.layer.register_forward_hook(through_tap)
+        try:
+            yield self._tap
+        finally:
+            handle.remove()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "layer": self.layer_name}
+        grid = self._grids.get(self.probe_size)
+        return {**super().describe(), "layer": self.layer_name,
+                **({"grid": f"{grid[0]}x{grid[1]} at {self.probe_size[0]}x{self.probe_size[1]}"}
+                   if grid else {})}
+
+
+def _module_name(model: nn.Module, layer: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if module is layer:
+            return name or type(layer).__name__
+    return type(layer).__name__

@@ -26,8 +26,14 @@ class ViTAdapter(Adapter):
     batch_first = True
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
-                 **options: Any) -> None:
+                 image_size: tuple[int, int] | None = None, **options: Any) -> None:
         super().__init__(model, **options)
+        fixed = self.input_size()
+        if image_size is not None and fixed is not None and tuple(image_size) != fixed:
+            raise AdapterError(f"{type(model).__name__} takes {fixed[0]}x{fixed[1]} images (its "
+                               f"position embeddings are fixed to that size), not "
+                               f"{image_size[0]}x{image_size[1]}; build it for your size "
+                               "(timm img_size=, open_clip force_image_size=)")
         token_layer = resolve_module(model, layer) if layer is not None else None
         self.token_layer = token_layer if token_layer is not None else self.default_token_layer()
         self.layer_name = layer if isinstance(layer, str) else None
@@ -92,5 +98,11 @@ class ViTAdapter(Adapter):
             handle.remove()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "blocks": len(self.blocks()),
+        layer = self.layer_name or next(
+            (n for n, m in self.model.named_modules() if m is self.token_layer), "?")
+        size = self.input_size()
+        grid = (f"{self.grid_size(size)[0]}x{self.grid_size(size)[1]} at {size[0]}x{size[1]}"
+                if size else None)
+        return {**super().describe(), "layer": f"{layer} (tokens)",
+                **({"grid": grid} if grid else {}), "blocks": len(self.blocks()),
                 "patch_size": self.vit_patch_size(), "prefix_tokens": self.num_prefix_tokens}

@@ -1,4 +1,10 @@
-"""Adapter for open_clip CLIP models (ViT image tower + text tower).
+"""Adapters for open_clip CLIP models: ViT image towers (``open_clip``) and CNN image towers
+(``open_clip_cnn``: ModifiedResNet RN50/RN101 with an attention pool, timm ConvNeXt towers),
+both with the text tower.
+
+A CNN tower is explained at its last spatial map before pooling (``visual.layer4`` of RN50,
+whose attention pool mixes every cell into the embedding), found by the same module-tree probe
+as any CNN host; its text side is the ViT adapter's.
 
 Attention capture: open_clip blocks call ``nn.MultiheadAttention`` with ``need_weights=False``;
 a forward pre-hook switches on ``need_weights=True, average_attn_weights=False`` and a forward
@@ -19,6 +25,7 @@ from reid_explain.adapter import AttentionCapture
 from reid_explain.errors import AdapterError
 from reid_explain.hookspecs import hookimpl
 
+from ._cnn import CNNAdapter
 from ._vit import ViTAdapter
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -32,59 +39,21 @@ def _is_open_clip_vit(model: nn.Module) -> bool:
             and hasattr(visual.transformer, "resblocks") and hasattr(visual, "conv1"))
 
 
-class OpenClipAdapter(ViTAdapter):
-    """open_clip CLIP with a ViT image tower: image/text embeddings, patch grid, attention."""
+def _is_open_clip(model: nn.Module) -> bool:
+    return (type(model).__module__.startswith("open_clip") and hasattr(model, "encode_image")
+            and hasattr(model, "encode_text") and getattr(model, "visual", None) is not None)
 
-    name = "open_clip"
-    priority = 60
-    capabilities = frozenset({"attention", "text", "token_drop"})
 
-    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
-                 tokenizer: Callable[[Sequence[str]], Tensor] | None = None,
-                 **options: Any) -> None:
-        if not _is_open_clip_vit(model):
-            raise AdapterError(f"{type(model).__name__} is not an open_clip model with a ViT "
-                               "image tower")
-        self.batch_first = getattr(model.visual.transformer, "batch_first", True)
-        super().__init__(model, layer=layer, **options)
-        self.num_prefix_tokens = 1
-        self.tokenizer = tokenizer
+class OpenClipText:
+    """The text tower of an open_clip CLIP (any image tower): tokens, text embeddings in the
+    joint space, token spans, and the image tower's pixel statistics."""
 
-    @classmethod
-    def matches(cls, model: nn.Module, layer: object = None) -> bool:
-        return _is_open_clip_vit(model)
-
-    def default_token_layer(self) -> nn.Module:
-        return self.model.visual.transformer.resblocks[-1].ln_1
-
-    def vit_patch_size(self) -> tuple[int, int]:
-        p = self.model.visual.patch_size
-        return (p, p) if isinstance(p, int) else (int(p[0]), int(p[1]))
-
-    def input_size(self) -> tuple[int, int] | None:
-        size = self.model.visual.image_size  # its position embeddings are fixed to it
-        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-    def blocks(self) -> list[nn.Module]:
-        return list(self.model.visual.transformer.resblocks)
+    model: nn.Module
+    tokenizer: Callable[[Sequence[str]], Tensor] | None = None
 
     def text_blocks(self) -> list[nn.Module]:
         return list(self.model.transformer.resblocks)
 
-    def _embed_image(self, images: Tensor) -> Tensor:
-        return self.model.encode_image(images)
-
-    def token_sequence_module(self) -> nn.Module:
-        # VisionTransformer._embeds: conv1 -> class token -> + positional -> patch_dropout
-        # -> ln_pre; then transformer, _pool (attn_pool / ln_post / _global_pool), proj
-        module = getattr(self.model.visual, "patch_dropout", None)
-        if module is None:
-            raise AdapterError(f"{type(self.model.visual).__name__} has no patch_dropout slot "
-                               "after the positional embedding; token dropping needs an "
-                               "open_clip VisionTransformer")
-        return module
-
-    # -- text ---------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         if isinstance(texts, str):
             texts = [texts]
@@ -131,6 +100,64 @@ class OpenClipAdapter(ViTAdapter):
         decoder = _tokenizer.decoder
         return [[decoder.get(int(t), "").replace("</w>", "") for t in row] for row in tokens]
 
+    @property
+    def pixel_mean(self) -> tuple[float, float, float]:
+        return tuple(getattr(self.model.visual, "image_mean", None) or OPENAI_MEAN)
+
+    @property
+    def pixel_std(self) -> tuple[float, float, float]:
+        return tuple(getattr(self.model.visual, "image_std", None) or OPENAI_STD)
+
+
+class OpenClipAdapter(OpenClipText, ViTAdapter):
+    """open_clip CLIP with a ViT image tower: image/text embeddings, patch grid, attention."""
+
+    name = "open_clip"
+    priority = 60
+    capabilities = frozenset({"attention", "text", "token_drop"})
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
+                 tokenizer: Callable[[Sequence[str]], Tensor] | None = None,
+                 **options: Any) -> None:
+        if not _is_open_clip_vit(model):
+            raise AdapterError(f"{type(model).__name__} is not an open_clip model with a ViT "
+                               "image tower")
+        self.batch_first = getattr(model.visual.transformer, "batch_first", True)
+        super().__init__(model, layer=layer, **options)
+        self.num_prefix_tokens = 1
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def matches(cls, model: nn.Module, layer: object = None) -> bool:
+        return _is_open_clip_vit(model)
+
+    def default_token_layer(self) -> nn.Module:
+        return self.model.visual.transformer.resblocks[-1].ln_1
+
+    def vit_patch_size(self) -> tuple[int, int]:
+        p = self.model.visual.patch_size
+        return (p, p) if isinstance(p, int) else (int(p[0]), int(p[1]))
+
+    def input_size(self) -> tuple[int, int] | None:
+        size = self.model.visual.image_size  # its position embeddings are fixed to it
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.visual.transformer.resblocks)
+
+    def _embed_image(self, images: Tensor) -> Tensor:
+        return self.model.encode_image(images)
+
+    def token_sequence_module(self) -> nn.Module:
+        # VisionTransformer._embeds: conv1 -> class token -> + positional -> patch_dropout
+        # -> ln_pre; then transformer, _pool (attn_pool / ln_post / _global_pool), proj
+        module = getattr(self.model.visual, "patch_dropout", None)
+        if module is None:
+            raise AdapterError(f"{type(self.model.visual).__name__} has no patch_dropout slot "
+                               "after the positional embedding; token dropping needs an "
+                               "open_clip VisionTransformer")
+        return module
+
     # -- attention ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def capture_attention(self, blocks: Sequence[nn.Module] | None = None
@@ -163,15 +190,46 @@ class OpenClipAdapter(ViTAdapter):
             for handle in handles:
                 handle.remove()
 
-    @property
-    def pixel_mean(self) -> tuple[float, float, float]:
-        return tuple(getattr(self.model.visual, "image_mean", None) or OPENAI_MEAN)
 
-    @property
-    def pixel_std(self) -> tuple[float, float, float]:
-        return tuple(getattr(self.model.visual, "image_std", None) or OPENAI_STD)
+class OpenClipCNNAdapter(OpenClipText, CNNAdapter):
+    """open_clip CLIP with a CNN image tower (RN50, RN101, timm ConvNeXt): image/text
+    embeddings and the tower's last spatial map; no self-attention blocks to capture."""
+
+    name = "open_clip_cnn"
+    description = "open_clip CLIP with a CNN image tower (RN50, RN101, ConvNeXt)"
+    priority = 59
+    capabilities = frozenset({"text"})
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
+                 tokenizer: Callable[[Sequence[str]], Tensor] | None = None,
+                 image_size: tuple[int, int] | None = None, **options: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        super().__init__(model, layer=layer, image_size=image_size, **options)
+
+    @classmethod
+    def matches(cls, model: nn.Module, layer: object = None) -> bool:
+        return _is_open_clip(model) and not _is_open_clip_vit(model)
+
+    def search_root(self) -> nn.Module:
+        return self.model.visual
+
+    def input_size(self) -> tuple[int, int] | None:
+        size = getattr(self.model.visual, "image_size", None)
+        if size is None:  # a timm tower: its own config
+            size = getattr(getattr(self.model.visual, "trunk", None), "pretrained_cfg",
+                           {}).get("input_size", (None,))[1:] or None
+            return (int(size[0]), int(size[1])) if size else None
+        if getattr(self.model.visual, "attnpool", None) is None:
+            return None  # a tower with global pooling takes any size
+        # ModifiedResNet's attention pool has position embeddings for one grid
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    def _embed_image(self, images: Tensor) -> Tensor:
+        return self.model.encode_image(images)
 
 
 @hookimpl
 def register_adapters(register):
     register(OpenClipAdapter)
+    register(OpenClipCNNAdapter)

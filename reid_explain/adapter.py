@@ -200,6 +200,12 @@ class Adapter:
         return {"adapter": self.name, "model": type(self.model).__name__,
                 "capabilities": sorted(self.capabilities)}
 
+    def __repr__(self) -> str:
+        info = self.describe()
+        details = ", ".join(f"{k}={info[k]!r}" for k in ("layer", "grid") if k in info)
+        return (f"<{type(self).__name__} {info['adapter']!r} for {info['model']}"
+                f"{', ' + details if details else ''}>")
+
 
 class TokenGridTap:
     """Reshape a ViT layer's ``(B, N, C)`` token output into ``(B, C, h, w)`` through a tap.

@@ -88,6 +88,11 @@ class Explainer(Engine):
     def __enter__(self) -> Explainer:
         return self
 
+    def __repr__(self) -> str:
+        on = ", ".join(self.modifications)
+        return (f"<Explainer {self.adapter!r}{' with ' + on if on else ''}"
+                f"{' (closed)' if self._closed else ''}>")
+
     def close(self) -> None:
         """Remove every modification (last applied first), then the adapter's hooks."""
         if self._closed:
