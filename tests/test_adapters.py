@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import images, make_osnet, make_plain, make_timm_vit, make_tiny_clip
+from conftest import CLIP_CFG, images, make_osnet, make_plain, make_timm_vit, make_tiny_clip
 from torch import nn
 
 from reid_explain import AdapterError, UnknownPluginError, explainify
@@ -139,3 +139,134 @@ def test_unknown_adapter_name_and_layer():
         explainify(make_plain(), layer="trunk.9")
     with pytest.raises(AdapterError, match="needs a torch.nn.Module"):
         explainify("not a model")
+
+
+# -- the spatial layer, chosen over the whole module tree (issue 16) ---------------------------
+def _torchreid_like(cls: type) -> type:
+    """A user's model class in torchreid's module path (the torchreid adapter matches it)."""
+    cls.__module__ = "torchreid.reid.models.user"
+    return cls
+
+
+@_torchreid_like
+class StripesOnly(nn.Module):
+    """Pools to 6x1 stripes before its only module: every map it has is degenerate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stripes = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        return self.stripes(nn.functional.adaptive_avg_pool2d(x, (6, 1))).flatten(1)
+
+
+@_torchreid_like
+class FixedSize(nn.Module):
+    """Asserts its input size in forward, as torchreid's HACNN does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                                     nn.Conv2d(8, 8, 3, stride=2, padding=1)])
+
+    def forward(self, x):
+        assert x.shape[-2:] == (160, 64), f"expected (160, 64), got {tuple(x.shape[-2:])}"
+        for block in self.blocks:
+            x = block(x).relu()
+        return x.mean(dim=(2, 3))
+
+
+def test_layer_search_enters_module_lists_and_skips_part_pooling():
+    import torchreid
+
+    mlfn = torchreid.models.build_model("mlfn", num_classes=5, pretrained=False)
+    with explainify(mlfn) as exp:  # its blocks sit in a ModuleList: not the stem's maxpool
+        assert exp.adapter.layer_name.startswith("feature.15.")
+        assert exp.adapter.grid_size((256, 128)) == (8, 4)
+    pcb = torchreid.models.build_model("pcb_p6", num_classes=5, pretrained=False)
+    with explainify(pcb) as exp:  # layer4, not the 6x1 part pooling after it
+        assert exp.adapter.layer_name == "layer4"
+        assert exp.adapter.grid_size((256, 128)) == (16, 8)
+        assert "layer='layer4'" in repr(exp) and "16x8 at 256x128" in repr(exp)
+
+
+def test_degenerate_grid_warns_naming_the_layer_and_layer_option():
+    with pytest.warns(UserWarning, match=r"'stripes' gives a 6x1 grid .*layer='name'"):
+        explainify(StripesOnly()).close()
+    with pytest.warns(UserWarning, match=r"'stripes' gives a 6x1 grid"):  # named: the same
+        explainify(StripesOnly(), layer="stripes").close()
+
+
+def test_probe_uses_declared_size_and_names_the_size_it_tried():
+    with pytest.raises(AdapterError, match=r"256x128 probe image on cpu.*"
+                                           r"AssertionError: expected \(160, 64\).*image_size="):
+        explainify(FixedSize())
+    with explainify(FixedSize(), image_size=(160, 64)) as exp:
+        assert exp.adapter.layer_name == "blocks.1"
+        assert exp.adapter.grid_size((160, 64)) == (40, 16)
+    import torchreid
+
+    hacnn = torchreid.models.build_model("hacnn", num_classes=5, pretrained=False)
+    with pytest.raises(AdapterError, match="160x64 probe image"):  # declared: 160x64
+        explainify(hacnn)
+
+
+def _grad_cam(model_forward, layer: nn.Module, x: torch.Tensor, reference: torch.Tensor,
+              channels_last: bool = False) -> torch.Tensor:
+    """Grad-CAM before its ReLU, by hand: the cosine to ``reference`` differentiated w.r.t. the
+    layer's output, channel weights = spatial mean of the gradient."""
+    out: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _a, o: out.append(o))
+    try:
+        score = nn.functional.cosine_similarity(model_forward(x), reference).sum()
+    finally:
+        handle.remove()
+    act = out[-1].permute(0, 3, 1, 2) if channels_last else out[-1]
+    (grad,) = torch.autograd.grad(score, out[-1])
+    grad = grad.permute(0, 3, 1, 2) if channels_last else grad
+    return (grad.mean(dim=(2, 3), keepdim=True) * act).sum(dim=1).detach()
+
+
+def test_open_clip_cnn_tower_explains_images_and_captions():
+    import open_clip
+
+    torch.manual_seed(0)
+    clip = open_clip.CLIP(embed_dim=32, vision_cfg={"image_size": 64, "layers": [1, 1, 1, 1],
+                                                    "width": 8, "head_width": 8},
+                          text_cfg=dict(CLIP_CFG["text_cfg"])).eval()
+    x = images(2, size=(64, 64))
+    captions = ["a man in a red shirt", "a woman with a black bag"]
+    with explainify(clip) as exp:
+        assert exp.adapter.name == "open_clip_cnn" and exp.adapter.capabilities == {"text"}
+        assert exp.adapter.layer_name == "visual.layer4"
+        assert exp.adapter.input_size() == (64, 64)  # the attention pool's positions are fixed
+        texts = exp.embed_text(captions)
+        result = exp.explain_text(captions, x, pairs=[(0, 0), (1, 1)], relu_attributions=False)
+        assert result.image.maps.shape == (2, 2, 2)
+        assert result.text.relevance.abs().sum(dim=1).min() > 0
+    expected = _grad_cam(clip.encode_image, clip.visual.layer4, x, texts)
+    torch.testing.assert_close(result.image.maps, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_timm_cnn_and_swin_stages_are_explained_at_their_last_stage():
+    import timm
+
+    torch.manual_seed(0)
+    resnet = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
+    with explainify(resnet) as exp:
+        assert (exp.adapter.name, exp.adapter.layer_name) == ("timm", "layer4")
+        assert exp.adapter.input_size() is None and exp.adapter.grid_size((128, 64)) == (4, 2)
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0,
+                             embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)).eval()
+    q, g = images(1, size=(224, 224)), images(1, size=(224, 224), seed=1)
+    with explainify(swin) as exp:
+        assert (exp.adapter.name, exp.adapter.layer_name) == ("timm", "layers.3")
+        assert exp.adapter.input_size() == (224, 224) and exp.adapter.grid_size((224, 224)) == (7, 7)
+        result = exp.explain(q, g, method="gradcam", pairs=[(0, 0)], relu_attributions=False)
+        g_emb = exp.embed(g)
+
+    def embed(x):
+        return swin.forward_head(swin.forward_features(x), pre_logits=True)
+
+    expected = _grad_cam(embed, swin.layers[3], q, g_emb, channels_last=True)  # NHWC stages
+    torch.testing.assert_close(result.query.maps, expected, rtol=1e-4, atol=1e-6)
