@@ -261,7 +261,8 @@ def test_timm_cnn_and_swin_stages_are_explained_at_their_last_stage():
     q, g = images(1, size=(224, 224)), images(1, size=(224, 224), seed=1)
     with explainify(swin) as exp:
         assert (exp.adapter.name, exp.adapter.layer_name) == ("timm", "layers.3")
-        assert exp.adapter.input_size() == (224, 224) and exp.adapter.grid_size((224, 224)) == (7, 7)
+        assert exp.adapter.input_size() == (224, 224)
+        assert exp.adapter.grid_size((224, 224)) == (7, 7)
         result = exp.explain(q, g, method="gradcam", pairs=[(0, 0)], relu_attributions=False)
         g_emb = exp.embed(g)
 
