@@ -131,9 +131,15 @@ def non_degenerate(maps: torch.Tensor) -> str:
     return ""
 
 
+#: torchreid models that need more than 128x64 (their strided stems, MuDeep's fixed fc)
+TORCHREID_FULL_SIZE = {"inceptionresnetv2", "inceptionv4", "mudeep"}
+
+
 def image_size_for(family: str, name: str) -> tuple[int, int]:
     if family == "torchreid":
-        return (160, 64) if name == "hacnn" else (256, 128)
+        if name == "hacnn":
+            return (160, 64)
+        return (256, 128) if name in TORCHREID_FULL_SIZE else (128, 64)
     return TIMM[name] if family == "timm" else OPEN_CLIP[name]
 
 
