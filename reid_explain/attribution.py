@@ -26,6 +26,14 @@ class Attribution:
     modality: ClassVar[str] = "image"
     #: adapter capabilities this method needs ("attention", "text")
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: False: the host's parameters are frozen while this method runs, so autograd keeps only
+    #: the graph between what the method differentiates (inputs, a layer) and the score, not
+    #: the whole network's weight-gradient graph (memory bounded by the method's needs)
+    needs_parameter_gradients: ClassVar[bool] = True
+    #: True: ``attribute`` accepts ``image_index`` (row -> input image) with one input per
+    #: distinct image, so an image explained against many references is run through the host
+    #: once up to the explained layer (see :class:`~reid_explain.engine.Engine`)
+    shares_images: ClassVar[bool] = False
 
     def __init__(self, adapter: Adapter) -> None:
         self.adapter = adapter

@@ -22,6 +22,10 @@ from .host_guard import HostGuard
 from .inputs import check_images, check_texts
 from .targets import Target
 
+#: rows per attribution pass when the caller names none: peak memory stays that of one such
+#: batch however many pairs are explained
+DEFAULT_INTERNAL_BATCH_SIZE = 32
+
 
 class Engine:
     """Embeddings and attributions of one wrapped host; every call leaves the host as it was."""
@@ -96,21 +100,42 @@ class Engine:
 
     def attribute(self, inputs: Tensor, target: Target, method: str = "gradcam",
                   baselines: Any = None, internal_batch_size: int | None = None,
-                  modality: str = "image", **options: Any) -> Tensor:
-        """Run one attribution method on a batch; ``internal_batch_size`` rows per pass."""
+                  modality: str = "image", image_index: Tensor | None = None,
+                  **options: Any) -> Tensor:
+        """Run one attribution method on a batch, ``internal_batch_size`` rows per pass
+        (default :data:`DEFAULT_INTERNAL_BATCH_SIZE`: memory bounded whatever the batch).
+
+        ``image_index`` (optional, ``(N,)`` long): row ``i`` explains ``inputs[image_index[i]]``
+        against ``target``'s row ``i``, so a query explained against many gallery images is
+        given once. Methods that can share the image's forward (``shares_images``) get each
+        chunk's distinct images once; others get the rows expanded.
+        """
         self._check_open()
         instance, plugin = self._method(method, modality)
-        n = inputs.shape[0]
-        step = internal_batch_size or n
+        index = None if image_index is None else torch.as_tensor(image_index).long().cpu()
+        n = inputs.shape[0] if index is None else int(index.shape[0])
+        step = internal_batch_size or DEFAULT_INTERNAL_BATCH_SIZE
         outputs = []
         with self.guard:
+            if not instance.needs_parameter_gradients:
+                for param in self.model.parameters():  # the guard restores requires_grad
+                    param.requires_grad_(False)
             for start in range(0, n, step):
                 rows = slice(start, min(start + step, n))
                 chunk_baselines = baselines[rows] if isinstance(baselines, Tensor) and \
                     baselines.dim() == inputs.dim() and baselines.shape[0] == n else baselines
+                chunk_options = dict(options)
+                if index is None:
+                    chunk = inputs[rows]
+                elif instance.shares_images:
+                    distinct, inverse = torch.unique(index[rows], return_inverse=True)
+                    chunk = inputs[distinct.to(inputs.device)]
+                    chunk_options["image_index"] = inverse
+                else:
+                    chunk = inputs[index[rows].to(inputs.device)]
                 try:
-                    result = instance.attribute(inputs[rows], target.select(rows),
-                                                baselines=chunk_baselines, **options)
+                    result = instance.attribute(chunk, target.select(rows),
+                                                baselines=chunk_baselines, **chunk_options)
                 except Exception as exc:
                     raise PluginError(f"attribution {method!r} from plugin {plugin!r} raised "
                                       f"{type(exc).__name__}: {exc}") from exc

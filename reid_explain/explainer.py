@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from . import plugin_manager as plugins
 from .adapter import Adapter
 from .adapter_choice import adapter_listing, build_adapter, choose_adapter
-from .engine import Engine
+from .engine import DEFAULT_INTERNAL_BATCH_SIZE, Engine
 from .errors import InputError, PluginError, ReidExplainError
 from .inputs import (
     check_embeddings,
@@ -33,7 +33,7 @@ from .inputs import (
 )
 from .maps import GroundingMap, PairExplanation, TextImageExplanation, TokenRelevance
 from .metric import MetricContext
-from .targets import CosineSimilarity
+from .targets import CosineSimilarity, RecordingCosine
 from .training_hooks import BackboneModification, build_modification
 
 __all__ = ["SIDES", "Explainer", "choose_adapter", "explainify"]
@@ -158,28 +158,79 @@ class Explainer(Engine):
         query = check_images(query, "query", self.adapter)
         gallery = check_images(gallery, "gallery", self.adapter)
         check_same_size(query, gallery, ("query", "gallery"))
-        q_emb, g_emb = self.embed(query), self.embed(gallery)
+        chunk = internal_batch_size or DEFAULT_INTERNAL_BATCH_SIZE
+        q_emb = self.embed(query, batch_size=chunk)
         check_embeddings(q_emb, "query")
+        every_pair = pairs is None and (top_k is None or top_k >= len(gallery))
+        if every_pair and side == "both" and baselines is None and \
+                plugins.get("attributions", method).obj.shares_images:
+            return self._explain_every_pair(query, gallery, q_emb, method, top_k,
+                                            internal_batch_size, options)
+        g_emb = self.embed(gallery, batch_size=chunk)
         check_embeddings(g_emb, "gallery")
         scores = q_emb @ g_emb.T
         pairs = select_pairs(scores, pairs, top_k)
         qi, gi = pairs[:, 0], pairs[:, 1]
         pair_scores = scores[qi, gi]
-        parts: list[tuple[str, Tensor, Tensor]] = []
+        parts: list[tuple[str, Tensor, Tensor, Tensor]] = []  # side, images, image rows, refs
         if side in ("both", "query"):
-            parts.append(("query", query[qi], g_emb[gi]))
+            parts.append(("query", query, qi, g_emb[gi]))
         if side in ("both", "gallery"):
-            parts.append(("gallery", gallery[gi], q_emb[qi]))
-        inputs = torch.cat([p[1] for p in parts])
-        references = torch.cat([p[2] for p in parts])
+            parts.append(("gallery", gallery, gi, q_emb[qi]))
+        # each image once, with the row -> image index: a query explained against k gallery
+        # images is one input, which methods that can share its forward run once
+        distinct = [torch.unique(p[2], return_inverse=True) for p in parts]
+        offsets = torch.tensor([0] + [len(d[0]) for d in distinct]).cumsum(0)
+        inputs = torch.cat([p[1][d[0].to(p[1].device)] for p, d in
+                            zip(parts, distinct, strict=True)])
+        image_index = torch.cat([d[1] + offsets[k] for k, d in enumerate(distinct)])
+        references = torch.cat([p[3] for p in parts])
         maps = self.attribute(inputs, CosineSimilarity(references), method=method,
                               baselines=baselines, internal_batch_size=internal_batch_size,
-                              **options)
+                              image_index=image_index, **options)
+        return self._pair_explanation(pairs, pair_scores, method, parts, maps)
+
+    def _explain_every_pair(self, query: Tensor, gallery: Tensor, q_emb: Tensor, method: str,
+                            top_k: int | None, internal_batch_size: int | None,
+                            options: dict[str, Any]) -> PairExplanation:
+        """Every (query, gallery) pair on both sides with a method that runs the host on the
+        unchanged images: the gallery side's explanation pass is also the gallery's embedding
+        pass (its target keeps the embeddings it scores), so each image goes through the host
+        once. Rows are then ordered by score, as ``top_k`` orders them."""
+        n_q, n_g = len(query), len(gallery)
+        every = select_pairs(torch.zeros(n_q, n_g), None, None)  # row q * n_g + g
+        recorder = RecordingCosine(q_emb[every[:, 0]])
+        g_distinct, g_inverse = torch.unique(every[:, 1], return_inverse=True)
+        g_maps = self.attribute(gallery[g_distinct.to(gallery.device)], recorder, method=method,
+                                internal_batch_size=internal_batch_size, image_index=g_inverse,
+                                **options)
+        g_emb = recorder.store[:n_g].to(q_emb.device)  # rows 0..n_g-1: query 0, gallery g
+        if torch.isnan(g_emb).any():  # the method scored only altered copies: embed them
+            g_emb = self.embed(gallery, batch_size=internal_batch_size or
+                               DEFAULT_INTERNAL_BATCH_SIZE)
+        check_embeddings(g_emb, "gallery")
+        scores = q_emb @ g_emb.T
+        pairs = select_pairs(scores, None, top_k)
+        qi, gi = pairs[:, 0], pairs[:, 1]
+        g_maps = g_maps[qi * n_g + gi]
+        q_distinct, q_inverse = torch.unique(qi, return_inverse=True)
+        q_maps = self.attribute(query[q_distinct.to(query.device)],
+                                CosineSimilarity(g_emb[gi]), method=method,
+                                internal_batch_size=internal_batch_size, image_index=q_inverse,
+                                **options)
+        parts = [("query", query, qi, g_emb[gi]), ("gallery", gallery, gi, q_emb[qi])]
+        return self._pair_explanation(pairs, scores[qi, gi], method, parts,
+                                      torch.cat([q_maps, g_maps]))
+
+    def _pair_explanation(self, pairs: Tensor, pair_scores: Tensor, method: str,
+                          parts: list[tuple[str, Tensor, Tensor, Tensor]],
+                          maps: Tensor) -> PairExplanation:
         labels = [f"q{int(q)}-g{int(g)}" for q, g in pairs]
         result: dict[str, GroundingMap | None] = {"query": None, "gallery": None}
-        for k, (name, images, refs) in enumerate(parts):
+        for k, (name, images, index, refs) in enumerate(parts):
             rows = slice(k * len(pairs), (k + 1) * len(pairs))
-            result[name] = self._grounding(maps[rows], images, pair_scores, method, labels, refs)
+            result[name] = self._grounding(maps[rows], images[index.to(images.device)],
+                                           pair_scores, method, labels, refs)
         return PairExplanation(pairs=pairs, scores=pair_scores.cpu(), method=method,
                                query=result["query"], gallery=result["gallery"])
 

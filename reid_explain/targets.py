@@ -8,6 +8,7 @@ times) can repeat them alongside the inputs.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -45,3 +46,25 @@ class CosineSimilarity(Target):
 
     def select(self, index: Tensor | slice) -> CosineSimilarity:
         return CosineSimilarity(self.references[index])
+
+
+class RecordingCosine(CosineSimilarity):
+    """:class:`CosineSimilarity` that also keeps the (normalised) embeddings it scores, row by
+    row, in ``store``: an explanation pass over unchanged images then is also their embedding
+    pass, and the images need not be run through the host a second time."""
+
+    def __init__(self, references: Tensor, store: Tensor | None = None,
+                 rows: Tensor | None = None) -> None:
+        super().__init__(references)
+        n = references.shape[0]
+        self.rows = torch.arange(n) if rows is None else rows
+        self.store = store if store is not None else torch.full(
+            (n, references.shape[1]), float("nan"))
+
+    def __call__(self, embeddings: Tensor, references: Tensor | None = None) -> Tensor:
+        if embeddings.shape[0] == len(self.rows):  # not a method's expanded copies
+            self.store[self.rows] = F.normalize(embeddings.detach().float(), dim=-1).cpu()
+        return super().__call__(embeddings, references)
+
+    def select(self, index: Tensor | slice) -> RecordingCosine:
+        return RecordingCosine(self.references[index], self.store, self.rows[index])

@@ -25,8 +25,9 @@ def test_top_k_is_one_batched_forward_backward():
         result = exp.explain(q, g, method="gradcam", top_k=3)
         handle.remove()
         scores = exp.similarity(q, g)[0]
-    # one embedding pass per input set, then ONE pass for 3 pairs x 2 sides
-    assert sizes == [1, 6, 6]
+    # one embedding pass per input set, then ONE pass for 3 pairs x 2 sides, in which each
+    # image enters the host once (the query's 3 rows are repeated at the explained layer)
+    assert sizes == [1, 6, 4]
     assert result.pairs[:, 1].tolist() == scores.topk(3).indices.tolist()
     assert torch.all(result.scores[:-1] >= result.scores[1:])
 
@@ -39,7 +40,10 @@ def test_internal_batch_size_splits_but_gives_the_same_maps():
         sizes, handle = _count_forwards(model)
         split = exp.explain(q, g, method="gradcam", internal_batch_size=5)
         handle.remove()
-    assert sizes == [2, 3, 5, 5, 2]
+    # every pair: the queries are embedded (2), then the gallery side's pass is the gallery's
+    # embedding pass: 6 rows in chunks of 5 hold gallery 0, 1, 2 (3) and gallery 2 (1); then
+    # the query side: rows 0-4 hold queries 0, 1 (2), row 5 query 1 (1)
+    assert sizes == [2, 3, 1, 2, 1]
     torch.testing.assert_close(whole.query.maps, split.query.maps, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(whole.gallery.maps, split.gallery.maps, atol=1e-6, rtol=1e-5)
 
@@ -88,3 +92,23 @@ def test_masking_drop_is_consistent_with_direct_masking():
     assert abs(float(values["masking_drop.query_top"][0]) - float(expected)) < 1e-5
     assert set(values) == {f"masking_drop.{s}_{k}" for s in ("query", "gallery")
                            for k in ("top", "random", "gap")}
+
+
+def test_every_pair_in_one_pass_equals_embedding_first():
+    """Explaining every pair lets the gallery side's Grad-CAM pass embed the gallery: the
+    result (pairs, order, scores, maps) equals the embed-then-explain path of explicit pairs."""
+    model = make_osnet()
+    q, g = images(2, (128, 64)), images(4, (128, 64), seed=1)
+    with explainify(model) as exp:
+        exp.adapter.grid_size((128, 64))  # warm the cached grid probe
+        sizes, handle = _count_forwards(model)
+        one_pass = exp.explain(q, g, method="gradcam", top_k=4)
+        handle.remove()
+        explicit = exp.explain(q, g, method="gradcam", pairs=one_pass.pairs)
+        scores = exp.similarity(q, g)
+    assert sizes == [2, 4, 2]  # each image through the host once (and queries embedded first)
+    assert one_pass.pairs[:4, 1].tolist() == scores[0].argsort(descending=True).tolist()
+    torch.testing.assert_close(one_pass.scores, explicit.scores, atol=1e-5, rtol=1e-5)
+    for side in ("query", "gallery"):
+        torch.testing.assert_close(getattr(one_pass, side).maps, getattr(explicit, side).maps,
+                                   atol=1e-5, rtol=1e-4)

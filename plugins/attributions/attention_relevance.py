@@ -35,6 +35,7 @@ class AttentionRelevance(Attribution):
     """Chefer et al. 2021: gradient-weighted attention, accumulated through the blocks."""
 
     name = "attention_relevance"
+    needs_parameter_gradients = False
     requires = frozenset({"attention"})
 
     def attribute(self, inputs: Tensor, target: Target, baselines: Any = None) -> Tensor:

@@ -58,6 +58,7 @@ class AttentionRollout(Attribution):
     """Attention rollout: class-token attention flow through all blocks (target-independent)."""
 
     name = "rollout"
+    needs_parameter_gradients = False
     requires = frozenset({"attention"})
 
     def attribute(self, inputs: Tensor, target: Target, baselines: Any = None,

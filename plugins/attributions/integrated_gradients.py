@@ -20,6 +20,7 @@ class IntegratedGradients(Attribution):
     """Integrated Gradients from a baseline image (default: zeros = the mean image)."""
 
     name = "integrated_gradients"
+    needs_parameter_gradients = False
 
     def attribute(self, inputs: Tensor, target: Target, baselines: Any = None,
                   n_steps: int = 32, method: str = "gausslegendre",

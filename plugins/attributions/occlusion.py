@@ -31,6 +31,7 @@ class PatchOcclusion(Attribution):
     """Occlusion of each patch with a baseline (default 0 = the mean colour)."""
 
     name = "occlusion"
+    needs_parameter_gradients = False
 
     def attribute(self, inputs: Tensor, target: Target, baselines: Any = None,
                   patch_size: tuple[int, int] | None = None,

@@ -22,6 +22,7 @@ class TokenIntegratedGradients(Attribution):
     """Integrated Gradients over text-token embeddings (word tokens -> padding baseline)."""
 
     name = "token_ig"
+    needs_parameter_gradients = False
     modality = "text"
     requires = frozenset({"text"})
 

@@ -1,0 +1,201 @@
+"""Similarity Grad-CAM, one query against k gallery images: time and peak memory of
+``exp.explain(query, gallery, method="gradcam", top_k=k)`` against baselines measured in the
+same run on the same images (osnet_x1_0 from torchreid, random init, 256x128).
+
+Baselines (each figure printed as a ratio):
+
+- **limit**: one no-grad forward of the same 1 + k images (``exp.embed``); target <= 1.5x;
+- **per-pair Captum**: a ``LayerGradCam`` call per pair and side (2k calls); target >= 2x faster;
+- **pytorch-grad-cam** (``pip install grad-cam``, optional): its ``GradCAM`` on the same 2k rows
+  with a cosine target; target >= 1x; maps must agree (correlation >= 0.999);
+- **memory**: peak RSS increase of the call, each in a fresh process, against a no-grad forward
+  of one internal batch (32 images); target <= 1.5x, whatever k.
+
+Timings are the minimum of ``--repeats`` runs after a warm-up at the same shapes (oneDNN builds
+kernels per shape on first use). ``--json PATH`` writes the figures for ``run_all.py``.
+
+    python benchmarks/bench_gradcam.py [--k 32 256] [--repeats 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+SIZE = (256, 128)
+
+
+def build(seed: int = 0):
+    import torchreid
+
+    torch.manual_seed(seed)
+    return torchreid.models.build_model("osnet_x1_0", num_classes=10, pretrained=False).eval()
+
+
+def images(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 3, *SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up at these shapes
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def captum_per_pair(model, query, gallery, q_emb, g_emb) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loop a user would write: one LayerGradCam call per pair and side."""
+    from captum.attr import LayerGradCam
+
+    def forward(x, ref):
+        return F.cosine_similarity(model(x), ref)
+
+    cam = LayerGradCam(forward, model.conv5)
+    q_maps, g_maps = [], []
+    for j in range(len(gallery)):
+        q_maps.append(cam.attribute(query, additional_forward_args=(g_emb[j:j + 1],),
+                                    relu_attributions=True)[:, 0].detach())
+        g_maps.append(cam.attribute(gallery[j:j + 1], additional_forward_args=(q_emb,),
+                                    relu_attributions=True)[:, 0].detach())
+    return torch.cat(q_maps), torch.cat(g_maps)
+
+
+def grad_cam_library(model, query, gallery, q_emb, g_emb) -> torch.Tensor | None:
+    """pytorch-grad-cam's GradCAM on the same 2k rows with a cosine target, if installed."""
+    try:
+        from pytorch_grad_cam import GradCAM
+    except ImportError:
+        return None
+
+    class Cosine:
+        def __init__(self, reference):
+            self.reference = reference
+
+        def __call__(self, output):
+            return F.cosine_similarity(output[None], self.reference[None])[0]
+
+    k = len(gallery)
+    inputs = torch.cat([query.expand(k, -1, -1, -1), gallery])
+    targets = [Cosine(g_emb[j]) for j in range(k)] + [Cosine(q_emb[0]) for _ in range(k)]
+    with GradCAM(model=model, target_layers=[model.conv5]) as cam:
+        cam.compute_input_gradient = False
+        maps = cam(input_tensor=inputs, targets=targets)  # upsampled to the image, min-max
+    return torch.as_tensor(maps)
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+def measure_time(k: int, repeats: int) -> dict:
+    from reid_explain import explainify
+
+    model = build()
+    query, gallery = images(1, 1), images(k, 2)
+    rows: dict = {"k": k}
+    with explainify(model) as exp:
+        q_emb, g_emb = exp.embed(query), exp.embed(gallery)
+        limit = best_time(lambda: (exp.embed(query, batch_size=32),
+                                   exp.embed(gallery, batch_size=32)), repeats)
+        ours = best_time(lambda: exp.explain(query, gallery, method="gradcam", top_k=k), repeats)
+        result = exp.explain(query, gallery, method="gradcam", top_k=k)
+    order = result.pairs[:, 1]
+    loop = best_time(lambda: captum_per_pair(model, query, gallery, q_emb, g_emb), 1)
+    q_ref, g_ref = captum_per_pair(model, query, gallery[order], q_emb, g_emb[order])
+    rows.update(limit_s=limit, ours_s=ours, captum_loop_s=loop,
+                ratio_to_limit=ours / limit, speedup_vs_captum_loop=loop / ours,
+                corr_vs_captum=min(correlation(result.query.maps, q_ref),
+                                   correlation(result.gallery.maps, g_ref)))
+    if importlib.util.find_spec("pytorch_grad_cam") is not None:
+        lib = best_time(lambda: grad_cam_library(model, query, gallery, q_emb, g_emb), 1)
+        rows.update(grad_cam_s=lib, speedup_vs_grad_cam=lib / ours)
+    return rows
+
+
+def _peak_child(mode: str, k: int) -> None:
+    """In a fresh process: the RSS increase (MB) of one call (``limit``: a no-grad forward of
+    one internal batch of 32 images; ``explain``: the Grad-CAM call with k gallery images)."""
+    from reid_explain import explainify
+
+    model = build()
+    query, gallery = images(1, 1), images(k, 2)
+    with explainify(model) as exp:
+        exp.embed(images(2, 3))  # load what every call loads
+        batch = images(32, 4)
+        before = _status_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets the peak (VmHWM) to the current RSS
+        if mode == "limit":
+            exp.embed(batch, batch_size=32)
+        else:
+            exp.explain(query, gallery, method="gradcam", top_k=k)
+        peak = _status_kb("VmHWM")
+    print(json.dumps({"increase_mb": (peak - before) / 1024}))
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field))
+
+
+def measure_memory(k: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", "explain", str(k)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["increase_mb"]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        _peak_child(args.child[0], int(args.child[1]))
+        return []
+    out = subprocess.run([sys.executable, __file__, "--child", "limit", "0"],
+                         capture_output=True, text=True, check=True)
+    limit_mb = json.loads(out.stdout.strip().splitlines()[-1])["increase_mb"]
+    results = []
+    for k in args.k:
+        row = measure_time(k, args.repeats)
+        row.update(limit_peak_mb=limit_mb, peak_mb=measure_memory(k))
+        row["memory_ratio"] = row["peak_mb"] / limit_mb
+        results.append(row)
+        print(f"k={k}: explain {row['ours_s']:.2f} s = {row['ratio_to_limit']:.2f}x the no-grad "
+              f"forward of the same images ({row['limit_s']:.2f} s; target <= 1.5x); "
+              f"{row['speedup_vs_captum_loop']:.1f}x faster than a per-pair Captum loop "
+              f"({row['captum_loop_s']:.2f} s; target >= 2x), maps corr "
+              f"{row['corr_vs_captum']:.4f}", flush=True)
+        if "grad_cam_s" in row:
+            print(f"      {row['speedup_vs_grad_cam']:.2f}x pytorch-grad-cam "
+                  f"({row['grad_cam_s']:.2f} s; target >= 1x)")
+        print(f"      peak memory +{row['peak_mb']:.0f} MB = {row['memory_ratio']:.2f}x a no-grad "
+              f"forward of one internal batch (+{limit_mb:.0f} MB; target <= 1.5x)", flush=True)
+    machine = {"cpu": platform.processor() or platform.machine(),
+               "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "rows": results}, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
