@@ -189,6 +189,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(result.summary.to_string(index=False))
     print(f"{result.info['queries']} queries ({result.info['skipped_no_valid_match']} without a "
           f"valid match skipped); wrote {args.out}/per_query.csv, summary.csv, summary.json")
+    timing = result.info.get("timing", {})
+    if timing.get("queries_computed"):
+        print(f"{timing['queries_per_s']:.2f} queries/s (forward limit "
+              f"{timing['forward_limit_queries_per_s']:.2f}: one no-grad pass of the images); "
+              f"seconds: load {timing['load_s']:.1f}, embed {timing['embed_s']:.1f}, explain "
+              f"{timing['explain_s']:.1f}, metrics {timing['metrics_s']:.1f}")
     return 0
 
 

@@ -27,13 +27,18 @@ class Masker:
     description: ClassVar[str] = ""
     #: adapter capabilities needed (e.g. "token_drop")
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: True if the output depends only on the images, the masks and the options (no random
+    #: draws, no state): ``evaluate`` then reuses the embedding of an image masked the same way
+    #: for another variant of the same pairs instead of running the host again
+    deterministic: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options
 
     def __call__(self, images: Tensor, grid_masks: Tensor) -> Tensor:
         """Images with the cells of ``grid_masks`` (``(N, h, w)`` bool, True = remove)
-        removed."""
+        removed; a row whose mask removes nothing is its image unchanged (metrics take its
+        embedding from what ``evaluate`` embedded, without calling the masker)."""
         raise NotImplementedError
 
     def embed(self, explainer: ExplainerLike, images: Tensor, grid_masks: Tensor,

@@ -9,10 +9,12 @@ default the mean of each). Metrics are plugins, used by name:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -50,12 +52,95 @@ class MetricContext:
     part_names: tuple[str, ...] = ()
     #: for text queries: the caption-side explanation
     text_explanation: TextImageExplanation | None = None
+    #: side -> ``(P, D)`` L2-normalised embeddings of that side's unmodified images, row ``p``
+    #: for pair ``p`` (set by ``evaluate``, which embedded them already): perturbation metrics
+    #: take the rows that remove nothing from here instead of embedding the images again
+    embeddings: dict[str, Tensor] | None = None
+    #: embeddings of masked images already computed for these pairs, shared by the contexts of
+    #: one batch's variants (the method's maps and the random baseline); see :meth:`embed_masked`
+    masked_cache: dict[Any, Tensor] | None = None
 
     def require(self, *fields: str, metric: str = "this metric") -> None:
         missing = [f for f in fields if getattr(self, f) is None]
         if missing:
             raise ValueError(f"{metric} needs {missing}: run it through evaluate() on a data set"
                              " that provides them")
+
+    def embed_masked(self, masker: Masker, images: Tensor, masks: Tensor, image_index: Tensor,
+                     origins: Sequence[tuple[str, int]], batch_size: int = 64) -> Tensor:
+        """``(N, D)`` L2-normalised CPU embeddings of ``masker`` applied to the rows
+        ``(images[image_index[n]], masks[n])``; ``origins[i]`` says which image ``images[i]``
+        is: ``(side, p)``, the ``side`` image of pair ``p`` of the explanation.
+
+        Only rows that need the host go through it, in chunks of ``batch_size`` (one masker
+        call, so one host forward, per chunk): a row whose mask removes nothing is the
+        unmodified image, taken from :attr:`embeddings` when ``evaluate`` gave them; with a
+        deterministic masker (``Masker.deterministic``), a row whose image and mask were already
+        embedded (for another variant of these pairs, in :attr:`masked_cache`, or for another
+        row of this call: one gallery image matched by two queries) is not embedded again.
+        """
+        n = len(masks)
+        if n == 0:
+            raise ValueError("embed_masked got no rows")
+        if len(origins) != len(images):
+            raise ValueError(f"{len(origins)} origins for {len(images)} images")
+        image_index = image_index.long().cpu()
+        out: list[Tensor | None] = [None] * n
+        if self.embeddings is not None:
+            empty = (~masks.flatten(1).any(dim=1)).cpu().nonzero().flatten().tolist()
+            for row in empty:
+                side, pair = origins[int(image_index[row])]
+                known = self.embeddings.get(side)
+                if known is not None:
+                    out[row] = known[pair].float().cpu()
+        cache = self.masked_cache if getattr(masker, "deterministic", False) else None
+        keys: dict[int, Any] = {}  # row -> its cache key, for the rows run through the host
+        first: dict[Any, int] = {}  # cache key -> the row of this call that computes it
+        copies: dict[int, list[int]] = {}  # that row -> rows of this call equal to it
+        todo = []
+        tag = masker_key(masker) if cache is not None else None
+        flat = masks.flatten(1).cpu().numpy() if cache is not None else None
+        for row in range(n):
+            if out[row] is not None:
+                continue
+            if cache is not None:
+                key = (*self._identity(*origins[int(image_index[row])]), tag,
+                       flat[row].tobytes())
+                if key in cache:
+                    out[row] = cache[key]
+                    continue
+                if key in first:
+                    copies.setdefault(first[key], []).append(row)
+                    continue
+                first[key] = row
+                keys[row] = key
+            todo.append(row)
+        device = self.explainer.adapter.device
+        for rows in torch.tensor(todo, dtype=torch.long).split(batch_size) if todo else ():
+            emb = masker.embed(self.explainer, images[image_index[rows]].to(device),
+                               masks[rows.to(masks.device)].to(device),
+                               batch_size=len(rows)).float().cpu()
+            for row, e in zip(rows.tolist(), emb, strict=True):
+                out[row] = e
+                for other in copies.get(row, ()):
+                    out[other] = e
+                if cache is not None:
+                    cache[keys[row]] = e
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def _identity(self, side: str, pair: int) -> tuple[str, int]:
+        """Which image the ``side`` image of pair ``pair`` is: the gallery item's index when
+        ``gallery_index`` says it (two queries may match one gallery image), else the pair's."""
+        if side == "gallery" and self.gallery_index is not None:
+            return side, int(self.gallery_index[pair])
+        return side, pair
+
+
+def masker_key(masker: Masker) -> tuple[str, str]:
+    """What identifies a masker's output for given inputs: its class and options."""
+    cls = type(masker)
+    options = sorted((str(k), repr(v)) for k, v in masker.options.items())
+    return f"{cls.__module__}.{cls.__qualname__}", repr(options)
 
 
 SIDES = ("query", "gallery")

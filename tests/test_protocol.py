@@ -88,7 +88,10 @@ def test_evaluate_rows_summary_baseline_and_skips(metrics_plugin, tmp_path):
     got = table[table.method == "gradcam"].sort_values("query")["value"].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     summary = result.summary.set_index(["method", "key"])["value"]
-    assert summary[("gradcam", "max")] == pytest.approx(expected.mean(), rel=1e-5)
+    # evaluate reuses the embeddings of its one gallery pass (explain re-embeds the matches in
+    # another batch: float rounding), so the maps agree to the tolerance above
+    assert summary[("gradcam", "max")] == pytest.approx(got.mean(), rel=1e-12)
+    assert summary[("gradcam", "max")] == pytest.approx(expected.mean(), abs=1e-7)
     saved = result.save(tmp_path / "eval")
     info = json.loads((saved / "summary.json").read_text())["info"]
     assert info["queries"] == 4 and (saved / "per_query.csv").exists()

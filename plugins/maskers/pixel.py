@@ -20,6 +20,7 @@ class MeanFill(Masker):
     (``value=`` for other normalisations)."""
 
     name = "mean"
+    deterministic = True
 
     def __call__(self, images: Tensor, grid_masks: Tensor) -> Tensor:
         pixels = grid_to_pixels(grid_masks.to(images.device), tuple(images.shape[-2:]))
@@ -41,6 +42,7 @@ class GaussianBlur(Masker):
     a gentler, less out-of-distribution removal than a flat fill."""
 
     name = "blur"
+    deterministic = True
 
     def blurred(self, images: Tensor) -> Tensor:
         sigma = float(self.options.get("sigma", 5.0))

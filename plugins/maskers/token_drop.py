@@ -28,6 +28,7 @@ class TokenDrop(Masker):
 
     name = "token_drop"
     requires = frozenset({"token_drop"})
+    deterministic = True
 
     def __call__(self, images: Tensor, grid_masks: Tensor) -> Tensor:
         raise TypeError("the token_drop masker changes the token sequence, not the pixels: "

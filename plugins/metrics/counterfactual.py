@@ -10,7 +10,9 @@ retrieval context of ``evaluate`` the metric also re-ranks the unmodified galler
 masked image (Market-1501 protocol), giving the pair's new rank, the query's AP and rank-1 hit
 after masking, and ΔR@1 / ΔmAP over the query set. ``summarize`` adds a bootstrap confidence
 interval over queries for the gap. All masked variants of all pairs go through the host in one
-chunked pass. Definitions in ``docs/metrics_counterfactual.md``.
+chunked pass (``batch_size`` masked images per forward); the unmasked images are not run again
+when ``evaluate`` gives their embeddings (:meth:`MetricContext.embed_masked`). Definitions in
+``docs/metrics_counterfactual.md``.
 """
 
 from __future__ import annotations
@@ -204,10 +206,11 @@ class CounterfactualMasking(Metric):
                           + [ranked_cell_masks(grid, count, highest=False)])
         n_variants = n_random + 3
         image_index = torch.arange(n_pairs).repeat(n_variants)
-        emb = torch.cat([
-            masker.embed(context.explainer, grounding.images[image_index[s:s + batch_size]],
-                         masks[s:s + batch_size], batch_size=batch_size).float().cpu()
-            for s in range(0, len(masks), batch_size)]).view(n_variants, n_pairs, -1)
+        # one host forward per chunk of masked rows; the unmasked rows (and, with evaluate's
+        # context, rows already embedded for another variant) need none
+        emb = context.embed_masked(masker, grounding.images, masks, image_index,
+                                   [(side, p) for p in range(n_pairs)],
+                                   batch_size).view(n_variants, n_pairs, -1)
         refs = F.normalize(grounding.references.float().cpu(), dim=-1)
         sims = (emb * refs[None]).sum(dim=-1)  # (V, P): cosine to the fixed reference
         drops = sims[:1] - sims[1:]

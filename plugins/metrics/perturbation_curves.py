@@ -11,7 +11,10 @@ and the AUC is the trapezoid rule over the step fractions. Removal is a masker p
 (``masker="mean"``, ``"blur"``, ``"noise"``, ``"token_drop"``).
 
 All steps of all explained images (both sides of the pair) are one batch of rows, embedded in
-chunks of ``batch_size``: one host forward per chunk, not one per step per image.
+chunks of ``batch_size``: one host forward per chunk, not one per step per image. Steps that
+remove nothing are the unmodified images, whose embeddings ``evaluate`` already has; steps equal
+for every map (deletion's 100 %, insertion's 0 %) are embedded once per batch of queries, not
+again for the random-map baseline (:meth:`~reid_explain.metric.MetricContext.embed_masked`).
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ def trapezoid_auc(fractions: Tensor, curves: Tensor) -> Tensor:
 def masked_scores(explainer: ExplainerLike, masker: Masker, images: Tensor, masks: Tensor,
                   image_index: Tensor, references: Tensor, batch_size: int) -> Tensor:
     """Cosine of each row's masked image to its reference; rows are ``(mask, image)`` pairs
-    with ``image_index`` into ``images``/``references``, one masker call per chunk."""
+    with ``image_index`` into ``images``/``references``, one masker call per chunk (every row
+    embedded; the metrics go through ``MetricContext.embed_masked``, which skips known rows)."""
     references = F.normalize(references.float(), dim=-1)
     device = explainer.adapter.device
     out = []
@@ -133,8 +137,11 @@ class PerturbationCurve(Metric):
             masks = step_masks(maps, fractions, self.most_relevant_first, self.reveal)
             n_steps, n_images = masks.shape[:2]
             index = torch.arange(n_images).repeat(n_steps)  # step-major rows
-            scores = masked_scores(context.explainer, masker, images, masks.flatten(0, 1),
-                                   index, references, batch_size).view(n_steps, n_images)
+            origins = [(name, p) for name, g in members for p in range(len(g))]
+            emb = context.embed_masked(masker, images, masks.flatten(0, 1), index, origins,
+                                       batch_size)
+            references = F.normalize(references.float(), dim=-1)
+            scores = (emb * references[index]).sum(dim=-1).view(n_steps, n_images)
             start = 0
             for name, grounding in members:
                 curves[name] = scores[:, start:start + len(grounding)]

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +29,10 @@ from torch import Tensor
 from .. import plugin_manager
 from .._io import atomic_path
 from ..errors import InputError, PluginError
-from ..maps import PairExplanation
+from ..inputs import check_embeddings, check_images, check_same_size
+from ..maps import GroundingMap, PairExplanation
 from ..metric import MetricContext
+from ..targets import CosineSimilarity
 
 if TYPE_CHECKING:
     from ..interfaces import ExplainerLike
@@ -58,8 +62,18 @@ class ImageSource:
         return item
 
     def get(self, indices: Sequence[int]) -> Tensor:
+        """The images ``indices`` as one batch (a data set's ``load_images(indices)`` where it
+        has one: per-image decoding, batched normalisation)."""
         if isinstance(self.images, Tensor):
             return self.images[torch.as_tensor(list(indices), dtype=torch.long)]
+        load = getattr(self.images, "load_images", None)
+        if callable(load):
+            batch = load([int(i) for i in indices])
+            if not isinstance(batch, Tensor) or batch.dim() != 4 or len(batch) != len(indices):
+                raise InputError(f"{self.name}.load_images returned "
+                                 f"{tuple(getattr(batch, 'shape', ()))}, expected "
+                                 f"({len(indices)}, 3, H, W) images")
+            return batch
         return torch.stack([self._item(int(i)) for i in indices])
 
 
@@ -178,6 +192,76 @@ def random_maps(explanation: PairExplanation, generator: torch.Generator) -> Pai
     return replace(explanation, method="random", **sides)
 
 
+def explain_matches(explainer: ExplainerLike, query: Tensor, gallery: Tensor,
+                    query_emb: Tensor, gallery_emb: Tensor, method: str,
+                    options: dict[str, Any] | None = None) -> PairExplanation:
+    """``explainer.explain(query, gallery, method, pairs=[(i, i), ...], **options)`` on
+    images whose embeddings the caller has already (``evaluate`` embedded every image once):
+    only the attribution runs the host.
+
+    ``query[i]`` is explained against ``gallery[i]``; ``query_emb`` / ``gallery_emb`` are
+    their L2-normalised embeddings. ``options`` are ``explain``'s: ``side``,
+    ``internal_batch_size``, ``baselines`` and the method's own.
+    """
+    options = dict(options or {})
+    for name in ("pairs", "top_k"):
+        if name in options:
+            raise InputError(f"method option {name!r}: evaluate explains each query against "
+                             "its true match")
+    side = options.pop("side", "both")
+    if side not in ("both", "query", "gallery"):
+        raise InputError(f"side must be one of ('both', 'query', 'gallery'), got {side!r}")
+    adapter = explainer.adapter
+    query = check_images(query, "query", adapter)
+    gallery = check_images(gallery, "gallery", adapter)
+    check_same_size(query, gallery, ("query", "gallery"))
+    if not (len(query) == len(gallery) == len(query_emb) == len(gallery_emb)):
+        raise InputError(f"{len(query)} query images, {len(gallery)} gallery images, "
+                         f"{len(query_emb)} and {len(gallery_emb)} embeddings: need one each "
+                         "per pair")
+    check_embeddings(query_emb, "query")
+    check_embeddings(gallery_emb, "gallery")
+    n = len(query)
+    pairs = torch.arange(n)[:, None].repeat(1, 2)
+    scores = (query_emb @ gallery_emb.T)[pairs[:, 0], pairs[:, 1]].cpu()
+    parts = []
+    if side in ("both", "query"):
+        parts.append(("query", query, gallery_emb))
+    if side in ("both", "gallery"):
+        parts.append(("gallery", gallery, query_emb))
+    maps = explainer.attribute(torch.cat([p[1] for p in parts]),
+                               CosineSimilarity(torch.cat([p[2] for p in parts])),
+                               method=method, baselines=options.pop("baselines", None),
+                               internal_batch_size=options.pop("internal_batch_size", None),
+                               **options)
+    size = (int(query.shape[-2]), int(query.shape[-1]))
+    labels = [f"q{i}-g{i}" for i in range(n)]
+    result: dict[str, GroundingMap | None] = {"query": None, "gallery": None}
+    for k, (name, images, references) in enumerate(parts):
+        result[name] = GroundingMap(
+            maps=maps[k * n:(k + 1) * n], scores=scores, method=method, image_size=size,
+            grid_size=adapter.grid_size(size), images=images.detach().cpu(), labels=labels,
+            references=references.detach().cpu(), pixel_mean=adapter.pixel_mean,
+            pixel_std=adapter.pixel_std)
+    return PairExplanation(pairs=pairs, scores=scores, method=method, query=result["query"],
+                           gallery=result["gallery"])
+
+
+class _Clock:
+    """Seconds spent per stage of one evaluation."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
 def _progress(iterable: Any, total: int, enabled: bool, desc: str) -> Any:
     if not enabled:
         return iterable
@@ -250,6 +334,15 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
     ``progress`` shows tqdm bars for the gallery and the query batches; ``log`` (e.g.
     ``print``) receives one line per stage, and one per query batch when the bars are off, so
     a run whose output is not a terminal still says where it is.
+
+    Every image is embedded once, without gradients (the gallery up front, each batch's
+    queries with it): the attribution, the metrics (``MetricContext.embeddings``) and the
+    random-map baseline reuse those embeddings, and masked copies embedded for the method's
+    maps are reused for the baseline's where they coincide (``MetricContext.masked_cache``).
+    ``info["timing"]`` gives the seconds per stage (``load``, ``embed``, ``explain``,
+    ``metrics``), ``queries_per_s`` and ``forward_limit_queries_per_s``: the queries computed
+    in this run over the time of the one no-grad embedding pass of all their images, the speed
+    an evaluation could not beat.
     """
     metric_options = metric_options or {}
     entries = [plugin_manager.get("metrics", name) for name in metrics]
@@ -259,12 +352,19 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
     query_src = ImageSource(data.query, "query")
     gallery_src = ImageSource(data.gallery, "gallery")
     n_gallery = len(gallery_src)
+    clock = _Clock()
+    started = time.perf_counter()
     if log is not None:
         log(f"embedding gallery: {n_gallery} images")
-    gallery_emb = torch.cat([explainer.embed(gallery_src.get(range(s, min(s + 64, n_gallery))))
-                             for s in _progress(range(0, n_gallery, 64),
-                                                math.ceil(n_gallery / 64), progress,
-                                                "embed gallery")])
+    chunks = []
+    for s in _progress(range(0, n_gallery, 64), math.ceil(n_gallery / 64), progress,
+                       "embed gallery"):
+        with clock("load"):
+            chunk = gallery_src.get(range(s, min(s + 64, n_gallery)))
+        with clock("embed"):
+            chunks.append(explainer.embed(chunk))
+    gallery_emb = torch.cat(chunks)
+    computed = 0
     n_queries = len(query_src) if max_queries is None else min(max_queries, len(query_src))
     rows: list[dict[str, Any]] = []
     collected: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {}
@@ -294,22 +394,32 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
         batch_skipped = 0
         generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
         idx = np.arange(start, min(start + batch_size, n_queries))
-        query_images = query_src.get(idx)
-        q_emb = explainer.embed(query_images)
+        computed += len(idx)
+        with clock("load"):
+            query_images = query_src.get(idx)
+        with clock("embed"):
+            q_emb = explainer.embed(query_images)
         match = true_matches(q_emb, gallery_emb, data.query_pids[idx], data.query_camids[idx],
                              data.gallery_pids, data.gallery_camids)
         keep = match >= 0
         batch_skipped = int((~keep).sum())
         variants = []
+        embeddings: dict[str, Tensor] = {}
         if keep.any():
             idx, match = idx[keep], match[keep]
-            query_images = query_images[torch.as_tensor(keep)]
-            explanation = explainer.explain(query_images, gallery_src.get(match), method=method,
-                                            pairs=[(i, i) for i in range(len(idx))],
-                                            **(method_options or {}))
+            kept = torch.as_tensor(keep)
+            query_images, q_emb = query_images[kept], q_emb[kept.to(q_emb.device)]
+            with clock("load"):
+                match_images = gallery_src.get(match)
+            g_emb = gallery_emb[torch.as_tensor(match)]
+            with clock("explain"):
+                explanation = explain_matches(explainer, query_images, match_images, q_emb,
+                                              g_emb, method, method_options)
+            embeddings = {"query": q_emb, "gallery": g_emb}
             variants = [(method, explanation)]
             if random_baseline:
                 variants.append(("random", random_maps(explanation, generator)))
+        masked_cache: dict[Any, Tensor] = {}  # masked copies shared by the batch's variants
         for variant, expl in variants:
             context = MetricContext(
                 explainer=explainer, explanation=expl, masker=masker_obj, seed=seed + start,
@@ -320,10 +430,10 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
                 query_camids=torch.as_tensor(data.query_camids[idx]),
                 gallery_index=torch.as_tensor(match),
                 query_masks=None if data.query_masks is None else data.query_masks[idx],
-                part_names=data.part_names)
+                part_names=data.part_names, embeddings=embeddings, masked_cache=masked_cache)
             for entry in entries:
                 metric = entry.obj(**metric_options.get(entry.name, {}))
-                with explainer.guard:
+                with clock("metrics"), explainer.guard:
                     try:
                         values = metric.compute(context)
                     except Exception as exc:
@@ -356,9 +466,17 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
             summary_rows.append({"method": variant, "metric": name, "key": key,
                                  "value": float(value),
                                  "higher_is_better": metric.higher_is_better})
+    total = time.perf_counter() - started
+    timing = {f"{stage}_s": clock.seconds.get(stage, 0.0)
+              for stage in ("load", "embed", "explain", "metrics")}
+    timing.update({"total_s": total, "queries_computed": computed,
+                   "queries_per_s": computed / total if total > 0 else float("nan"),
+                   "forward_limit_queries_per_s": computed / timing["embed_s"]
+                   if timing["embed_s"] > 0 else float("nan")})
     info = {"data": data.name, "method": method, "metrics": list(metrics), "masker": masker,
             "queries": n_queries, "skipped_no_valid_match": skipped,
-            "gallery": len(gallery_src), "seed": seed, "adapter": explainer.adapter.describe()}
+            "gallery": len(gallery_src), "seed": seed, "adapter": explainer.adapter.describe(),
+            "timing": timing}
     return EvaluationResult(table=pd.DataFrame(rows, columns=["query", "pid", "match", "method",
                                                               "metric", "key", "value"]),
                             summary=pd.DataFrame(summary_rows, columns=[
