@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import plugin_manager as plugins
 
@@ -138,6 +139,10 @@ def check_evaluate_args(args: argparse.Namespace) -> dict[str, type]:
     check_spec(args.model, args.weights)
     _check_market_root(args.data)
     _check_writable(args.out)
+    if args.feature_cache is not None:
+        _check_writable(args.feature_cache, "--feature-cache")
+    if args.device != "auto":
+        _device(args.device)
     return {"method": method, "masker": masker}
 
 
@@ -158,31 +163,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     All inputs are checked first; then one line per stage goes to stderr, with progress bars
     for the gallery and the query batches when stderr is a terminal (``--no-progress``: no
-    bars, and the stage lines instead, one per batch)."""
+    bars, and the stage lines instead, one per batch).
+
+    Launched by ``torchrun --nproc_per_node N``, the N processes share the gallery chunks and
+    query batches (gloo on CPU, NCCL with one GPU each) and rank 0 writes what a single
+    process writes."""
     import shutil
 
     classes = check_evaluate_args(args)
-    log = _stage_printer("evaluate")
-    bars = not args.no_progress and sys.stderr.isatty()
+
+    from .evaluation.distributed import close_distributed, current_shard, init_distributed
+
+    device = init_distributed() if args.device == "auto" else _device(args.device)
+    shard = current_shard()
+    log = _stage_printer("evaluate") if shard.is_main else (lambda message: None)
+    bars = not args.no_progress and sys.stderr.isatty() and shard.is_main
 
     from .explainer import explainify
     from .hosts import build_host
 
     size = (args.height, args.width)
-    log(f"building host {args.model}" + (f" from {args.weights}" if args.weights else ""))
-    model = build_host(args.model, args.weights, image_size=size)
+    log(f"building host {args.model}" + (f" from {args.weights}" if args.weights else "")
+        + (f" on {shard.world_size} processes" if shard.active else "")
+        + (f" ({device})" if device.type != "cpu" else ""))
+    model = build_host(args.model, args.weights, image_size=size).to(device)
     partial = f"{args.out.rstrip('/')}.partial"  # completed batches, for --resume
-    with explainify(model, layer=args.layer) as exp:
-        _check_capabilities(exp.adapter, classes)
-        log(f"loading data {args.data}")
-        data = _eval_data(exp, args.data, size)
-        log(f"data: {len(data.query_pids)} queries, {len(data.gallery_pids)} gallery images")
-        result = exp.evaluate(data, method=args.method, metrics=args.metrics,
-                              masker=args.masker, batch_size=args.batch_size,
-                              max_queries=args.max_queries, seed=args.seed,
-                              random_baseline=not args.no_random_baseline,
-                              progress=bars, log=log, checkpoint=partial,
-                              resume=args.resume)
+    try:
+        with explainify(model, layer=args.layer) as exp:
+            _check_capabilities(exp.adapter, classes)
+            log(f"loading data {args.data}")
+            data = _eval_data(exp, args.data, size)
+            log(f"data: {len(data.query_pids)} queries, {len(data.gallery_pids)} gallery images")
+            result = exp.evaluate(data, method=args.method, metrics=args.metrics,
+                                  masker=args.masker, batch_size=args.batch_size,
+                                  max_queries=args.max_queries, seed=args.seed,
+                                  random_baseline=not args.no_random_baseline,
+                                  progress=bars, log=log, checkpoint=partial,
+                                  resume=args.resume, feature_cache=args.feature_cache)
+        shard.barrier()  # every process is done with the checkpoint folder
+    finally:
+        close_distributed()
+    if not shard.is_main:
+        return 0
     log(f"writing {args.out}")
     result.save(args.out)
     shutil.rmtree(partial, ignore_errors=True)
@@ -194,8 +216,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{timing['queries_per_s']:.2f} queries/s (forward limit "
               f"{timing['forward_limit_queries_per_s']:.2f}: one no-grad pass of the images); "
               f"seconds: load {timing['load_s']:.1f}, embed {timing['embed_s']:.1f}, explain "
-              f"{timing['explain_s']:.1f}, metrics {timing['metrics_s']:.1f}")
+              f"{timing['explain_s']:.1f}, metrics {timing['metrics_s']:.1f}"
+              + (f"; {timing['world_size']} processes" if timing.get("world_size", 1) > 1
+                 else ""))
     return 0
+
+
+def _device(name: str) -> Any:
+    """``--device``: a torch device that exists on this machine."""
+    import torch
+
+    from .errors import InputError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name!r}: CUDA is not available on this machine")
+    return device
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -281,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead (the default when stderr is not a terminal)")
     p.add_argument("--resume", action="store_true",
                    help="reuse the query batches a killed run completed (kept in OUT.partial)")
+    p.add_argument("--feature-cache", default=None, metavar="FOLDER",
+                   help="keep the gallery's features in FOLDER (safetensors, keyed by the "
+                        "weights and images) and reuse them in later runs")
+    p.add_argument("--device", default="auto",
+                   help="torch device of the host (default: one GPU per process where CUDA "
+                        "is available, else cpu)")
     p.add_argument("--out", default="reid_explain_output/evaluate")
     p = sub.add_parser("report", help="HTML report of your model on your data")
     p.add_argument("--data", default=None,

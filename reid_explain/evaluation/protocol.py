@@ -33,6 +33,7 @@ from ..inputs import check_embeddings, check_images, check_same_size
 from ..maps import GroundingMap, PairExplanation
 from ..metric import MetricContext
 from ..targets import CosineSimilarity
+from .distributed import Shard
 
 if TYPE_CHECKING:
     from ..interfaces import ExplainerLike
@@ -279,24 +280,27 @@ class BatchStore:
     """
 
     def __init__(self, folder: str | os.PathLike, fingerprint: dict[str, Any],
-                 resume: bool) -> None:
+                 resume: bool, shard: Shard | None = None) -> None:
         import json
         import shutil
 
+        shard = shard or Shard()
         self.folder = Path(folder)
         marker = self.folder / "run.json"
         text = json.dumps(fingerprint, sort_keys=True, default=str)
-        if self.folder.exists() and resume:
-            if not marker.is_file() or marker.read_text() != text:
-                raise InputError(f"{self.folder}: holds batches of a different evaluation "
-                                 "(data, method, metrics or options differ); run without "
-                                 "--resume to start over")
-        elif self.folder.exists():
-            shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not marker.is_file():
-            with atomic_path(marker) as tmp:
-                tmp.write_text(text)
+        if shard.is_main:  # one process prepares the folder, the others wait for it
+            if self.folder.exists() and resume:
+                if not marker.is_file() or marker.read_text() != text:
+                    raise InputError(f"{self.folder}: holds batches of a different evaluation "
+                                     "(data, method, metrics or options differ); run without "
+                                     "--resume to start over")
+            elif self.folder.exists():
+                shutil.rmtree(self.folder)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if not marker.is_file():
+                with atomic_path(marker) as tmp:
+                    tmp.write_text(text)
+        shard.barrier()
 
     def _path(self, start: int) -> Path:
         return self.folder / f"batch_{start:08d}.json"
@@ -314,6 +318,135 @@ class BatchStore:
             tmp.write_text(json.dumps(record))
 
 
+def gallery_key(explainer: ExplainerLike, data: ReidEvalSet, gallery: ImageSource) -> dict:
+    """What the gallery's features depend on: the host's weights and adapter, the images
+    (file paths, sizes and modification times, or the tensor's values) and their transform,
+    the labels, and torch's version (kernels may change the last bits)."""
+    from .feature_cache import array_fingerprint, model_fingerprint, tensor_fingerprint
+
+    images = gallery.images
+    if isinstance(images, Tensor):
+        content = tensor_fingerprint(images)
+    elif hasattr(images, "data") and isinstance(images.data, list):
+        files = []
+        for item in images.data:
+            path = Path(item[0])
+            stat = path.stat() if path.is_file() else None
+            files.append([str(path), stat.st_size if stat else -1,
+                          stat.st_mtime_ns if stat else -1])
+        content = array_fingerprint(np.asarray(files, dtype=object).astype(str))
+    else:
+        content = f"{type(images).__name__}:{data.name}"
+    return {"model": model_fingerprint(explainer.model), "adapter": explainer.adapter.describe(),
+            "data": data.name, "images": content, "count": len(gallery),
+            "transform": repr(getattr(images, "transform", None)),
+            "pids": array_fingerprint(data.gallery_pids),
+            "camids": array_fingerprint(data.gallery_camids), "torch": torch.__version__}
+
+
+GALLERY_CHUNK = 64  # images per gallery embedding unit (fixed: sharding cannot change batches)
+
+
+def embed_gallery(explainer: ExplainerLike, gallery: ImageSource, shard: Shard,
+                  clock: _Clock, progress: bool) -> Tensor:
+    """L2-normalised features of every gallery image: chunks of :data:`GALLERY_CHUNK` images,
+    chunk ``k`` embedded by rank ``k % world_size`` and gathered in order."""
+    n = len(gallery)
+    starts = range(0, n, GALLERY_CHUNK)
+    mine: list[tuple[int, Tensor]] = []
+    for k, s in _progress(list(shard.mine(starts)), math.ceil(len(starts) / shard.world_size),
+                          progress, "embed gallery"):
+        with clock("load"):
+            chunk = gallery.get(range(s, min(s + GALLERY_CHUNK, n)))
+        with clock("embed"):
+            mine.append((k, explainer.embed(chunk).cpu()))
+    parts = dict(item for rank_parts in shard.gather(mine) for item in rank_parts)
+    return torch.cat([parts[k] for k in range(len(starts))])
+
+
+def _score_batch(explainer: ExplainerLike, data: ReidEvalSet, query_src: ImageSource,
+                 gallery_src: ImageSource, gallery_emb: Tensor, idx: np.ndarray, start: int,
+                 method: str, entries: list, masker_obj: Any, seed: int, random_baseline: bool,
+                 method_options: dict[str, Any] | None,
+                 metric_options: dict[str, dict[str, Any]], clock: _Clock) -> dict[str, Any]:
+    """One query batch explained and scored: its table rows, metric values and skip count
+    (a function of the batch alone, so any process computes it the same)."""
+    rows: list[dict[str, Any]] = []
+    values_out: list[tuple[str, str, str, list[float]]] = []
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
+    with clock("load"):
+        query_images = query_src.get(idx)
+    with clock("embed"):
+        q_emb = explainer.embed(query_images)
+    gallery_emb = gallery_emb.to(q_emb.device)
+    match = true_matches(q_emb, gallery_emb, data.query_pids[idx], data.query_camids[idx],
+                         data.gallery_pids, data.gallery_camids)
+    keep = match >= 0
+    skipped = int((~keep).sum())
+    variants = []
+    embeddings: dict[str, Tensor] = {}
+    if keep.any():
+        idx, match = idx[keep], match[keep]
+        kept = torch.as_tensor(keep)
+        query_images, q_emb = query_images[kept], q_emb[kept.to(q_emb.device)]
+        with clock("load"):
+            match_images = gallery_src.get(match)
+        g_emb = gallery_emb[torch.as_tensor(match).to(gallery_emb.device)]
+        with clock("explain"):
+            explanation = explain_matches(explainer, query_images, match_images, q_emb,
+                                          g_emb, method, method_options)
+        embeddings = {"query": q_emb, "gallery": g_emb}
+        variants = [(method, explanation)]
+        if random_baseline:
+            variants.append(("random", random_maps(explanation, generator)))
+    masked_cache: dict[Any, Tensor] = {}  # masked copies shared by the batch's variants
+    for variant, expl in variants:
+        context = MetricContext(
+            explainer=explainer, explanation=expl, masker=masker_obj, seed=seed + start,
+            gallery_embeddings=gallery_emb,
+            gallery_pids=torch.as_tensor(data.gallery_pids),
+            gallery_camids=torch.as_tensor(data.gallery_camids),
+            query_pids=torch.as_tensor(data.query_pids[idx]),
+            query_camids=torch.as_tensor(data.query_camids[idx]),
+            gallery_index=torch.as_tensor(match),
+            query_masks=None if data.query_masks is None else data.query_masks[idx],
+            part_names=data.part_names, embeddings=embeddings, masked_cache=masked_cache)
+        for entry in entries:
+            metric = entry.obj(**metric_options.get(entry.name, {}))
+            with clock("metrics"), explainer.guard:
+                try:
+                    values = metric.compute(context)
+                except Exception as exc:
+                    raise PluginError(f"metric {entry.name!r} from plugin {entry.plugin!r} "
+                                      f"raised {type(exc).__name__}: {exc}") from exc
+            for key, value in values.items():
+                array = np.asarray(torch.as_tensor(value).detach().cpu().float().numpy(),
+                                   dtype=np.float64).reshape(-1)
+                if len(array) != len(idx):
+                    raise PluginError(f"metric {entry.name!r} returned {len(array)} values "
+                                      f"for {key!r}, expected one per query ({len(idx)})")
+                values_out.append((variant, entry.name, key, array.tolist()))
+                rows.extend({"query": int(q), "pid": data.query_pids[q].item(),
+                             "match": int(m), "method": variant, "metric": entry.name,
+                             "key": key, "value": float(v)}
+                            for q, m, v in zip(idx, match, array, strict=True))
+    return {"rows": rows, "values": values_out, "skipped": skipped}
+
+
+def _timing(clocks: list[dict[str, float]], totals: list[float], computed: int,
+            world_size: int) -> dict[str, Any]:
+    """Seconds per stage (the slowest process's, as the processes run side by side), queries
+    per second, and the no-grad forward limit of the same images."""
+    timing: dict[str, Any] = {f"{stage}_s": max(c.get(stage, 0.0) for c in clocks)
+                              for stage in ("load", "embed", "explain", "metrics")}
+    total = max(totals)
+    timing.update({"total_s": total, "queries_computed": computed, "world_size": world_size,
+                   "queries_per_s": computed / total if total > 0 else float("nan"),
+                   "forward_limit_queries_per_s": computed / timing["embed_s"]
+                   if timing["embed_s"] > 0 else float("nan")})
+    return timing
+
+
 def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam",
              metrics: Sequence[str] = ("counterfactual_masking",), *,
              masker: str = "mean", masker_options: dict[str, Any] | None = None,
@@ -323,7 +456,9 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
              metric_options: dict[str, dict[str, Any]] | None = None,
              checkpoint: str | os.PathLike | None = None,
              resume: bool = False,
-             log: Callable[[str], None] | None = None) -> EvaluationResult:
+             log: Callable[[str], None] | None = None,
+             feature_cache: str | os.PathLike | None = None,
+             distributed: bool | None = None) -> EvaluationResult:
     """Explain each query against its true match with ``method`` and score with ``metrics``.
 
     With ``checkpoint`` (a folder), every completed batch of queries is written there
@@ -343,136 +478,109 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
     ``metrics``), ``queries_per_s`` and ``forward_limit_queries_per_s``: the queries computed
     in this run over the time of the one no-grad embedding pass of all their images, the speed
     an evaluation could not beat.
+
+    ``feature_cache`` (a folder) keeps the gallery's features in a safetensors file keyed by
+    the host's weights, the images and their transform (:mod:`.feature_cache`): a later run,
+    of any method or metric, loads them instead of embedding the gallery again.
+
+    Inside an initialised ``torch.distributed`` process group (``torchrun``; ``distributed``
+    None or True) the gallery chunks and the query batches are shared round robin among the
+    processes (:mod:`.distributed`) and gathered, so every process returns the result a
+    single process computes; only rank 0 should write it. ``distributed=False`` ignores the
+    group.
     """
+    from .distributed import current_shard
+
+    shard = current_shard(distributed)
+    if shard.active:
+        from .feature_cache import model_fingerprint
+
+        prints = shard.gather(model_fingerprint(explainer.model))
+        differ = [rank for rank, fp in enumerate(prints) if fp != prints[0]]
+        if differ:
+            raise InputError(f"the processes hold different host weights (ranks {differ} "
+                             "differ from rank 0): load the same weights file on every "
+                             "process (a randomly initialised host differs per process)")
     metric_options = metric_options or {}
     entries = [plugin_manager.get("metrics", name) for name in metrics]
     masker_entry = plugin_manager.get("maskers", masker)
     masker_obj = masker_entry.obj(**(masker_options or {}))
     plugin_manager.get("attributions", method)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     query_src = ImageSource(data.query, "query")
     gallery_src = ImageSource(data.gallery, "gallery")
     n_gallery = len(gallery_src)
     clock = _Clock()
     started = time.perf_counter()
-    if log is not None:
-        log(f"embedding gallery: {n_gallery} images")
-    chunks = []
-    for s in _progress(range(0, n_gallery, 64), math.ceil(n_gallery / 64), progress,
-                       "embed gallery"):
-        with clock("load"):
-            chunk = gallery_src.get(range(s, min(s + 64, n_gallery)))
-        with clock("embed"):
-            chunks.append(explainer.embed(chunk))
-    gallery_emb = torch.cat(chunks)
-    computed = 0
+    say = log if log is not None and shard.is_main else None
+    cache = key = gallery_emb = None
+    if feature_cache is not None:
+        from .feature_cache import FeatureCache
+
+        cache = FeatureCache(feature_cache)
+        key = gallery_key(explainer, data, gallery_src)
+        gallery_emb = cache.load("gallery", key)
+        if say is not None and gallery_emb is not None:
+            say(f"gallery features: {cache.path('gallery', key)} ({n_gallery} images)")
+    if gallery_emb is None:
+        if say is not None:
+            say(f"embedding gallery: {n_gallery} images"
+                + (f" on {shard.world_size} processes" if shard.active else ""))
+        gallery_emb = embed_gallery(explainer, gallery_src, shard, clock, progress)
+        if cache is not None and shard.is_main:
+            cache.save("gallery", key, gallery_emb)
+    if len(gallery_emb) != n_gallery:
+        raise InputError(f"{len(gallery_emb)} stored gallery features for {n_gallery} images")
     n_queries = len(query_src) if max_queries is None else min(max_queries, len(query_src))
-    rows: list[dict[str, Any]] = []
-    collected: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {}
-    skipped = 0
     store = None if checkpoint is None else BatchStore(checkpoint, {
         "data": data.name, "queries": n_queries, "gallery": n_gallery, "method": method,
         "metrics": list(metrics), "masker": masker, "masker_options": masker_options,
         "batch_size": batch_size, "seed": seed, "random_baseline": random_baseline,
-        "method_options": method_options, "metric_options": metric_options}, resume)
+        "method_options": method_options, "metric_options": metric_options}, resume, shard)
     batches = range(0, n_queries, batch_size)
-    n_batches = math.ceil(n_queries / batch_size)
-    for k, start in enumerate(_progress(batches, n_batches, progress, f"evaluate {method}")):
+    n_batches = len(batches)
+    records: dict[int, dict[str, Any]] = {}
+    computed = 0
+    mine = list(shard.mine(batches))
+    for k, start in _progress(mine, len(mine), progress, f"evaluate {method}"):
         done = None if store is None else store.load(start)
-        if log is not None and not progress:
+        if say is not None and not progress:
             end = min(start + batch_size, n_queries)
-            log(f"{'reusing' if done is not None else 'explaining'} batch {k + 1}/{n_batches} "
+            say(f"{'reusing' if done is not None else 'explaining'} batch {k + 1}/{n_batches} "
                 f"(queries {start}-{end - 1}, {method} + {len(entries)} metric(s))")
-        if done is not None:
-            rows.extend(done["rows"])
-            skipped += done["skipped"]
-            for variant, name, key, values in done["values"]:
-                collected.setdefault((variant, name), {}).setdefault(key, []).append(
-                    np.asarray(values, dtype=np.float64))
-            continue
-        batch_rows: list[dict[str, Any]] = []
-        batch_values: list[tuple[str, str, str, list[float]]] = []
-        batch_skipped = 0
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        idx = np.arange(start, min(start + batch_size, n_queries))
-        computed += len(idx)
-        with clock("load"):
-            query_images = query_src.get(idx)
-        with clock("embed"):
-            q_emb = explainer.embed(query_images)
-        match = true_matches(q_emb, gallery_emb, data.query_pids[idx], data.query_camids[idx],
-                             data.gallery_pids, data.gallery_camids)
-        keep = match >= 0
-        batch_skipped = int((~keep).sum())
-        variants = []
-        embeddings: dict[str, Tensor] = {}
-        if keep.any():
-            idx, match = idx[keep], match[keep]
-            kept = torch.as_tensor(keep)
-            query_images, q_emb = query_images[kept], q_emb[kept.to(q_emb.device)]
-            with clock("load"):
-                match_images = gallery_src.get(match)
-            g_emb = gallery_emb[torch.as_tensor(match)]
-            with clock("explain"):
-                explanation = explain_matches(explainer, query_images, match_images, q_emb,
-                                              g_emb, method, method_options)
-            embeddings = {"query": q_emb, "gallery": g_emb}
-            variants = [(method, explanation)]
-            if random_baseline:
-                variants.append(("random", random_maps(explanation, generator)))
-        masked_cache: dict[Any, Tensor] = {}  # masked copies shared by the batch's variants
-        for variant, expl in variants:
-            context = MetricContext(
-                explainer=explainer, explanation=expl, masker=masker_obj, seed=seed + start,
-                gallery_embeddings=gallery_emb,
-                gallery_pids=torch.as_tensor(data.gallery_pids),
-                gallery_camids=torch.as_tensor(data.gallery_camids),
-                query_pids=torch.as_tensor(data.query_pids[idx]),
-                query_camids=torch.as_tensor(data.query_camids[idx]),
-                gallery_index=torch.as_tensor(match),
-                query_masks=None if data.query_masks is None else data.query_masks[idx],
-                part_names=data.part_names, embeddings=embeddings, masked_cache=masked_cache)
-            for entry in entries:
-                metric = entry.obj(**metric_options.get(entry.name, {}))
-                with clock("metrics"), explainer.guard:
-                    try:
-                        values = metric.compute(context)
-                    except Exception as exc:
-                        raise PluginError(f"metric {entry.name!r} from plugin {entry.plugin!r} "
-                                          f"raised {type(exc).__name__}: {exc}") from exc
-                for key, value in values.items():
-                    array = np.asarray(torch.as_tensor(value).detach().cpu().float().numpy(),
-                                       dtype=np.float64).reshape(-1)
-                    if len(array) != len(idx):
-                        raise PluginError(f"metric {entry.name!r} returned {len(array)} values "
-                                          f"for {key!r}, expected one per query ({len(idx)})")
-                    batch_values.append((variant, entry.name, key, array.tolist()))
-                    batch_rows.extend({"query": int(q), "pid": data.query_pids[q].item(),
-                                       "match": int(m), "method": variant,
-                                       "metric": entry.name, "key": key, "value": float(v)}
-                                      for q, m, v in zip(idx, match, array, strict=True))
-        if store is not None:
-            store.save(start, {"rows": batch_rows, "values": batch_values,
-                               "skipped": batch_skipped})
-        rows.extend(batch_rows)
-        skipped += batch_skipped
-        for variant, name, key, values in batch_values:
-            collected.setdefault((variant, name), {}).setdefault(key, []).append(
+        if done is None:
+            idx = np.arange(start, min(start + batch_size, n_queries))
+            computed += len(idx)
+            done = _score_batch(explainer, data, query_src, gallery_src, gallery_emb, idx,
+                                start, method, entries, masker_obj, seed, random_baseline,
+                                method_options, metric_options, clock)
+            if store is not None:
+                store.save(start, done)
+        records[start] = done
+    gathered = shard.gather({"records": records, "computed": computed,
+                             "clock": clock.seconds, "total": time.perf_counter() - started})
+    records = {s: r for part in gathered for s, r in part["records"].items()}
+    rows: list[dict[str, Any]] = []
+    collected: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {}
+    skipped = 0
+    for start in batches:  # batch order, whichever process computed each
+        record = records[start]
+        rows.extend(record["rows"])
+        skipped += record["skipped"]
+        for variant, name, key_name, values in record["values"]:
+            collected.setdefault((variant, name), {}).setdefault(key_name, []).append(
                 np.asarray(values, dtype=np.float64))
     summary_rows = []
-    for (variant, name), store in collected.items():
+    for (variant, name), per_key in collected.items():
         metric = plugin_manager.get("metrics", name).obj(**metric_options.get(name, {}))
-        values = {k: np.concatenate(v) for k, v in store.items()}
-        for key, value in metric.summarize(values).items():
-            summary_rows.append({"method": variant, "metric": name, "key": key,
+        values = {k: np.concatenate(v) for k, v in per_key.items()}
+        for key_name, value in metric.summarize(values).items():
+            summary_rows.append({"method": variant, "metric": name, "key": key_name,
                                  "value": float(value),
                                  "higher_is_better": metric.higher_is_better})
-    total = time.perf_counter() - started
-    timing = {f"{stage}_s": clock.seconds.get(stage, 0.0)
-              for stage in ("load", "embed", "explain", "metrics")}
-    timing.update({"total_s": total, "queries_computed": computed,
-                   "queries_per_s": computed / total if total > 0 else float("nan"),
-                   "forward_limit_queries_per_s": computed / timing["embed_s"]
-                   if timing["embed_s"] > 0 else float("nan")})
+    timing = _timing([p["clock"] for p in gathered], [p["total"] for p in gathered],
+                     sum(p["computed"] for p in gathered), shard.world_size)
     info = {"data": data.name, "method": method, "metrics": list(metrics), "masker": masker,
             "queries": n_queries, "skipped_no_valid_match": skipped,
             "gallery": len(gallery_src), "seed": seed, "adapter": explainer.adapter.describe(),
