@@ -173,7 +173,8 @@ class Adapter:
 
     def class_token_map(self, matrix: Tensor, image_size: tuple[int, int]) -> Tensor:
         """The class token's row of a ``(B, N, N)`` token-to-token matrix (rollout,
-        relevance) over the patch tokens, as ``(B, h, w)`` maps."""
+        relevance), or of that row alone (``(B, 1, N)``), over the patch tokens, as
+        ``(B, h, w)`` maps."""
         h, w = self.grid_size((int(image_size[0]), int(image_size[1])))
         return matrix[:, 0, self.num_prefix_tokens:].reshape(-1, h, w)
 
