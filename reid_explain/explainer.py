@@ -132,12 +132,16 @@ class Explainer(Engine):
         return modification
 
     # -- explanations ---------------------------------------------------------------------------
-    def _grounding(self, maps: Tensor, images: Tensor, scores: Tensor, method: str,
-                   labels: list[str], references: Tensor) -> GroundingMap:
+    def _grounding(self, maps: Tensor, images: Tensor, index: Tensor, scores: Tensor,
+                   method: str, labels: list[str], references: Tensor) -> GroundingMap:
+        """Row ``i`` explains ``images[index[i]]``; each image is stored once (the caller's
+        tensor itself, not a copy, when every image is explained)."""
         size = (int(images.shape[-2]), int(images.shape[-1]))
+        distinct, inverse = torch.unique(index.cpu(), return_inverse=True)
+        stored = images if len(distinct) == len(images) else images[distinct.to(images.device)]
         return GroundingMap(maps=maps, scores=scores.detach().cpu(), method=method,
                             image_size=size, grid_size=self.adapter.grid_size(size),
-                            images=images.detach().cpu(), labels=labels,
+                            images=stored.detach().cpu(), image_index=inverse, labels=labels,
                             references=references.detach().cpu(),
                             pixel_mean=self.adapter.pixel_mean, pixel_std=self.adapter.pixel_std)
 
@@ -229,7 +233,7 @@ class Explainer(Engine):
         result: dict[str, GroundingMap | None] = {"query": None, "gallery": None}
         for k, (name, images, index, refs) in enumerate(parts):
             rows = slice(k * len(pairs), (k + 1) * len(pairs))
-            result[name] = self._grounding(maps[rows], images[index.to(images.device)],
+            result[name] = self._grounding(maps[rows], images, index,
                                            pair_scores, method, labels, refs)
         return PairExplanation(pairs=pairs, scores=pair_scores.cpu(), method=method,
                                query=result["query"], gallery=result["gallery"])
@@ -254,7 +258,7 @@ class Explainer(Engine):
         if method is not None:
             maps = self.attribute(images[ii], CosineSimilarity(t_emb[ti]), method=method,
                                   internal_batch_size=internal_batch_size, **options)
-            image_map = self._grounding(maps, images[ii], pair_scores, method, labels,
+            image_map = self._grounding(maps, images, ii, pair_scores, method, labels,
                                         t_emb[ti])
         text_rel = None
         if text_method is not None:

@@ -29,6 +29,11 @@ class GroundingMap:
     ``maps`` are ``(N, h, w)`` at the resolution the method produced (the patch grid for
     Grad-CAM, occlusion and attention methods; pixels for Integrated Gradients). ``on_grid()``
     gives them on the host's patch grid, ``upsampled()`` at image size (bilinear).
+
+    ``images`` holds each explained image once: with ``image_index`` (one query explained
+    against k gallery images is one stored image, not k copies) row ``i``'s image is
+    ``images[image_index[i]]``; without it, one image per row. ``row_images()`` gives the
+    ``(N, 3, H, W)`` images of the rows in either case.
     """
 
     maps: Tensor
@@ -42,12 +47,35 @@ class GroundingMap:
     labels: list[str] = field(default_factory=list)
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    #: ``(N,)`` row -> index into ``images`` (each image stored once), or None: a row each
+    image_index: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.maps.dim() != 3:
             raise ValueError(f"maps must be (N, h, w), got {tuple(self.maps.shape)}")
         if not self.labels:
             self.labels = [str(i) for i in range(len(self.maps))]
+        if self.image_index is not None:
+            if self.images is None:
+                raise ValueError("image_index given without images")
+            self.image_index = torch.as_tensor(self.image_index, dtype=torch.long).cpu()
+            if self.image_index.shape != (len(self.maps),):
+                raise ValueError(f"image_index must be ({len(self.maps)},), one per map, got "
+                                 f"{tuple(self.image_index.shape)}")
+            if len(self.image_index) and not (
+                    0 <= int(self.image_index.min()) and
+                    int(self.image_index.max()) < len(self.images)):
+                raise ValueError(f"image_index points outside the {len(self.images)} images")
+
+    def row_images(self) -> Tensor | None:
+        """``(N, 3, H, W)``: the image of each row (a copy where images are shared)."""
+        if self.images is None or self.image_index is None:
+            return self.images
+        return self.images[self.image_index.to(self.images.device)]
+
+    def _row_image(self, i: int) -> Tensor:
+        assert self.images is not None
+        return self.images[i if self.image_index is None else int(self.image_index[i])]
 
     def __len__(self) -> int:
         return int(self.maps.shape[0])
@@ -57,8 +85,11 @@ class GroundingMap:
             index = [index]
         idx = torch.as_tensor(range(len(self))[index] if isinstance(index, slice) else index,
                               dtype=torch.long)
+        shared = self.image_index is not None  # keep the store, select its index
         return replace(self, maps=self.maps[idx], scores=self.scores[idx],
-                       images=None if self.images is None else self.images[idx],
+                       images=self.images if self.images is None or shared
+                       else self.images[idx],
+                       image_index=self.image_index[idx] if shared else None,
                        references=None if self.references is None else self.references[idx],
                        labels=[self.labels[int(i)] for i in idx])
 
@@ -87,7 +118,7 @@ class GroundingMap:
     def _display_image(self, i: int) -> np.ndarray:
         if self.images is None:
             raise ValueError("this GroundingMap holds no images; pass image= to overlay()")
-        image = self.images[i].detach().cpu().float()
+        image = self._row_image(i).detach().cpu().float()
         mean = torch.tensor(self.pixel_mean).view(3, 1, 1)
         std = torch.tensor(self.pixel_std).view(3, 1, 1)
         return (image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()

@@ -112,3 +112,35 @@ def test_every_pair_in_one_pass_equals_embedding_first():
     for side in ("query", "gallery"):
         torch.testing.assert_close(getattr(one_pass, side).maps, getattr(explicit, side).maps,
                                    atol=1e-5, rtol=1e-4)
+
+
+def test_each_explained_image_is_stored_once():
+    """1 query against 6 gallery images: the query side keeps one image (not 6 copies), the
+    gallery side the caller's gallery tensor itself; rows still give each pair's image."""
+    query, gallery = images(1, (128, 64)), images(6, (128, 64), seed=1)
+    with explainify(make_osnet()) as exp:
+        for pairs in (None, [(0, 4), (0, 1), (0, 4)]):
+            result = exp.explain(query, gallery, method="gradcam", pairs=pairs)
+            q, g = result.query, result.gallery
+            assert len(q.images) == 1 and q.image_index.tolist() == [0] * len(result.pairs)
+            torch.testing.assert_close(q.row_images(), query.expand(len(result.pairs), -1, -1, -1))
+            torch.testing.assert_close(g.row_images(), gallery[result.pairs[:, 1]])
+            sub = g[[len(g) - 1]]  # a selection keeps the store, selects the index
+            torch.testing.assert_close(sub.row_images()[0], gallery[int(result.pairs[-1, 1])])
+            assert sub.images is g.images
+        assert g.images.untyped_storage().data_ptr() != gallery.untyped_storage().data_ptr()
+        top = exp.explain(query, gallery, method="gradcam", top_k=6)
+        every = top.gallery
+        assert every.images.untyped_storage().data_ptr() == gallery.untyped_storage().data_ptr()
+    # the overlay of a row shows that row's gallery image (rows are in score order)
+    mean = torch.tensor(every.pixel_mean).view(3, 1, 1)
+    std = torch.tensor(every.pixel_std).view(3, 1, 1)
+
+    def shown_image(i: int) -> np.ndarray:
+        return (gallery[i] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+    row = 2
+    shown = np.asarray(every.overlay(row, alpha=0.0), dtype=np.float32) / 255
+    own, other = int(top.pairs[row, 1]), int(top.pairs[row + 1, 1])
+    assert np.abs(shown - shown_image(own)).max() <= 1 / 255
+    assert np.abs(shown - shown_image(other)).max() > 0.05

@@ -59,7 +59,7 @@ def test_curve_aucs_equal_the_one_image_loop(setup, name):
         grounding = getattr(expl, side)
         masks = curves.step_masks(grounding.on_grid(), fractions, reveal=name == "insertion")
         refs = F.normalize(grounding.references.float(), dim=-1)
-        loop = torch.tensor([[float(_embed_alone(exp, masker, grounding.images[i],
+        loop = torch.tensor([[float(_embed_alone(exp, masker, grounding.row_images()[i],
                                                  masks[s, i]) @ refs[i])
                               for i in range(PAIRS)] for s in range(len(STEPS))])
         auc = torch.trapezoid(loop.double(), x=fractions, dim=0)
@@ -86,7 +86,8 @@ def test_counterfactual_drops_equal_the_one_image_loop(setup):
               for _ in range(n_random)],
             counterfactual.ranked_cell_masks(grid, count, highest=False)]
     refs = F.normalize(expl.query.references.float(), dim=-1)
-    sims = torch.tensor([[float(_embed_alone(exp, masker, expl.query.images[i], m[i]) @ refs[i])
+    rows = expl.query.row_images()
+    sims = torch.tensor([[float(_embed_alone(exp, masker, rows[i], m[i]) @ refs[i])
                           for i in range(n)] for m in sets])
     drops = sims[0] - sims[1:]
     expected = {"base_sim": sims[0], "top_drop": drops[0],

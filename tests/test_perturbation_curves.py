@@ -244,7 +244,7 @@ def test_infidelity_equals_a_direct_captum_call():
         attributions = grounding.upsampled()[:, None].expand(-1, 3, -1, -1)
         with torch.no_grad():
             direct = captum.metrics.infidelity(
-                forward, perturb, grounding.images, attributions,
+                forward, perturb, grounding.row_images(), attributions,
                 additional_forward_args=(grounding.references,), n_perturb_samples=4,
                 normalize=True)
         torch.testing.assert_close(out[f"infidelity.{side}"], direct, atol=1e-6, rtol=1e-4)
@@ -271,7 +271,7 @@ def test_sensitivity_equals_a_direct_captum_call():
 
     model.eval()
     direct = captum.metrics.sensitivity_max(
-        gradcam, expl.query.images, perturb_func=perturb, perturb_radius=0.1,
+        gradcam, expl.query.row_images(), perturb_func=perturb, perturb_radius=0.1,
         n_perturb_samples=3, additional_forward_args=(expl.query.references,))
     torch.testing.assert_close(out["sensitivity.query"], direct, atol=1e-5, rtol=1e-4)
     assert (direct > 0).all()

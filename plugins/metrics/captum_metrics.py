@@ -71,7 +71,7 @@ def pixel_attributions(grounding: GroundingMap, mode: str = "bilinear") -> Tenso
     """``(N, C, H, W)``: each map at image size, the same value on every colour channel."""
     assert grounding.images is not None
     maps = grounding.upsampled(mode=mode).float()
-    return maps[:, None].expand_as(grounding.images).contiguous()
+    return maps[:, None].expand(-1, grounding.images.shape[1], -1, -1).contiguous()
 
 
 class Infidelity(Metric):
@@ -95,7 +95,7 @@ class Infidelity(Metric):
         out: dict[str, Tensor] = {}
         for name, grounding in perturbable_sides(context, opts.get("side", "both")):
             values = infidelity(
-                forward, perturb, grounding.images.float(),
+                forward, perturb, grounding.row_images().float(),
                 pixel_attributions(grounding, opts.get("upsample", "bilinear")),
                 additional_forward_args=(grounding.references.float(),),
                 n_perturb_samples=int(opts.get("n_perturb_samples", 10)),
@@ -141,7 +141,7 @@ class Sensitivity(Metric):
         out: dict[str, Tensor] = {}
         for name, grounding in perturbable_sides(context, opts.get("side", "both")):
             values = sensitivity_max(
-                explain, grounding.images.float(),
+                explain, grounding.row_images().float(),
                 perturb_func=uniform_ball_perturbation(generator),
                 perturb_radius=float(opts.get("radius", 0.02)),
                 n_perturb_samples=int(opts.get("n_perturb_samples", 10)),

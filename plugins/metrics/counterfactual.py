@@ -208,7 +208,7 @@ class CounterfactualMasking(Metric):
         image_index = torch.arange(n_pairs).repeat(n_variants)
         # one host forward per chunk of masked rows; the unmasked rows (and, with evaluate's
         # context, rows already embedded for another variant) need none
-        emb = context.embed_masked(masker, grounding.images, masks, image_index,
+        emb = context.embed_masked(masker, grounding.row_images(), masks, image_index,
                                    [(side, p) for p in range(n_pairs)],
                                    batch_size).view(n_variants, n_pairs, -1)
         refs = F.normalize(grounding.references.float().cpu(), dim=-1)

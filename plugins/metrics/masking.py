@@ -64,7 +64,7 @@ class MaskingDrop(Metric):
             masks = [top_patch_masks(grid, fraction)]
             masks += [random_patch_masks(tuple(grid.shape), fraction, generator)
                       for _ in range(n_random)]
-            masked = torch.cat([apply_patch_masks(grounding.images, m, fill) for m in masks])
+            masked = torch.cat([apply_patch_masks(grounding.row_images(), m, fill) for m in masks])
             emb = explainer.embed(masked)
             refs = F.normalize(grounding.references.float(), dim=-1).repeat(1 + n_random, 1)
             sims = (emb.cpu() * refs).sum(dim=1).view(1 + n_random, n)

@@ -131,7 +131,7 @@ class PerturbationCurve(Metric):
             groups.setdefault(key, []).append((name, grounding))
         curves: dict[str, Tensor] = {}
         for members in groups.values():
-            images = torch.cat([g.images for _, g in members])
+            images = torch.cat([g.row_images() for _, g in members])
             references = torch.cat([g.references for _, g in members])
             maps = torch.cat([g.on_grid() for _, g in members])
             masks = step_masks(maps, fractions, self.most_relevant_first, self.reveal)

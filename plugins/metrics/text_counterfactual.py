@@ -116,7 +116,7 @@ class TextCounterfactualMasking(Metric):
         if image is None or image.images is None:
             raise ValueError("text_counterfactual_masking needs the pair images: an image map "
                              "(explain_text(method=...)) or evaluate()'s gallery embeddings")
-        return context.explainer.embed(image.images).cpu()
+        return context.explainer.embed(image.row_images()).cpu()
 
     def compute(self, context: MetricContext) -> dict[str, Tensor]:
         context.require("text_explanation", metric=self.name)
