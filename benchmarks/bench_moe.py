@@ -2,7 +2,10 @@
 
 Two copies of the same random-initialised timm ViT-Tiny (12 blocks, patch 16): the host, and the
 host with ``lora_moe`` (Market-1501 schema: 35 experts, rank 4, in the last 2 blocks, every sample
-routed to its own experts from random attribute codes, experts made non-zero). Forwards alternate
+routed to its own experts by the oracle, experts made non-zero). The oracle's attribute codes are
+``--codes synthpedes`` (default: the ground-truth Market-1501 attributes of 64 SynthPedes
+identities, seed ``--seed``: a bag or a hat only where the identity has one) or ``random``
+(every attribute uniform over its states: half the presence attributes present). Forwards alternate
 between the two (so machine load hits both alike). By default torch runs on one thread and the
 figure is the ratio of the minimum *thread CPU times* (robust on a shared, loaded machine); wall
 times are printed too. ``--threads N`` measures N-thread wall time instead. Target: <= 1.10x at
@@ -28,6 +31,26 @@ def _time(fn) -> tuple[float, float]:
     return time.thread_time() - cpu, time.perf_counter() - wall
 
 
+def synthpedes_codes(schema, n: int, seed: int) -> torch.Tensor:
+    """``(n, A)`` schema-ordered codes of ``n`` SynthPedes identities' Market-1501 attributes
+    (the .mat convention: 1-based states, colours one yes(2)/no(1) field each)."""
+    from reid_explain.data.synth import make_identities, market_codes
+
+    rows = []
+    for identity in make_identities(n, seed):
+        mat = market_codes(identity)
+        row = []
+        for attribute in schema:
+            if attribute.one_field_per_class:
+                on = [k for k, f in enumerate(attribute.fields) if mat[f] == 2]
+                row.append(on[0] if len(on) == 1 else -1)
+            else:
+                code = mat[attribute.fields[0]]
+                row.append(code - 1 if 1 <= code <= len(attribute.states) else -1)
+        rows.append(row)
+    return torch.tensor(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--height", type=int, default=128)
@@ -39,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--last-n", type=int, default=2)
     parser.add_argument("--json", default=None, help="write the figures here (run_all.py)")
+    parser.add_argument("--codes", choices=("synthpedes", "random"), default="synthpedes")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--soft", action="store_true",
                         help="soft gates on every expert (the dense path) instead of the oracle's")
     args = parser.parse_args(argv)
@@ -61,8 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         for p in moe.parameters():
             p.normal_(0.0, 0.02)
-    codes = torch.stack([torch.randint(0, len(a.states), (args.batch,))
-                         for a in moe.layout.schema], dim=1)
+    if args.codes == "random":
+        codes = torch.stack([torch.randint(0, len(a.states), (args.batch,))
+                             for a in moe.layout.schema], dim=1)
+    else:
+        codes = synthpedes_codes(moe.layout.schema, args.batch, args.seed)
     gates = moe.layout.gates(codes)
     if args.soft:
         gates = torch.softmax(torch.randn_like(gates), dim=1)
@@ -85,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     ratio_med = statistics.median(moe_t) / statistics.median(host_t)
     print(f"lora_moe forward, ViT-Tiny depth {args.depth} at {args.height}x{args.width}, "
           f"batch {args.batch}, {moe.layout.num_experts} experts rank {args.rank} in the last "
-          f"{args.last_n} blocks, {'soft gates (dense)' if args.soft else 'oracle routing'}, "
+          f"{args.last_n} blocks, {'soft gates (dense)' if args.soft else 'oracle routing'} "
+          f"({args.codes} codes: {float((gates != 0).sum(1).float().mean()):.1f} experts per "
+          f"sample), "
           f"{torch.get_num_threads()} thread(s), {clock}, {args.repeats} alternating repeats")
     for name in ("host", "moe"):
         t, wall = [x[which] for x in times[name]], [x[1] for x in times[name]]
@@ -98,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
 
         with open(args.json, "w") as fh:
             json.dump({"benchmark": "moe", "batch": args.batch, "clock": clock,
+                       "codes": args.codes,
+                       "experts_per_sample": float((gates != 0).sum(1).float().mean()),
                        "threads": torch.get_num_threads(), "host_s": min(host_t),
                        "moe_s": min(moe_t), "ratio_min": ratio_min, "ratio_median": ratio_med},
                       fh, indent=2)

@@ -199,7 +199,8 @@ class LoraMoE(BackboneModification):
 
         def hook(_module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
             plan = self._current_plan(output.device)
-            return self._mixers[name].add_to(output, args[0], plan, batch_dim)
+            return self._mixers[name].add_to(output, args[0], plan, batch_dim,
+                                             inplace=True)
 
         return hook
 

@@ -13,13 +13,15 @@ give peft's single-adapter forward, several ones give peft's multi-active sum.
 Two vectorised paths, chosen once per forward by :func:`make_plan`:
 
 * **slots** (hard gates: at most one nonzero gate per attribute group and sample, the oracle
-  router's case): each sample has one slot per group; the slot's expert weights are gathered and
-  two batched matmuls apply only those ``S`` experts, not all ``E``.
+  router's case): each sample has one slot per routed group, padded to the batch's most-routed
+  sample; the slot's expert weights are gathered and two batched matmuls apply only those ``S``
+  experts, not all ``E`` (groups routed nowhere in the batch cost nothing).
 * **dense** (soft gates, e.g. router probabilities): all experts' factors stacked into one
   ``(E*r, d)`` matrix; two matmuls for the whole batch.
 
-Rows never interact, so changing one sample's gates leaves every other sample bit-identical
-(shapes do not depend on the gate values: the slot count is the number of groups).
+Rows never interact, so changing one sample's gates leaves every other sample bit-identical:
+a row's sum runs over its routed slots in group order whatever the slot count, and a padding
+slot (weight 0) adds exact zeros (``tests/test_lora_moe.py`` checks this under ablation).
 """
 
 from __future__ import annotations
@@ -92,7 +94,14 @@ def make_plan(gates: Tensor, group_of: Tensor, num_groups: int, pooling: Pooling
     index = torch.full((batch, num_groups), -1, dtype=torch.long, device=gates.device)
     index = index.scatter_reduce(1, group_of.expand(batch, -1), chosen, reduce="amax")
     index = torch.where(index >= 0, index, first.expand(batch, -1))  # empty slot: weight 0
-    return RoutingPlan(batch, index=index, weight=weights.gather(1, index))
+    weight = weights.gather(1, index)
+    # compact: each sample's routed slots first (in group order), then only as many slots as
+    # the most-routed sample has (an absent hat or colour routes nothing: most presence slots
+    # are empty); the padding slots keep weight 0 and add exact zeros
+    active = weight != 0
+    width = int(active.sum(dim=1).max()) if batch else 0
+    order = torch.sort((~active).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    return RoutingPlan(batch, index=index.gather(1, order), weight=weight.gather(1, order))
 
 
 class GatedLoraSum:
@@ -104,24 +113,41 @@ class GatedLoraSum:
             raise ValueError(f"peft layer has no adapter(s) {missing}")
         self.layer = layer
         self.names = tuple(names)
+        self._stacked: tuple[tuple, tuple[Tensor, Tensor, Tensor]] | None = None
+        self._modules: list[nn.Module] | None = None
 
     def _factors(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """Stacked ``A (E, r, d_in)``, ``B^T (E, r, d_out)`` and ``scaling (E,)``."""
+        """Stacked ``A (E, r, d_in)``, ``B^T (E, r, d_out)`` and ``scaling (E,)``.
+
+        Without gradients the stacks are kept until a weight changes (its storage or in-place
+        version counter), so inference does not copy every expert's factors per forward."""
+        if self._modules is None:
+            self._modules = [self.layer.lora_A[n] for n in self.names] + \
+                            [self.layer.lora_B[n] for n in self.names]
+        weights = [m.weight for m in self._modules]
+        grad = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+        key = (dtype, tuple(float(self.layer.scaling[n]) for n in self.names),
+               tuple((w.data_ptr(), w._version, w.device) for w in weights))
+        if not grad and self._stacked is not None and self._stacked[0] == key:
+            return self._stacked[1]
         a = torch.stack([self.layer.lora_A[n].weight for n in self.names]).to(dtype)
         b = torch.stack([self.layer.lora_B[n].weight.t() for n in self.names]).to(dtype)
-        scale = torch.tensor([float(self.layer.scaling[n]) for n in self.names], dtype=dtype,
-                             device=a.device)
+        scale = torch.tensor(key[1], dtype=dtype, device=a.device)
+        self._stacked = None if grad else (key, (a, b, scale))
         return a, b, scale
 
     def _needs_dropout(self) -> bool:
         return self.layer.training and any(
             not isinstance(self.layer.lora_dropout[n], nn.Identity) for n in self.names)
 
-    def add_to(self, output: Tensor, x: Tensor, plan: RoutingPlan, batch_dim: int = 0) -> Tensor:
+    def add_to(self, output: Tensor, x: Tensor, plan: RoutingPlan, batch_dim: int = 0,
+               inplace: bool = False) -> Tensor:
         """``output`` (the frozen layer's) plus the mixture delta for input ``x``.
 
         The delta is accumulated into the output by the second matmul itself (``baddbmm`` /
         ``addmm``), which saves a pass over the output; nothing routed returns ``output``.
+        ``inplace=True`` (a forward hook's own output, without gradients) writes into
+        ``output`` instead of a copy.
         """
         if plan.empty:
             return output
@@ -139,11 +165,13 @@ class GatedLoraSum:
         elif plan.dense is not None:
             out = self._dense(flat_out, flat_x, plan.dense)
         else:
-            out = self._slots(flat_out, flat_x, plan.index, plan.weight)
+            out = self._slots(flat_out, flat_x, plan.index, plan.weight,
+                              inplace and not torch.is_grad_enabled())
         out = out.reshape(shape)
         return out.movedim(0, batch_dim) if batch_dim else out
 
-    def _slots(self, out: Tensor, x: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+    def _slots(self, out: Tensor, x: Tensor, index: Tensor, weight: Tensor,
+               inplace: bool = False) -> Tensor:
         a, b, scale = self._factors(x.dtype)
         batch, slots = index.shape
         rank = a.shape[1]
@@ -154,6 +182,8 @@ class GatedLoraSum:
         b_sel = b_sel.reshape(batch, slots * rank, b.shape[2]).to(out.dtype)
         w = (weight.to(x.dtype) * scale[index]).repeat_interleave(rank, dim=1)
         h = torch.bmm(x, a_sel.transpose(1, 2)) * w[:, None, :]
+        if inplace:
+            return out.baddbmm_(h.to(out.dtype), b_sel)
         return torch.baddbmm(out, h.to(out.dtype), b_sel)
 
     def _dense(self, out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
