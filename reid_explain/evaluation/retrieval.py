@@ -320,6 +320,7 @@ def image_reid_metrics(
         r, k, nj = _image_chunk(d.cpu().numpy(), qpc[sl], qcc[sl], gpc, gcc)
         parts.append((start, r, k))
         junk.append(nj)
+        del d  # before the next chunk is made: one chunk of scores at a time
     rows, ranks = _merge(parts)
     pq = _per_query(rows, ranks, q.shape[0])
     return _image_summary(pq, np.concatenate(junk), qp, qc, g.shape[0], max_rank, ks, per_query)
@@ -389,6 +390,7 @@ def _text_run(chunks: Iterator[tuple[int, Tensor]], n: int, tpc: np.ndarray,
             gcode = torch.as_tensor(ipc, device=s.device)
         r, k = _text_chunk(s, tpc[start : start + s.shape[0]], gcode)
         parts.append((start, r, k))
+        del s  # before the next chunk is made: one chunk of scores at a time
     rows, ranks = _merge(parts)
     return _per_query(rows, ranks, n)
 
