@@ -5,7 +5,8 @@ Run it alone on the machine (other jobs skew every ratio):
 
     python benchmarks/run_all.py [--quick] [--out docs/performance.md]
 
-``--quick`` runs smaller sizes (k = 32 only, fewer pairs) to check that it works.
+``--quick`` runs smaller sizes (k = 32 only, fewer pairs) to check that it works; ``--only vit
+memory`` reruns those benchmarks and keeps the others' last figures.
 """
 
 from __future__ import annotations
@@ -102,20 +103,59 @@ def moe_rows(figures: dict) -> list[str]:
                 "<= 1.10x", figures["ratio_min"] <= 1.10)]
 
 
+def vit_rows(figures: dict) -> list[str]:
+    if not figures:
+        return []
+    k, rows = figures["k"], []
+    for method, f in figures["methods"].items():
+        rows.append(row(f"{method}, 1 query vs k = {k} (vit_small_patch16_224, 224x224): time",
+                        f"{f['s']:.2f} s", f"no-grad forward of the 1 + k images "
+                        f"{figures['limit_s']:.2f} s", f["ratio_to_limit"], "<= 2x",
+                        f["ratio_to_limit"] <= 2))
+    relevance = figures["methods"]["attention_relevance"]
+    rows.append(row(f"attention_relevance k = {k}: against the least exact per-pair gradients "
+                    "cost", f"{relevance['s']:.2f} s", "1 + k images forward with the attention "
+                    f"graph, 2 backward passes of them {figures['floor_s']:.2f} s",
+                    relevance["ratio_to_floor"], "reported", None))
+    for method, f in figures["methods"].items():
+        rows.append(row(f"{method} k = {k}: maps equal to each pair's image run alone",
+                        f"max diff {f['max_abs_diff']:.1e} (maps up to {f['map_scale']:.1e})",
+                        "—", None, "<= 1e-5 x the largest value",
+                        f["max_abs_diff"] <= 1e-5 * f["map_scale"]))
+    return rows
+
+
+LABELS = {"image": "image ReID", "text": "text-to-image ReID"}
+
+
+def memory_rows(figures: dict) -> list[str]:
+    rows = []
+    for f in figures.get("rss", []):
+        rows.append(row(f"{f['calls']:,} explain calls on one {f['host']} host "
+                        f"({', '.join(f['methods'])}): RSS growth", f"{f['growth_mb']:+.1f} MB",
+                        f"RSS after the warm-up {f['rss_before_mb']:.0f} MB", None, "< 25 MB",
+                        f["growth_mb"] < 25))
+    for f in figures.get("retrieval", []):
+        rows.append(row(f"{LABELS[f['task']]} metrics {f['queries']:,} x {f['gallery']:,} "
+                        f"({f['dim']}-d), chunks of {f['chunk']} queries: peak memory",
+                        f"+{f['peak_above_features_mb']:.0f} MB above the features "
+                        f"({f['seconds']:.0f} s)", f"the (Q, G) float32 score matrix "
+                        f"{f['full_matrix_mb']:.0f} MB", f["peak_above_features_mb"] /
+                        f["full_matrix_mb"], "< 1 GB", f["peak_above_features_mb"] < 1024))
+    return rows
+
+
 NOT_YET = [
     row("evaluate on SynthPedes: queries/s against the no-grad forward limit",
         "reported by `reid-explain evaluate` (info['timing'])", "—", None, "reported", None),
-    row("ViT (vit_small_patch16_224): rollout, attention relevance", "not benchmarked yet",
-        "one no-grad forward", None, "<= 2x", None),
-    row("1,000 explain calls: RSS growth; chunked retrieval 50k x 50k peak",
-        "not benchmarked yet", "—", None, "< 25 MB; < 1 GB", None),
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", nargs="+", default=None, choices=["gradcam", "masking", "moe"],
+    parser.add_argument("--only", nargs="+", default=None,
+                        choices=["gradcam", "masking", "moe", "vit", "memory"],
                         help="rerun these; the others' figures come from their last run")
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "performance.md"))
     args = parser.parse_args(argv)
@@ -127,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     masking = run("bench_masking.py", ["--pairs", "4", "--steps", "8"] if args.quick else [],
                   rerun("masking"))
     moe = run("bench_moe.py", ["--repeats", "3"] if args.quick else [], rerun("moe"))
+    vit = run("bench_vit.py", ["--quick"] if args.quick else [], rerun("vit"))
+    memory = run("bench_memory.py", ["--quick"] if args.quick else [], rerun("memory"))
     lines = [
         "# Performance",
         "",
@@ -139,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| figure | measured | baseline (same run) | ratio | target | |",
         "|---|---|---|---|---|---|",
-        *gradcam_rows(gradcam), *masking_rows(masking), *moe_rows(moe), *NOT_YET,
+        *gradcam_rows(gradcam), *masking_rows(masking), *moe_rows(moe), *vit_rows(vit),
+        *memory_rows(memory), *NOT_YET,
         "",
         "How each is measured: the docstring of each `benchmarks/bench_*.py`.",
         "",
