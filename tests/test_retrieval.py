@@ -272,3 +272,29 @@ def test_input_errors_name_the_argument() -> None:
     for call, name in cases:
         with pytest.raises(InputError, match=name):
             call()
+
+
+def test_default_chunk_is_bounded_by_the_gallery_and_changes_nothing(monkeypatch) -> None:
+    """``chunk_size=None`` holds about ``AUTO_CHUNK_SCORES`` scores at once (whole 64-row
+    blocks, at least one), not every query's row: here 2 blocks of a 500-image gallery."""
+    from reid_explain.evaluation import retrieval
+
+    assert retrieval._chunk(None, 50_000, 50_000) == 128  # the real default at 50k x 50k
+    rng, qp, gp, qc, gc = _market_like(5, nq=203, ng=500)
+    qf, gf = torch.randn(len(qp), 16), torch.randn(len(gp), 16)
+    kw = dict(max_rank=30, per_query=True)
+    whole = image_reid_metrics(qf, gf, qp, gp, qc, gc, chunk_size=len(qp), **kw)
+    seen: list[int] = []
+    real = retrieval._score_chunks
+
+    def spy(q, g, kind, chunk):
+        seen.append(chunk)
+        return real(q, g, kind, chunk)
+
+    monkeypatch.setattr(retrieval, "AUTO_CHUNK_SCORES", 2 * 64 * 500 + 10)
+    monkeypatch.setattr(retrieval, "_score_chunks", spy)
+    _same(image_reid_metrics(qf, gf, qp, gp, qc, gc, **kw), whole)
+    assert seen == [128]
+    monkeypatch.setattr(retrieval, "AUTO_CHUNK_SCORES", 10)  # smaller than one block: one block
+    _same(image_reid_metrics(qf, gf, qp, gp, qc, gc, **kw), whole)
+    assert seen == [128, 64]

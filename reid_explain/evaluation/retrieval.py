@@ -84,9 +84,17 @@ def _codes(q: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inv[: len(q)], inv[len(q):]
 
 
-def _chunk(chunk_size: int | None, n: int) -> int:
+#: scores held at once when ``chunk_size`` is None: about 2**23 (a 50k gallery: 128 query rows,
+#: a few hundred MB with the ranking's temporaries), whatever the number of queries
+AUTO_CHUNK_SCORES = 2**23
+
+
+def _chunk(chunk_size: int | None, n: int, n_gallery: int) -> int:
+    """Query rows per chunk: ``chunk_size``, or (None) as many whole 64-row blocks as keep
+    about :data:`AUTO_CHUNK_SCORES` scores, at least one block. Never changes a result."""
     if chunk_size is None:
-        return n
+        blocks = max(1, AUTO_CHUNK_SCORES // (max(n_gallery, 1) * _ROW_BLOCK))
+        return min(n, blocks * _ROW_BLOCK)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
         raise InputError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     if chunk_size < 1:
@@ -295,8 +303,9 @@ def image_reid_metrics(
     """CMC, mAP and mINP of image ReID from features, as torchreid's ``evaluate_rank``.
 
     Distances are torchreid's (``cosine``: 1 - cos; ``euclidean``: squared L2), computed in
-    ``dtype`` on the features' device. With ``chunk_size`` only that many query rows of distances
-    exist at once (plus one 64-row block); results are identical to ``chunk_size=None``.
+    ``dtype`` on the features' device. Only ``chunk_size`` query rows of distances exist at
+    once (plus one 64-row block; None: as many rows as keep about 8M scores, so memory is
+    bounded whatever the number of queries); results do not depend on the chunk.
 
     Returns ``cmc`` (float32 array, fractions, ``min(max_rank, G)`` long), ``mAP`` and ``mINP``
     (fractions, as torchreid), ``num_queries``, ``num_valid``, ``num_skipped`` and ``skipped``
@@ -313,7 +322,7 @@ def image_reid_metrics(
     qp, qc, qpc, gpc, qcc, gcc = _image_args(
         q_pids, g_pids, q_camids, g_camids, q.shape[0], g.shape[0], "q_feats rows", "g_feats rows",
         max_rank, ks)
-    chunk = _chunk(chunk_size, q.shape[0])
+    chunk = _chunk(chunk_size, q.shape[0], g.shape[0])
     parts, junk = [], []
     for start, d in _score_chunks(q, g, metric, chunk):
         sl = slice(start, start + d.shape[0])
@@ -347,7 +356,7 @@ def from_distmat(
     qp, qc, qpc, gpc, qcc, gcc = _image_args(
         q_pids, g_pids, q_camids, g_camids, d.shape[0], d.shape[1], "distmat rows",
         "distmat columns", max_rank, ks)
-    chunk = _chunk(chunk_size, d.shape[0])
+    chunk = _chunk(chunk_size, d.shape[0], d.shape[1])
     parts, junk = [], []
     for start in range(0, d.shape[0], chunk):
         sl = slice(start, start + chunk)
@@ -408,7 +417,7 @@ def text_image_metrics(
     ``num_valid``, ``num_skipped``, ``skipped`` (texts whose identity has no image; left out of
     every average) and with ``per_query=True`` a DataFrame ``per_query`` (pid, valid, n_pos,
     first_rank, last_rank, ap, inp, ``hit@k``). ``chunk_size`` bounds the text rows scored at
-    once; results are identical to ``chunk_size=None``.
+    once (None: about 8M scores at once); results do not depend on it.
     """
     _check_ks(ks)
     t = _features(text_feats, "text_feats", dtype)
@@ -417,7 +426,7 @@ def text_image_metrics(
     tp = _labels(text_pids, "text_pids", t.shape[0], "text_feats rows")
     ip = _labels(image_pids, "image_pids", im.shape[0], "image_feats rows")
     tpc, ipc = _codes(tp, ip)
-    chunks = _score_chunks(t, im, "similarity", _chunk(chunk_size, t.shape[0]))
+    chunks = _score_chunks(t, im, "similarity", _chunk(chunk_size, t.shape[0], im.shape[0]))
     return _text_summary(_text_run(chunks, t.shape[0], tpc, ipc), tp, ks, per_query)
 
 
@@ -436,6 +445,6 @@ def from_similarity(
     tp = _labels(text_pids, "text_pids", s.shape[0], "similarity rows")
     ip = _labels(image_pids, "image_pids", s.shape[1], "similarity columns")
     tpc, ipc = _codes(tp, ip)
-    chunk = _chunk(chunk_size, s.shape[0])
+    chunk = _chunk(chunk_size, s.shape[0], s.shape[1])
     chunks = ((i, s[i : i + chunk]) for i in range(0, s.shape[0], chunk))
     return _text_summary(_text_run(chunks, s.shape[0], tpc, ipc), tp, ks, per_query)
