@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import plugin_manager as plugins
+from ._memory import release_freed_memory
 from .adapter import Adapter
 from .attribution import Attribution
 from .errors import AdapterError, InputError, PluginError
@@ -145,6 +146,8 @@ class Engine:
                                       f"{tuple(getattr(result, 'shape', ()))}; expected one map "
                                       "per input row")
                 outputs.append(result.detach().float().cpu())
+                del result
+                release_freed_memory()  # peak RSS that of one internal batch, whatever n
         maps = torch.cat(outputs)
         if not torch.isfinite(maps).all():
             raise PluginError(f"attribution {method!r} from plugin {plugin!r} returned NaN/inf")

@@ -204,9 +204,9 @@ class Explainer(Engine):
         n_q, n_g = len(query), len(gallery)
         every = select_pairs(torch.zeros(n_q, n_g), None, None)  # row q * n_g + g
         recorder = RecordingCosine(q_emb[every[:, 0]])
-        g_distinct, g_inverse = torch.unique(every[:, 1], return_inverse=True)
-        g_maps = self.attribute(gallery[g_distinct.to(gallery.device)], recorder, method=method,
-                                internal_batch_size=internal_batch_size, image_index=g_inverse,
+        # every gallery image is explained: the caller's tensor is the input, not a copy
+        g_maps = self.attribute(gallery, recorder, method=method,
+                                internal_batch_size=internal_batch_size, image_index=every[:, 1],
                                 **options)
         g_emb = recorder.store[:n_g].to(q_emb.device)  # rows 0..n_g-1: query 0, gallery g
         if torch.isnan(g_emb).any():  # the method scored only altered copies: embed them

@@ -51,3 +51,24 @@ def test_chunked_retrieval_peak_is_bounded_and_independent_of_query_count(task, 
     # with how the allocator reuses freed blocks (measured 276-362 MB at either query count)
     assert abs(large["peak_above_features_mb"] - small["peak_above_features_mb"]) < 128, \
         (small, large)
+
+
+GRADCAM = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gradcam.py"
+
+
+def _gradcam_peak(mode: str, k: int) -> float:
+    out = subprocess.run([sys.executable, str(GRADCAM), "--child", mode, str(k)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])["increase_mb"]
+
+
+def test_gradcam_peak_memory_is_one_internal_batch_whatever_k():
+    """Issue 17, target 2: the peak RSS increase of ``explain(query, gallery, top_k=k)``
+    (osnet_x1_0, 256x128) stays within 1.5x a no-grad forward of one internal batch (32
+    images) and does not grow with k (32 vs 128 gallery images: 1 vs 4 internal batches per
+    side); each in a fresh process (bench_gradcam.py's child)."""
+    limit = _gradcam_peak("limit", 32)
+    small, large = _gradcam_peak("explain", 32), _gradcam_peak("explain", 128)
+    assert max(small, large) <= 1.5 * limit, (small, large, limit)
+    assert large - small < 0.2 * limit, (small, large, limit)
