@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 SIZE = (128, 64)
+HERE = Path(__file__).resolve().parent
 
 
 class RenderedImages(torch.utils.data.Dataset):
@@ -127,7 +128,9 @@ BEGIN, END = "<!-- scaling-table:begin -->", "<!-- scaling-table:end -->"
 
 def write_table(path: Path, figures: dict) -> None:
     """The measured rows as a Markdown table between the markers of ``path``."""
-    lines = [BEGIN, "", f"Measured by `python benchmarks/bench_scaling.py --docs {path}` on "
+    shown = path.resolve().relative_to(HERE.parent) if path.resolve().is_relative_to(
+        HERE.parent) else path
+    lines = [BEGIN, "", f"Measured by `python benchmarks/bench_scaling.py --docs {shown}` on "
              f"{figures['machine']} ({figures['device']}, one process), "
              f"{time.strftime('%Y-%m-%d')}.", "",
              "| gallery | first run | embed | load | explain | metrics | vs smallest | "

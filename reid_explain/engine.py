@@ -147,7 +147,8 @@ class Engine:
                                       "per input row")
                 outputs.append(result.detach().float().cpu())
                 del result
-                release_freed_memory()  # peak RSS that of one internal batch, whatever n
+                if rows.stop < n:  # the peak stays one internal batch's, whatever n
+                    release_freed_memory()
         maps = torch.cat(outputs)
         if not torch.isfinite(maps).all():
             raise PluginError(f"attribution {method!r} from plugin {plugin!r} returned NaN/inf")
