@@ -145,7 +145,8 @@ def _peak_child(mode: str, k: int) -> None:
         if mode == "limit":
             exp.embed(batch, batch_size=32)
         else:
-            exp.explain(query, gallery, method="gradcam", top_k=k)
+            exp.explain(query, gallery, method="gradcam", top_k=k,
+                        release_memory=mode == "explain-release")
         peak = _status_kb("VmHWM")
     print(json.dumps({"increase_mb": (peak - before) / 1024}))
 
@@ -155,8 +156,8 @@ def _status_kb(field: str) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith(field))
 
 
-def measure_memory(k: int) -> float:
-    out = subprocess.run([sys.executable, __file__, "--child", "explain", str(k)],
+def measure_memory(k: int, mode: str = "explain") -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, str(k)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["increase_mb"]
 
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = measure_time(k, args.repeats)
         row.update(limit_peak_mb=limit_mb, peak_mb=measure_memory(k))
         row["memory_ratio"] = row["peak_mb"] / limit_mb
+        row["peak_release_mb"] = measure_memory(k, "explain-release")
+        row["memory_ratio_release"] = row["peak_release_mb"] / limit_mb
         results.append(row)
         print(f"k={k}: explain {row['ours_s']:.2f} s = {row['ratio_to_limit']:.2f}x the no-grad "
               f"forward of the same images ({row['limit_s']:.2f} s; target <= 1.5x); "

@@ -4,11 +4,12 @@ glibc's allocator raises its mmap threshold as large blocks are freed, after whi
 activations of each internal batch come from the heap and stay mapped when freed: the process's
 RSS then grows with the number of batches although each batch frees what it used (measured:
 +120 MB between 32 and 256 gallery images on osnet_x1_0, none of it held by a tensor).
-``malloc_trim(0)`` between batches keeps the peak that of one batch (measured: +539 / +575 MB
-at 32 / 256 gallery images against +458 MB for one batch's no-grad forward; +536 / +772 MB
-without). Trimming only when the peak had risen left it growing (+640 MB at 128), so it runs
-after every batch but the last; the next batch then faults its pages in again. Elsewhere
-(macOS, musl) nothing happens.
+``malloc_trim(0)`` after every internal batch keeps the peak that of one batch (measured: +539
+/ +575 MB at 32 / 256 gallery images against +458 MB for one batch's no-grad forward; +536 /
++772 MB without; trimming every 4th batch or only when the peak rose was not enough). The next
+batch then faults its pages in again, which cost the demo 15 % of its time on a 2-core VM, so
+it is asked for (``release_memory=True``), not the default. Elsewhere (macOS, musl) it does
+nothing.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ class Engine:
     def attribute(self, inputs: Tensor, target: Target, method: str = "gradcam",
                   baselines: Any = None, internal_batch_size: int | None = None,
                   modality: str = "image", image_index: Tensor | None = None,
-                  **options: Any) -> Tensor:
+                  release_memory: bool = False, **options: Any) -> Tensor:
         """Run one attribution method on a batch, ``internal_batch_size`` rows per pass
         (default :data:`DEFAULT_INTERNAL_BATCH_SIZE`: memory bounded whatever the batch).
 
@@ -110,6 +110,10 @@ class Engine:
         against ``target``'s row ``i``, so a query explained against many gallery images is
         given once. Methods that can share the image's forward (``shares_images``) get each
         chunk's distinct images once; others get the rows expanded.
+
+        ``release_memory=True`` hands the allocator's freed pages back to the OS after each
+        internal batch (glibc), so the peak RSS stays one batch's however many rows there are
+        (without it, heap fragmentation adds ~+50 % at 256 rows), at some time per batch.
         """
         self._check_open()
         instance, plugin = self._method(method, modality)
@@ -147,7 +151,7 @@ class Engine:
                                       "per input row")
                 outputs.append(result.detach().float().cpu())
                 del result
-                if rows.stop < n:  # the peak stays one internal batch's, whatever n
+                if release_memory and rows.stop < n:  # peak: one batch's, whatever n
                     release_freed_memory()
         maps = torch.cat(outputs)
         if not torch.isfinite(maps).all():
