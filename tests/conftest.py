@@ -82,3 +82,25 @@ def plain() -> nn.Module:
 def images(n: int, size=(64, 32), seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, *size, generator=g)
+
+
+def manual_timm_forward(vit, x):
+    """A timm ViT forward written out, returning the embedding and each block's attention."""
+    attentions = []
+    h = vit._pos_embed(vit.patch_embed(x))
+    h = vit.norm_pre(vit.patch_drop(h))
+    for block in vit.blocks:
+        y = block.norm1(h)
+        b, n, c = y.shape
+        attn_mod = block.attn
+        qkv = attn_mod.qkv(y).reshape(b, n, 3, attn_mod.num_heads, c // attn_mod.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = (q * attn_mod.scale @ k.transpose(-2, -1)).softmax(-1)
+        if attn.requires_grad:
+            attn.retain_grad()
+        attentions.append(attn)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        h = h + block.ls1(attn_mod.proj(out))
+        h = h + block.ls2(block.mlp(block.norm2(h)))
+    h = vit.norm(h)
+    return vit.forward_head(h, pre_logits=True), attentions

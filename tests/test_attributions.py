@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
-from conftest import images, make_osnet, make_timm_vit, make_tiny_clip
+from conftest import images, make_osnet, make_timm_vit, make_tiny_clip, manual_timm_forward
 
 from reid_explain import InputError, explainify
 
@@ -62,33 +62,11 @@ def test_gradcam_on_vit_tokens_equals_manual_gradcam():
         assert result.query is None
 
 
-def _manual_timm_forward(vit, x):
-    """A timm ViT forward written out, returning the embedding and each block's attention."""
-    attentions = []
-    h = vit._pos_embed(vit.patch_embed(x))
-    h = vit.norm_pre(vit.patch_drop(h))
-    for block in vit.blocks:
-        y = block.norm1(h)
-        b, n, c = y.shape
-        attn_mod = block.attn
-        qkv = attn_mod.qkv(y).reshape(b, n, 3, attn_mod.num_heads, c // attn_mod.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        attn = (q * attn_mod.scale @ k.transpose(-2, -1)).softmax(-1)
-        if attn.requires_grad:
-            attn.retain_grad()
-        attentions.append(attn)
-        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
-        h = h + block.ls1(attn_mod.proj(out))
-        h = h + block.ls2(block.mlp(block.norm2(h)))
-    h = vit.norm(h)
-    return vit.forward_head(h, pre_logits=True), attentions
-
-
 def test_rollout_equals_reference_implementation():
     vit = make_timm_vit()
     x = images(2)
     with torch.no_grad():
-        emb, attentions = _manual_timm_forward(vit, x)
+        emb, attentions = manual_timm_forward(vit, x)
         torch.testing.assert_close(emb, vit(x), atol=1e-5, rtol=1e-5)
     # the textbook recipe: mean over heads, add identity, renormalise rows, multiply
     reference = torch.eye(9).expand(2, 9, 9)
@@ -107,7 +85,7 @@ def test_attention_relevance_equals_reference_implementation():
     q, g = images(2), images(1, seed=4)
     with torch.no_grad():
         ref_emb = vit(g)
-    emb, attentions = _manual_timm_forward(vit, q)
+    emb, attentions = manual_timm_forward(vit, q)
     F.cosine_similarity(emb, ref_emb.expand(2, -1), dim=-1).sum().backward()
     relevance = torch.eye(9).expand(2, 9, 9)
     for attn in attentions:

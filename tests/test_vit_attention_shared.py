@@ -11,36 +11,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import images, make_timm_vit, make_tiny_clip
+from conftest import images, make_timm_vit, make_tiny_clip, manual_timm_forward
 
 from reid_explain import explainify, plugin_manager
 from reid_explain.plugins.attributions.attention_relevance import occurrences
 from reid_explain.targets import CosineSimilarity
 
 
-def _manual_attentions(vit, x):
-    """A timm ViT forward written out: the embedding and each block's attention."""
-    attentions = []
-    h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
-    for block in vit.blocks:
-        y = block.norm1(h)
-        b, n, c = y.shape
-        attn_mod = block.attn
-        qkv = attn_mod.qkv(y).reshape(b, n, 3, attn_mod.num_heads, c // attn_mod.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        attn = (q * attn_mod.scale @ k.transpose(-2, -1)).softmax(-1)
-        if attn.requires_grad:
-            attn.retain_grad()
-        attentions.append(attn)
-        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
-        h = h + block.ls1(attn_mod.proj(out))
-        h = h + block.ls2(block.mlp(block.norm2(h)))
-    return vit.forward_head(vit.norm(h), pre_logits=True), attentions
-
-
 def _rollout_alone(vit, image):
     with torch.no_grad():
-        _, attentions = _manual_attentions(vit, image[None])
+        _, attentions = manual_timm_forward(vit, image[None])
     n = attentions[0].shape[-1]
     result = torch.eye(n)[None]
     for attn in attentions:
@@ -52,7 +32,7 @@ def _rollout_alone(vit, image):
 def _relevance_alone(vit, image, reference):
     """One pair, one image: forward with gradients, backward of this pair's score only."""
     x = image[None].clone().requires_grad_(True)
-    emb, attentions = _manual_attentions(vit, x)
+    emb, attentions = manual_timm_forward(vit, x)
     F.cosine_similarity(emb, reference[None], dim=-1).sum().backward()
     n = attentions[0].shape[-1]
     relevance = torch.eye(n)[None]
