@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
-import pytest
-import torch
-from torch import nn
+# Under pytest-xdist (the README's test command runs one worker per core) each worker gets an
+# equal share of the cores, set before torch is imported so that child processes the tests
+# start (CLI runs, torchrun) inherit it too: workers that each spin every core's OpenMP threads
+# slow each other down several-fold.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = str(_share)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(_share)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per core, at most 8 (each holds a torch process, ~1 GB)."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
 
 warnings.filterwarnings("ignore", message=".*Cython evaluation.*")
 

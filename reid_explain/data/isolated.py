@@ -36,7 +36,7 @@ def read_isolated(reader: str, path: str | os.PathLike, what: str = "file",
                               capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise DataFormatError(f"{path}: reading this {what} took more than {timeout:.0f} s; "
-                              "it is corrupt or not a {what}") from None
+                              f"it is corrupt or not a {what}") from None
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
         raise DataFormatError(f"{path}: the {what} reader crashed on this file ({name}); the "
