@@ -14,7 +14,7 @@ from reid_explain.data.schema import DUKEMTMC, MARKET1501, AttributeKind
 from reid_explain.explainer import choose_adapter
 from reid_explain.moe.checkpoint import load_checkpoint, save_checkpoint
 from reid_explain.moe.experts import ExpertLayout
-from reid_explain.moe.mixture import GatedLoraSum, make_plan
+from reid_explain.moe.mixture import GatedLoraSum, Workspace, make_plan
 from reid_explain.moe.routers import LearnedRouter, learned_embed
 from reid_explain.moe.train import (
     IdClassifier,
@@ -195,6 +195,39 @@ def test_slot_and_dense_paths_and_mean_pooling_agree():
             assert (out - base).abs().max() > 1e-3
         soft = torch.rand(B, moe.layout.num_experts)
         assert make_plan(soft, group_of, groups, "sum").dense is not None  # soft -> dense
+
+
+def test_workspace_gathers_give_the_allocating_path_bit_for_bit():
+    """The reused gather buffers (inference only) change no value, for shrinking and growing
+    batches through one workspace shared by two layers, and are not used under autograd."""
+    model, adapter, moe = make("timm")
+    with moe:
+        randomize_experts(moe)
+        layers = [moe.lora_layers()[n] for n in ("blocks.2.mlp.fc1", "blocks.2.mlp.fc2")]
+        workspace = Workspace()
+        shared = [GatedLoraSum(layer, moe.layout.names, workspace) for layer in layers]
+        plain = [GatedLoraSum(layer, moe.layout.names) for layer in layers]
+        group_of, groups = moe.layout.group_of(), len(moe.layout.groups)
+        for batch in (B, 2, B + 3):
+            torch.manual_seed(batch)
+            codes = torch.stack([torch.randint(0, len(a.states), (batch,))
+                                 for a in moe.layout.schema], dim=1)
+            plan = make_plan(moe.layout.gates(codes), group_of, groups, "mean")
+            for with_ws, without in zip(shared, plain, strict=True):
+                x = torch.randn(batch, 9, with_ws.layer.in_features)
+                base = with_ws.layer.base_layer(x).detach()
+                with torch.no_grad():
+                    got = with_ws.add_to(base.clone(), x, plan, inplace=True)
+                    expected = without.add_to(base.clone(), x, plan)
+                assert torch.equal(got, expected)
+                assert (got - base).abs().max() > 1e-3
+        grown = sum(t.numel() for t in workspace._buffers.values())
+        assert grown > 0
+        x = torch.randn(B, 9, layers[0].in_features, requires_grad=True)
+        plan = make_plan(moe.layout.gates(random_codes()), group_of, groups, "mean")
+        shared[0].add_to(layers[0].base_layer(x), x, plan).sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+        assert sum(t.numel() for t in workspace._buffers.values()) == grown
 
 
 @pytest.mark.parametrize("host", ["timm", "clip"])

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from reid_explain.adapter import Adapter
 from reid_explain.hookspecs import hookimpl
 from reid_explain.moe.experts import ExpertLayout
-from reid_explain.moe.mixture import GatedLoraSum, Pooling, RoutingPlan, make_plan
+from reid_explain.moe.mixture import GatedLoraSum, Pooling, RoutingPlan, Workspace, make_plan
 from reid_explain.training_hooks import BackboneModification
 
 #: default rank, alpha, dropout and number of blocks (see docs/mosaic.md)
@@ -74,6 +74,7 @@ class LoraMoE(BackboneModification):
         self._plan_on: dict[torch.device, RoutingPlan] = {}
         self._layers: dict[str, nn.Module] = {}
         self._mixers: dict[str, GatedLoraSum] = {}
+        self._workspace = Workspace()  # the layers' gathered factors, reused across forwards
         self._handles: list[Any] = []
         self._saved_requires_grad: dict[str, bool] = {}
         self._saved_peft_config: Any = _UNSET
@@ -143,7 +144,7 @@ class LoraMoE(BackboneModification):
                 if not _is_lora_layer(layer):
                     raise RuntimeError(f"peft did not wrap {name} (got {type(layer).__name__})")
                 layer.enable_adapters(False)  # peft's own path adds nothing; the hook mixes
-                self._mixers[name] = GatedLoraSum(layer, self.layout.names)
+                self._mixers[name] = GatedLoraSum(layer, self.layout.names, self._workspace)
                 self._handles.append(layer.register_forward_hook(self._hook(name)))
             self._set_trainable()
         except Exception:
@@ -192,6 +193,7 @@ class LoraMoE(BackboneModification):
                 p.requires_grad_(self._saved_requires_grad[name])
         self._layers.clear()
         self._mixers.clear()
+        self._workspace.clear()
 
     # -- the mixture ---------------------------------------------------------------------------
     def _hook(self, name: str):

@@ -26,6 +26,7 @@ slot (weight 0) adds exact zeros (``tests/test_lora_moe.py`` checks this under a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -104,15 +105,51 @@ def make_plan(gates: Tensor, group_of: Tensor, num_groups: int, pooling: Pooling
     return RoutingPlan(batch, index=index.gather(1, order), weight=weight.gather(1, order))
 
 
-class GatedLoraSum:
-    """The mixture delta of one peft ``LoraLayer`` (Linear), read from its own modules."""
+class Workspace:
+    """Reused buffers for the per-sample expert factors that the slot path gathers.
 
-    def __init__(self, layer: nn.Module, names: Sequence[str]) -> None:
+    Without gradients, each layer's gathered factors live only for its own two matmuls, and
+    the layers of a forward run one after another, so one buffer per role (``"a"``, ``"b"``),
+    per thread and device, serves every layer that shares the workspace. Gathering into a
+    fresh tensor costs 4x a gather into a reused one (measured: 1.5 vs 0.37 ms for 9.4 MB on
+    one thread), nearly all of it in allocating and first touching the pages. The buffers grow
+    to the largest request and are held until :meth:`clear`.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, Tensor] = {}
+
+    def get(self, role: str, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device) -> Tensor:
+        """A ``shape`` view of the ``role`` buffer (contents undefined)."""
+        key = (role, threading.get_ident(), dtype, device)
+        numel = 1
+        for n in shape:
+            numel *= n
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self._buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+        return buffer[:numel].view(shape)
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+class GatedLoraSum:
+    """The mixture delta of one peft ``LoraLayer`` (Linear), read from its own modules.
+
+    ``workspace``: buffers shared with the other layers of the same model (see
+    :class:`Workspace`); without one, the gathered factors are allocated per call.
+    """
+
+    def __init__(self, layer: nn.Module, names: Sequence[str],
+                 workspace: Workspace | None = None) -> None:
         missing = [n for n in names if n not in layer.lora_A]
         if missing:
             raise ValueError(f"peft layer has no adapter(s) {missing}")
         self.layer = layer
         self.names = tuple(names)
+        self.workspace = workspace
         self._stacked: tuple[tuple, tuple[Tensor, Tensor, Tensor]] | None = None
         self._modules: list[nn.Module] | None = None
 
@@ -176,8 +213,14 @@ class GatedLoraSum:
         batch, slots = index.shape
         rank = a.shape[1]
         flat_index = index.reshape(-1)
-        a_sel = a.reshape(a.shape[0], -1).index_select(0, flat_index)
-        b_sel = b.reshape(b.shape[0], -1).index_select(0, flat_index)
+        flat_a, flat_b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        if self.workspace is not None and not torch.is_grad_enabled():
+            a_sel = torch.index_select(flat_a, 0, flat_index, out=self.workspace.get(
+                "a", (flat_index.numel(), flat_a.shape[1]), a.dtype, a.device))
+            b_sel = torch.index_select(flat_b, 0, flat_index, out=self.workspace.get(
+                "b", (flat_index.numel(), flat_b.shape[1]), b.dtype, b.device))
+        else:
+            a_sel, b_sel = flat_a.index_select(0, flat_index), flat_b.index_select(0, flat_index)
         a_sel = a_sel.reshape(batch, slots * rank, a.shape[2])
         b_sel = b_sel.reshape(batch, slots * rank, b.shape[2]).to(out.dtype)
         w = (weight.to(x.dtype) * scale[index]).repeat_interleave(rank, dim=1)
