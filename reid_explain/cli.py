@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -389,6 +390,10 @@ def _train(argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("REID_EXPLAIN_MALLOC") == "keep":
+        from ._memory import keep_freed_memory
+
+        keep_freed_memory()  # batched forwards reuse freed pages (see _memory.py)
     if argv and argv[0] == "train":
         from .errors import ReidExplainError
 
