@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from ._memory import keep_freed_memory
 from .adapter import Adapter
 from .attribution import Attribution
 from .errors import (
@@ -41,5 +42,5 @@ __all__ = [
     "PluginConflictError", "PluginError", "ReidExplainError", "Target", "TextImageExplanation",
     "TokenRelevance", "UnknownPluginError", "explainify", "hookimpl", "hookspec",
     "list_plugins", "register", "unregister", "attach", "auxiliary_losses", "TrainingSession",
-    "BackboneModification", "TrainingLoss",
+    "BackboneModification", "TrainingLoss", "keep_freed_memory",
 ]
