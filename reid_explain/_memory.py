@@ -17,44 +17,32 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 
-@lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
+@cache
+def _libc(function: str, *argtypes: type) -> Callable[..., int] | None:
+    """A glibc allocator function (returning int), or None where there is none (macOS, musl)."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        found = getattr(ctypes.CDLL(name), function)
     except (OSError, AttributeError):
         return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
+    found.argtypes, found.restype = list(argtypes), ctypes.c_int
+    return found
 
 
 def release_freed_memory() -> None:
     """Return the heap's free pages to the OS (glibc ``malloc_trim``), where there is one."""
-    trim = _malloc_trim()
+    trim = _libc("malloc_trim", ctypes.c_size_t)
     if trim is not None:
         trim(0)
 
 
 #: glibc ``mallopt`` parameters
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-
-
-@lru_cache(maxsize=1)
-def _mallopt() -> Callable[[int, int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return None
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt
 
 
 def keep_freed_memory() -> bool:
@@ -74,7 +62,7 @@ def keep_freed_memory() -> bool:
     the command line with ``REID_EXPLAIN_MALLOC=keep``, or preload jemalloc / tcmalloc as
     PyTorch's CPU tuning guide advises. Returns whether the policy was set (not glibc: False).
     """
-    mallopt = _mallopt()
+    mallopt = _libc("mallopt", ctypes.c_int, ctypes.c_int)
     if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
