@@ -116,12 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     clock = "thread CPU time" if cpu_clock else "wall time"
     t = {name: [x[which] for x in v] for name, v in times.items()}
 
-    def paired(name: str) -> float:
-        return statistics.median(a / b for a, b in zip(t[name], t["host"], strict=True))
+    def per_round(name: str) -> list[float]:
+        return sorted(a / b for a, b in zip(t[name], t["host"], strict=True))
 
-    ratio, control_ratio = paired("moe"), paired("control")
-    per_round = sorted(a / b for a, b in zip(t["moe"], t["host"], strict=True))
-    quartiles = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
+    ratio, control_ratio = (statistics.median(per_round(n)) for n in ("moe", "control"))
+    per_round_moe = per_round("moe")
+    quartiles = (statistics.quantiles(per_round_moe, n=4) if len(per_round_moe) > 1
+                 else per_round_moe * 3)
     ratio_min = min(t["moe"]) / min(t["host"])
     ratio_med = statistics.median(t["moe"]) / statistics.median(t["host"])
     print(f"lora_moe forward, ViT-Tiny depth {args.depth} at {args.height}x{args.width}, "

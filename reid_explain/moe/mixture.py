@@ -26,6 +26,7 @@ slot (weight 0) adds exact zeros (``tests/test_lora_moe.py`` checks this under a
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -123,9 +124,7 @@ class Workspace:
             device: torch.device) -> Tensor:
         """A ``shape`` view of the ``role`` buffer (contents undefined)."""
         key = (role, threading.get_ident(), dtype, device)
-        numel = 1
-        for n in shape:
-            numel *= n
+        numel = math.prod(shape)
         buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < numel:
             buffer = self._buffers[key] = torch.empty(numel, dtype=dtype, device=device)
