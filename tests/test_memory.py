@@ -72,9 +72,15 @@ def test_gradcam_peak_memory_is_one_internal_batch_whatever_k():
     release_memory=True)`` (osnet_x1_0, 256x128) stays within 1.5x a no-grad forward of one
     internal batch (32 images) and does not grow with k (32 vs 128 gallery images: 2 vs 5
     internal batches for the gallery side; the benchmark measures k = 256 too); each in a fresh
-    process (bench_gradcam.py's child)."""
-    limit = _gradcam_peak("limit", 32)
+    process (bench_gradcam.py's child).
+
+    The limit is the mean of a child run before and one after the explain children: beside
+    another pytest worker one limit child measured +393 MB where alone it measures +458-480
+    MB (the VM's DAMON reclaims pages of a slowed process before its peak), which failed the
+    growth bound once in CI."""
+    before = _gradcam_peak("limit", 32)
     small, large = _gradcam_peak("explain-release", 32), _gradcam_peak("explain-release", 128)
+    limit = (before + _gradcam_peak("limit", 32)) / 2
     assert max(small, large) <= 1.5 * limit, (small, large, limit)
     assert large - small < 0.2 * limit, (small, large, limit)
 
