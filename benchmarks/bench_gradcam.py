@@ -9,7 +9,7 @@ Baselines (each figure printed as a ratio):
 - **pytorch-grad-cam** (``pip install grad-cam``, optional): its ``GradCAM`` on the same 2k rows
   with a cosine target; target >= 1x; maps must agree (correlation >= 0.999);
 - **memory**: peak RSS increase of the call, each in a fresh process, against a no-grad forward
-  of one internal batch (32 images); target <= 1.5x, whatever k.
+  of one internal batch (the default: 8 images at 256x128); target <= 1.5x, whatever k.
 
 Timings are the minimum of ``--repeats`` runs after a warm-up at the same shapes (oneDNN builds
 kernels per shape on first use). ``--json PATH`` writes the figures for ``run_all.py``.
@@ -78,6 +78,7 @@ def grad_cam_library(model, query, gallery, q_emb, g_emb) -> torch.Tensor | None
         from pytorch_grad_cam import GradCAM
     except ImportError:
         return None
+    from reid_explain.engine import default_internal_batch_size
 
     class Cosine:
         def __init__(self, reference):
@@ -90,12 +91,13 @@ def grad_cam_library(model, query, gallery, q_emb, g_emb) -> torch.Tensor | None
     inputs = torch.cat([query.expand(k, -1, -1, -1), gallery])
     targets = [Cosine(g_emb[j]) for j in range(k)] + [Cosine(q_emb[0]) for _ in range(k)]
     maps = []
+    step = default_internal_batch_size(inputs)  # the rows per pass reid_explain uses
     with GradCAM(model=model, target_layers=[model.conv5]) as cam:
-        # 32 rows per call: all 2k rows at once keep the whole network's graph for every row
+        # in batches: all 2k rows at once keep the whole network's graph for every row
         # (k = 256 at 256x128 exhausts 24 GB)
-        for start in range(0, len(inputs), 32):
-            maps.append(torch.as_tensor(cam(input_tensor=inputs[start:start + 32],
-                                            targets=targets[start:start + 32])))
+        for start in range(0, len(inputs), step):
+            maps.append(torch.as_tensor(cam(input_tensor=inputs[start:start + step],
+                                            targets=targets[start:start + step])))
     return torch.cat(maps)  # upsampled to the image and min-max scaled, as the library does
 
 
@@ -106,14 +108,14 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def measure_time(k: int, repeats: int) -> dict:
     from reid_explain import explainify
+    from reid_explain.engine import default_internal_batch_size
 
     model = build()
     query, gallery = images(1, 1), images(k, 2)
-    rows: dict = {"k": k}
+    rows: dict = {"k": k, "internal_batch_rows": default_internal_batch_size(query)}
     with explainify(model) as exp:
         q_emb, g_emb = exp.embed(query), exp.embed(gallery)
-        limit = best_time(lambda: (exp.embed(query, batch_size=32),
-                                   exp.embed(gallery, batch_size=32)), repeats)
+        limit = best_time(lambda: (exp.embed(query), exp.embed(gallery)), repeats)
         ours = best_time(lambda: exp.explain(query, gallery, method="gradcam", top_k=k), repeats)
         result = exp.explain(query, gallery, method="gradcam", top_k=k)
     order = result.pairs[:, 1]
@@ -131,19 +133,23 @@ def measure_time(k: int, repeats: int) -> dict:
 
 def _peak_child(mode: str, k: int) -> None:
     """In a fresh process: the RSS increase (MB) of one call (``limit``: a no-grad forward of
-    one internal batch of 32 images; ``explain``: the Grad-CAM call with k gallery images)."""
+    one internal batch of the default size; ``explain``: the Grad-CAM call with k gallery
+    images)."""
     from reid_explain import explainify
+    from reid_explain.engine import default_internal_batch_size
 
     model = build()
     query, gallery = images(1, 1), images(k, 2)
     with explainify(model) as exp:
         exp.embed(images(2, 3))  # load what every call loads
-        batch = images(32, 4)
+        if mode != "limit":  # and what every explain call loads (backward kernels, autograd)
+            exp.explain(images(1, 5), images(1, 6), method="gradcam")
+        batch = images(default_internal_batch_size(query), 4)
         before = _status_kb("VmRSS")
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")  # resets the peak (VmHWM) to the current RSS
         if mode == "limit":
-            exp.embed(batch, batch_size=32)
+            exp.embed(batch, batch_size=len(batch))
         else:
             exp.explain(query, gallery, method="gradcam", top_k=k,
                         release_memory=mode == "explain-release")

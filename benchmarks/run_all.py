@@ -80,7 +80,8 @@ def gradcam_rows(figures: dict) -> list[str]:
         if "peak_mb" in r:
             rows.append(row(f"Grad-CAM k = {k}: peak memory (RSS increase)",
                             f"+{r['peak_mb']:.0f} MB", f"no-grad forward of one internal "
-                            f"batch (32 images) +{r['limit_peak_mb']:.0f} MB",
+                            f"batch ({r['internal_batch_rows']} images) "
+                            f"+{r['limit_peak_mb']:.0f} MB",
                             r["memory_ratio"], "<= 1.5x", r["memory_ratio"] <= 1.5))
         if "peak_release_mb" in r:
             rows.append(row(f"Grad-CAM k = {k}: peak memory with release_memory=True",
@@ -138,15 +139,21 @@ def vit_rows(figures: dict) -> list[str]:
         return []
     k, rows = figures["k"], []
     for method, f in figures["methods"].items():
+        # exact relevance maps need 2k backward rows (one per pair and side) beside the 1 + k
+        # forward rows, so <= 2x a no-grad forward is out of reach of any exact method: its
+        # target is the floor below (docs/attributions.md, "Cost on ViT hosts")
+        exact_gradients = method == "attention_relevance"
         rows.append(row(f"{method}, 1 query vs k = {k} (vit_small_patch16_224, 224x224): time",
                         f"{f['s']:.2f} s", f"no-grad forward of the 1 + k images "
-                        f"{figures['limit_s']:.2f} s", f["ratio_to_limit"], "<= 2x",
-                        f["ratio_to_limit"] <= 2))
+                        f"{figures['limit_s']:.2f} s", f["ratio_to_limit"],
+                        "reported (below: the exact floor)" if exact_gradients else "<= 2x",
+                        None if exact_gradients else f["ratio_to_limit"] <= 2))
     relevance = figures["methods"]["attention_relevance"]
     rows.append(row(f"attention_relevance k = {k}: against the least exact per-pair gradients "
                     "cost", f"{relevance['s']:.2f} s", "1 + k images forward with the attention "
                     f"graph, 2 backward passes of them {figures['floor_s']:.2f} s",
-                    relevance["ratio_to_floor"], "reported", None))
+                    relevance["ratio_to_floor"], "<= 1.25x (issue 17, target 5 restated)",
+                    relevance["ratio_to_floor"] <= 1.25))
     for method, f in figures["methods"].items():
         rows.append(row(f"{method} k = {k}: maps equal to each pair's image run alone",
                         f"max diff {f['max_abs_diff']:.1e} (maps up to {f['map_scale']:.1e})",

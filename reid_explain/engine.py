@@ -23,9 +23,25 @@ from .host_guard import HostGuard
 from .inputs import check_images, check_texts
 from .targets import Target
 
-#: rows per attribution pass when the caller names none: peak memory stays that of one such
-#: batch however many pairs are explained
+#: rows per attribution pass when the caller names none and the rows are not images (token ids):
+#: peak memory stays that of one such batch however many pairs are explained
 DEFAULT_INTERNAL_BATCH_SIZE = 32
+#: pixels per attribution pass when the caller names no ``internal_batch_size`` (8 images at
+#: 256x128, 32 at 128x64, 5 at 224x224). Activations grow with pixels, and glibc serves every
+#: block above 32 MB by its own mmap and unmaps it when freed, so a batch whose largest
+#: activation passes that size faults all its pages in again on every pass: osnet_x1_0 at
+#: 256x128 took 58-64 ms per image in batches of 32 against ~25 ms in batches of 8
+#: (docs/attributions.md, "Memory").
+DEFAULT_INTERNAL_BATCH_PIXELS = 8 * 256 * 128
+
+
+def default_internal_batch_size(inputs: Tensor) -> int:
+    """Rows per pass when the caller names none: as many images of ``inputs``' size as fit in
+    :data:`DEFAULT_INTERNAL_BATCH_PIXELS` (at least one), or :data:`DEFAULT_INTERNAL_BATCH_SIZE`
+    rows of anything that is not a batch of images."""
+    if inputs.dim() != 4:
+        return DEFAULT_INTERNAL_BATCH_SIZE
+    return max(1, DEFAULT_INTERNAL_BATCH_PIXELS // (inputs.shape[-2] * inputs.shape[-1]))
 
 
 class Engine:
@@ -61,12 +77,14 @@ class Engine:
 
     # -- embeddings ---------------------------------------------------------------------------
     @torch.no_grad()
-    def embed(self, images: Tensor, batch_size: int = 64) -> Tensor:
-        """L2-normalised image embeddings, ``(B, D)``."""
+    def embed(self, images: Tensor, batch_size: int | None = None) -> Tensor:
+        """L2-normalised image embeddings, ``(B, D)``, ``batch_size`` images per forward
+        (default :func:`default_internal_batch_size`)."""
         self._check_open()
         images = check_images(images, "images", self.adapter)
+        step = batch_size or default_internal_batch_size(images)
         with self.guard:
-            out = [self.adapter.embed_image(chunk) for chunk in images.split(batch_size)]
+            out = [self.adapter.embed_image(chunk) for chunk in images.split(step)]
         return F.normalize(torch.cat(out).float(), dim=-1)
 
     @torch.no_grad()
@@ -104,7 +122,7 @@ class Engine:
                   modality: str = "image", image_index: Tensor | None = None,
                   release_memory: bool = False, **options: Any) -> Tensor:
         """Run one attribution method on a batch, ``internal_batch_size`` rows per pass
-        (default :data:`DEFAULT_INTERNAL_BATCH_SIZE`: memory bounded whatever the batch).
+        (default :func:`default_internal_batch_size`: memory bounded whatever the batch).
 
         ``image_index`` (optional, ``(N,)`` long): row ``i`` explains ``inputs[image_index[i]]``
         against ``target``'s row ``i``, so a query explained against many gallery images is
@@ -119,7 +137,7 @@ class Engine:
         instance, plugin = self._method(method, modality)
         index = None if image_index is None else torch.as_tensor(image_index).long().cpu()
         n = inputs.shape[0] if index is None else int(index.shape[0])
-        step = internal_batch_size or DEFAULT_INTERNAL_BATCH_SIZE
+        step = internal_batch_size or default_internal_batch_size(inputs)
         outputs = []
         with self.guard:
             if not instance.needs_parameter_gradients:

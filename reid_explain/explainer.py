@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from . import plugin_manager as plugins
 from .adapter import Adapter
 from .adapter_choice import adapter_listing, build_adapter, choose_adapter
-from .engine import DEFAULT_INTERNAL_BATCH_SIZE, Engine
+from .engine import Engine, default_internal_batch_size
 from .errors import InputError, PluginError, ReidExplainError
 from .inputs import (
     check_embeddings,
@@ -162,7 +162,7 @@ class Explainer(Engine):
         query = check_images(query, "query", self.adapter)
         gallery = check_images(gallery, "gallery", self.adapter)
         check_same_size(query, gallery, ("query", "gallery"))
-        chunk = internal_batch_size or DEFAULT_INTERNAL_BATCH_SIZE
+        chunk = internal_batch_size or default_internal_batch_size(query)
         q_emb = self.embed(query, batch_size=chunk)
         check_embeddings(q_emb, "query")
         every_pair = pairs is None and (top_k is None or top_k >= len(gallery))
@@ -211,7 +211,7 @@ class Explainer(Engine):
         g_emb = recorder.store[:n_g].to(q_emb.device)  # rows 0..n_g-1: query 0, gallery g
         if torch.isnan(g_emb).any():  # the method scored only altered copies: embed them
             g_emb = self.embed(gallery, batch_size=internal_batch_size or
-                               DEFAULT_INTERNAL_BATCH_SIZE)
+                               default_internal_batch_size(gallery))
         check_embeddings(g_emb, "gallery")
         scores = q_emb @ g_emb.T
         pairs = select_pairs(scores, None, top_k)

@@ -48,6 +48,33 @@ def test_internal_batch_size_splits_but_gives_the_same_maps():
     torch.testing.assert_close(whole.gallery.maps, split.gallery.maps, atol=1e-6, rtol=1e-5)
 
 
+def test_default_internal_batch_holds_a_fixed_number_of_pixels():
+    """Without ``internal_batch_size`` a pass holds DEFAULT_INTERNAL_BATCH_PIXELS: 8 images at
+    256x128 (so the largest activation stays under glibc's 32 MB mmap threshold), 32 at
+    128x64; embeddings are batched the same way."""
+    from reid_explain.engine import DEFAULT_INTERNAL_BATCH_PIXELS, default_internal_batch_size
+
+    assert default_internal_batch_size(torch.zeros(1, 3, 256, 128)) == 8
+    assert default_internal_batch_size(torch.zeros(1, 3, 128, 64)) == 32
+    assert default_internal_batch_size(torch.zeros(1, 3, 1024, 1024)) == 1
+    assert DEFAULT_INTERNAL_BATCH_PIXELS // (224 * 224) == 5
+    model = make_osnet()
+    q, g = images(1, (256, 128)), images(20, (256, 128), seed=1)
+    with explainify(model) as exp:
+        exp.adapter.grid_size((256, 128))
+        sizes, handle = _count_forwards(model)
+        result = exp.explain(q, g, method="gradcam", top_k=12)
+        handle.remove()
+        reference = exp.explain(q, g, method="gradcam", top_k=12, internal_batch_size=64)
+    # embeddings: the query (1), the gallery in 8s (8, 8, 4); then 24 rows (12 rows of the
+    # one query image, 12 gallery images) in passes of 8 rows, each pass given its distinct
+    # images: the query (1), the query and 4 gallery images (5), 8 gallery images (8)
+    assert sizes == [1, 8, 8, 4, 1, 5, 8]
+    torch.testing.assert_close(result.query.maps, reference.query.maps, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(result.gallery.maps, reference.gallery.maps, atol=1e-6,
+                               rtol=1e-5)
+
+
 def test_grounding_map_views_and_png(tmp_path):
     model = make_tiny_clip()
     with explainify(model) as exp:

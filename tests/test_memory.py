@@ -70,19 +70,21 @@ def _gradcam_peak(mode: str, k: int) -> float:
 def test_gradcam_peak_memory_is_one_internal_batch_whatever_k():
     """Issue 17, target 2: the peak RSS increase of ``explain(query, gallery, top_k=k,
     release_memory=True)`` (osnet_x1_0, 256x128) stays within 1.5x a no-grad forward of one
-    internal batch (32 images) and does not grow with k (32 vs 128 gallery images: 2 vs 5
-    internal batches for the gallery side; the benchmark measures k = 256 too); each in a fresh
-    process (bench_gradcam.py's child).
+    internal batch (the default: 8 images at 256x128) and does not grow with k (32 vs 128
+    gallery images: 4 vs 16 internal batches for the gallery side; the benchmark measures
+    k = 256 too); each in a fresh process (bench_gradcam.py's child), after one call of the
+    same kind has loaded what every call loads.
 
-    The limit is the mean of a child run before and one after the explain children: beside
-    another pytest worker one limit child measured +393 MB where alone it measures +458-480
-    MB (the VM's DAMON reclaims pages of a slowed process before its peak), which failed the
-    growth bound once in CI."""
-    before = _gradcam_peak("limit", 32)
+    Unbatched, k = 128 would hold 32x one batch; batched, the peak at 128 measured 0.4-21 MB
+    above the one at 32 (limit 126-151 MB), hence the bound of 0.3x the limit. The limit is
+    the mean of a child run before and one after the explain children: beside another pytest
+    worker a limit child can read ~15 % low (the VM's DAMON reclaims pages of a slowed process
+    before its peak)."""
+    before = _gradcam_peak("limit", 0)
     small, large = _gradcam_peak("explain-release", 32), _gradcam_peak("explain-release", 128)
-    limit = (before + _gradcam_peak("limit", 32)) / 2
+    limit = (before + _gradcam_peak("limit", 0)) / 2
     assert max(small, large) <= 1.5 * limit, (small, large, limit)
-    assert large - small < 0.2 * limit, (small, large, limit)
+    assert large - small < 0.3 * limit, (small, large, limit)
 
 
 KEEP_CHILD = """
