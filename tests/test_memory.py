@@ -75,14 +75,15 @@ def test_gradcam_peak_memory_is_one_internal_batch_whatever_k():
     k = 256 too); each in a fresh process (bench_gradcam.py's child), after one call of the
     same kind has loaded what every call loads.
 
-    Unbatched, k = 128 would hold 32x one batch; batched, the peak at 128 measured 0.4-21 MB
+    Unbatched, k = 128 would hold 32x one batch; batched, the peak at 128 measured 0.4-24 MB
     above the one at 32 (limit 126-151 MB), hence the bound of 0.3x the limit. The limit is
-    the mean of a child run before and one after the explain children: beside another pytest
-    worker a limit child can read ~15 % low (the VM's DAMON reclaims pages of a slowed process
-    before its peak)."""
+    the higher of a child run before and one after the explain children: beside another
+    pytest worker a limit child can read 15-25 % low (the VM's DAMON reclaims pages of a
+    slowed process before its peak; reclaim only ever lowers a reading). In CI two limit
+    children averaged 112 MB, and 169 MB failed 1.5x their mean."""
     before = _gradcam_peak("limit", 0)
     small, large = _gradcam_peak("explain-release", 32), _gradcam_peak("explain-release", 128)
-    limit = (before + _gradcam_peak("limit", 0)) / 2
+    limit = max(before, _gradcam_peak("limit", 0))
     assert max(small, large) <= 1.5 * limit, (small, large, limit)
     assert large - small < 0.3 * limit, (small, large, limit)
 
