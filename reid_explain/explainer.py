@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from . import plugin_manager as plugins
 from .adapter import Adapter
 from .adapter_choice import adapter_listing, build_adapter, choose_adapter
-from .engine import Engine, default_internal_batch_size
+from .engine import Engine
 from .errors import InputError, PluginError, ReidExplainError
 from .inputs import (
     check_embeddings,
@@ -162,15 +162,14 @@ class Explainer(Engine):
         query = check_images(query, "query", self.adapter)
         gallery = check_images(gallery, "gallery", self.adapter)
         check_same_size(query, gallery, ("query", "gallery"))
-        chunk = internal_batch_size or default_internal_batch_size(query)
-        q_emb = self.embed(query, batch_size=chunk)
+        q_emb = self.embed(query, batch_size=internal_batch_size)
         check_embeddings(q_emb, "query")
         every_pair = pairs is None and (top_k is None or top_k >= len(gallery))
         if every_pair and side == "both" and baselines is None and \
                 plugins.get("attributions", method).obj.shares_images:
             return self._explain_every_pair(query, gallery, q_emb, method, top_k,
                                             internal_batch_size, options)
-        g_emb = self.embed(gallery, batch_size=chunk)
+        g_emb = self.embed(gallery, batch_size=internal_batch_size)
         check_embeddings(g_emb, "gallery")
         scores = q_emb @ g_emb.T
         pairs = select_pairs(scores, pairs, top_k)
@@ -210,8 +209,7 @@ class Explainer(Engine):
                                 **options)
         g_emb = recorder.store[:n_g].to(q_emb.device)  # rows 0..n_g-1: query 0, gallery g
         if torch.isnan(g_emb).any():  # the method scored only altered copies: embed them
-            g_emb = self.embed(gallery, batch_size=internal_batch_size or
-                               default_internal_batch_size(gallery))
+            g_emb = self.embed(gallery, batch_size=internal_batch_size)
         check_embeddings(g_emb, "gallery")
         scores = q_emb @ g_emb.T
         pairs = select_pairs(scores, None, top_k)

@@ -235,6 +235,27 @@ def _skipped_check(valid: np.ndarray, what: str) -> None:
 # --------------------------------------------------------------------------- image ReID
 
 
+def _image_run(chunks: Iterator[tuple[int, Tensor | np.ndarray]], n: int, qpc: np.ndarray,
+               qcc: np.ndarray, gpc: np.ndarray, gcc: np.ndarray,
+               ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-query results and junk counts of image ReID, chunk by chunk of distance rows."""
+    parts, junk = [], []
+    for start, d in chunks:
+        sl = slice(start, start + d.shape[0])
+        r, k, nj = _image_chunk(d.cpu().numpy() if isinstance(d, Tensor) else d, qpc[sl],
+                                qcc[sl], gpc, gcc)
+        parts.append((start, r, k))
+        junk.append(nj)
+        del d  # before the next chunk is made: one chunk of scores at a time
+        # glibc can leave a freed chunk's temporaries resident when the small results kept in
+        # `parts` land in their hole and the next chunk's temporaries extend the heap: at 50k x
+        # 50k text metrics grew RSS ~12 MB a chunk to +2.7 GB in some processes (+0.3 GB in
+        # others); trimming after each chunk (~2 % of the time) keeps it one chunk's
+        release_freed_memory()
+    rows, ranks = _merge(parts)
+    return _per_query(rows, ranks, n), np.concatenate(junk)
+
+
 def _image_summary(
     pq: dict[str, np.ndarray], n_junk: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray,
     n_gallery: int, max_rank: int, ks: Sequence[int], per_query: bool,
@@ -323,18 +344,9 @@ def image_reid_metrics(
     qp, qc, qpc, gpc, qcc, gcc = _image_args(
         q_pids, g_pids, q_camids, g_camids, q.shape[0], g.shape[0], "q_feats rows", "g_feats rows",
         max_rank, ks)
-    chunk = _chunk(chunk_size, q.shape[0], g.shape[0])
-    parts, junk = [], []
-    for start, d in _score_chunks(q, g, metric, chunk):
-        sl = slice(start, start + d.shape[0])
-        r, k, nj = _image_chunk(d.cpu().numpy(), qpc[sl], qcc[sl], gpc, gcc)
-        parts.append((start, r, k))
-        junk.append(nj)
-        del d  # before the next chunk is made: one chunk of scores at a time
-        release_freed_memory()  # see _text_run
-    rows, ranks = _merge(parts)
-    pq = _per_query(rows, ranks, q.shape[0])
-    return _image_summary(pq, np.concatenate(junk), qp, qc, g.shape[0], max_rank, ks, per_query)
+    chunks = _score_chunks(q, g, metric, _chunk(chunk_size, q.shape[0], g.shape[0]))
+    pq, junk = _image_run(chunks, q.shape[0], qpc, qcc, gpc, gcc)
+    return _image_summary(pq, junk, qp, qc, g.shape[0], max_rank, ks, per_query)
 
 
 def from_distmat(
@@ -359,15 +371,9 @@ def from_distmat(
         q_pids, g_pids, q_camids, g_camids, d.shape[0], d.shape[1], "distmat rows",
         "distmat columns", max_rank, ks)
     chunk = _chunk(chunk_size, d.shape[0], d.shape[1])
-    parts, junk = [], []
-    for start in range(0, d.shape[0], chunk):
-        sl = slice(start, start + chunk)
-        r, k, nj = _image_chunk(d[sl], qpc[sl], qcc[sl], gpc, gcc)
-        parts.append((start, r, k))
-        junk.append(nj)
-    rows, ranks = _merge(parts)
-    pq = _per_query(rows, ranks, d.shape[0])
-    return _image_summary(pq, np.concatenate(junk), qp, qc, d.shape[1], max_rank, ks, per_query)
+    chunks = ((i, d[i : i + chunk]) for i in range(0, d.shape[0], chunk))
+    pq, junk = _image_run(chunks, d.shape[0], qpc, qcc, gpc, gcc)
+    return _image_summary(pq, junk, qp, qc, d.shape[1], max_rank, ks, per_query)
 
 
 # --------------------------------------------------------------------------- text-to-image
@@ -402,11 +408,7 @@ def _text_run(chunks: Iterator[tuple[int, Tensor]], n: int, tpc: np.ndarray,
         r, k = _text_chunk(s, tpc[start : start + s.shape[0]], gcode)
         parts.append((start, r, k))
         del s  # before the next chunk is made: one chunk of scores at a time
-        # glibc can leave a freed chunk's temporaries resident when the small results kept in
-        # `parts` land in their hole and the next chunk's temporaries extend the heap: at 50k x
-        # 50k text metrics grew RSS ~12 MB a chunk to +2.7 GB in some processes (+0.3 GB in
-        # others); trimming after each chunk (~2 % of the time) keeps it one chunk's
-        release_freed_memory()
+        release_freed_memory()  # see _image_run
     rows, ranks = _merge(parts)
     return _per_query(rows, ranks, n)
 
