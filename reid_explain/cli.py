@@ -199,7 +199,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   masker=args.masker, batch_size=args.batch_size,
                                   max_queries=args.max_queries, seed=args.seed,
                                   random_baseline=not args.no_random_baseline,
-                                  progress=bars, log=log, checkpoint=partial,
+                                  reference=None if args.reference == "none" else
+                                  args.reference, progress=bars, log=log, checkpoint=partial,
                                   resume=args.resume, feature_cache=args.feature_cache)
         shard.barrier()  # every process is done with the checkpoint folder
     finally:
@@ -210,6 +211,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result.save(args.out)
     shutil.rmtree(partial, ignore_errors=True)
     print(result.summary.to_string(index=False))
+    if result.comparison is not None and len(result.comparison):
+        print(comparison_text(result))
     print(f"{result.info['queries']} queries ({result.info['skipped_no_valid_match']} without a "
           f"valid match skipped); wrote {args.out}/per_query.csv, summary.csv, summary.json")
     timing = result.info.get("timing", {})
@@ -221,6 +224,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               + (f"; {timing['world_size']} processes" if timing.get("world_size", 1) > 1
                  else ""))
     return 0
+
+
+def comparison_text(result: Any) -> str:
+    """Each figure of an evaluation beside random maps and the image-blind reference, with
+    the paired 95% CI and the verdicts (the lines ``reid-explain evaluate`` prints)."""
+    from .evaluation.verdicts import verdict_text
+
+    reference = result.info.get("reference") or {}
+    lines = [f"each figure beside random maps and the image-blind reference "
+             f"({reference.get('name', 'none')}); beats = the paired 95% CI excludes 0:",
+             f"  {'figure':40s} {'value':>7s} {'random':>7s} {'beats':>6s} {'reference':>9s} "
+             f"{'- reference [95% CI]':>27s} {'beats the reference':>20s}"]
+
+    def num(value: Any) -> str:
+        return "-" if value is None or value != value else f"{value:.3f}"
+
+    for row in result.comparison.to_dict(orient="records"):
+        diff = row.get("reference_diff")
+        ci = ("-" if diff is None or diff != diff else
+              f"{diff:+.3f} [{row['reference_diff_low']:+.3f},{row['reference_diff_high']:+.3f}]")
+        arrow = "" if row["higher_is_better"] else " ↓"
+        lines.append(f"  {row['metric'] + '.' + row['key'] + arrow:40s} {num(row['method']):>7s} "
+                     f"{num(row.get('random')):>7s} "
+                     f"{verdict_text(row.get('random_beaten')) if 'random' in row else '-':>6s} "
+                     f"{num(row.get('reference')):>9s} {ci:>27s} "
+                     f"{verdict_text(row.get('reference_beaten')):>20s}")
+    return "\n".join(lines)
 
 
 def _device(name: str) -> Any:
@@ -316,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queries", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-random-baseline", action="store_true")
+    p.add_argument("--reference", choices=("auto", "centred", "none"), default="auto",
+                   help="image-blind reference scored beside the method: auto (learnt from "
+                        "the training images' masks where the data has them, else a centred "
+                        "prior), centred, or none")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars; one line per stage and per query batch on stderr "
                         "instead (the default when stderr is not a terminal)")

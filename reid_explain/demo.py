@@ -52,18 +52,26 @@ def demo_data(seed: int | None, n_ids: int) -> dict[str, Any]:
     return {"config": config, "splits": splits, "attributes": attributes}
 
 
-def image_eval_set(split: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
+def image_eval_set(split: Any, mean: Sequence[float], std: Sequence[float],
+                   reference_split: Any = None) -> Any:
+    """The test identities as a ``ReidEvalSet``; with ``reference_split`` (validation
+    identities, never scored) the image-blind reference is learnt from its masks."""
     from .data.schema import PARTS
     from .evaluation.protocol import ReidEvalSet
+    from .evaluation.references import choose_reference
 
     q, g = split.is_query, ~split.is_query
     images = split.tensor(mean, std)
+    reference = None
+    if reference_split is not None and reference_split.masks is not None:
+        reference = choose_reference(reference_split.masks, reference_split.pids,
+                                     source="SynthPedes validation identities' masks")
     return ReidEvalSet(query=images[torch.as_tensor(q)], query_pids=split.pids[q],
                        query_camids=split.camids[q], gallery=images[torch.as_tensor(g)],
                        gallery_pids=split.pids[g], gallery_camids=split.camids[g],
                        query_masks=torch.from_numpy(split.masks[q]), part_names=PARTS,
                        gallery_masks=torch.from_numpy(split.masks[g]),
-                       name="SynthPedes test identities")
+                       name="SynthPedes test identities", reference=reference)
 
 
 def models_section(out: Path) -> tuple[Section, dict[str, Any]]:
@@ -122,7 +130,8 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
         overview = Section("Overview", "overview")
         models, cards = models_section(tmp)
         with explainify(image_model) as exp:
-            evalset = image_eval_set(test, exp.adapter.pixel_mean, exp.adapter.pixel_std)
+            evalset = image_eval_set(test, exp.adapter.pixel_mean, exp.adapter.pixel_std,
+                                     reference_split=val)
             image_parts, summary["image"] = image_sections(
                 exp, evalset, tmp, methods, n_queries=size["queries"],
                 attributes=data["attributes"], sanity_images=size["sanity"],
@@ -156,25 +165,47 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
     return 0
 
 
+#: the headline figures: (label in the report's FIGURES, short name)
+HEADLINE = (("counterfactual gap", "gap"), ("person energy", "energy"), ("pointing", "pointing"))
+
+
 def headline(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per image method: counterfactual gap and person energy, each with its random-map
-    baseline and whether the method's CI excludes it."""
+    """Per image method and headline figure: the value with its 95% CI, random maps, the
+    image-blind reference, and whether the method beats each (True / False / None:
+    undetermined)."""
     rows = []
     for method, r in summary["image"]["explanations"]["methods"].items():
-        gap, energy = r["gap"], r.get("energy", {})
-        rows.append({"method": method, "gap": gap["method"], "gap_low": gap["method_low"],
-                     "gap_high": gap["method_high"], "gap_random": gap["random"],
-                     "gap_beats_random": gap["diff_low"] > 0,
-                     "energy": energy.get("method"), "energy_low": energy.get("method_low"),
-                     "energy_high": energy.get("method_high"),
-                     "energy_random": energy.get("random"),
-                     "energy_beats_random": bool(energy) and energy["diff_low"] > 0})
+        row: dict[str, Any] = {"method": method}
+        for label, short in HEADLINE:
+            f = r.get("figures", {}).get(label)
+            if f is None:
+                continue
+            row |= {short: f["method"], f"{short}_low": f["method_low"],
+                    f"{short}_high": f["method_high"], f"{short}_random": f.get("random"),
+                    f"{short}_beats_random": f.get("random_beaten"),
+                    f"{short}_reference": f.get("reference"),
+                    f"{short}_beats_reference": f.get("reference_beaten")}
+        rows.append(row)
     return rows
+
+
+def _verdict_mark(beats: Any) -> str:
+    return {True: ">", False: "≤"}.get(beats, "?")
+
+
+def beating_counts(rows: list[dict[str, Any]], versus: str) -> dict[str, str]:
+    """``{figure: "k/n"}``: methods whose CI beats ``versus`` ("reference" or "random")."""
+    return {short: f"{sum(r.get(f'{short}_beats_{versus}') is True for r in rows)}/"
+                   f"{sum(short in r for r in rows)}"
+            for _, short in HEADLINE if any(short in r for r in rows)}
 
 
 def summary_text(summary: dict[str, Any], cards: dict[str, Any]) -> str:
     """The one-screen text summary printed at the end."""
     ir, tr = summary["image"]["retrieval"], summary["text"]["retrieval"]
+    explanations = summary["image"]["explanations"]
+    reference = explanations.get("reference") or {}
+    rows = headline(summary)
     lines = ["reid-explain demo: trained SynthPedes zoo models on held-out identities", "",
              f"image ReID   {IMAGE_MODEL:18s} R@1 {ir['R1']:5.1f}%  mAP {ir['mAP']:5.1f}%  "
              f"({ir['queries']} queries, {ir['gallery']} gallery; card test R@1 "
@@ -182,25 +213,43 @@ def summary_text(summary: dict[str, Any], cards: dict[str, Any]) -> str:
              f"text→image   {TEXT_MODEL:18s} R@1 {tr['R1']:5.1f}%  mAP {tr['mAP']:5.1f}%  "
              f"({tr['captions']} captions, {tr['images']} images; card test R@1 "
              f"{cards[TEXT_MODEL]['test']['R1']:.1f}%)", "",
-             "faithfulness and grounding of the image maps, 95% CI, vs random maps "
-             f"({summary['image']['explanations']['queries']} queries):",
-             f"  {'method':22s} {'counterfactual gap':>28s} {'person energy':>28s}"]
-    for row in headline(summary):
-        gap = (f"{row['gap']:.3f} [{row['gap_low']:.3f},{row['gap_high']:.3f}] "
-               f"{'>' if row['gap_beats_random'] else '~'} {row['gap_random']:.3f}")
-        energy = (f"{row['energy']:.3f} [{row['energy_low']:.3f},{row['energy_high']:.3f}] "
-                  f"{'>' if row['energy_beats_random'] else '~'} {row['energy_random']:.3f}"
-                  if row["energy"] is not None else "-")
-        lines.append(f"  {row['method']:22s} {gap:>28s} {energy:>28s}")
+             "methods beating the image-blind reference (95% CI): "
+             + ", ".join(f"{k} {v}" for k, v in beating_counts(rows, "reference").items())
+             + "; beating random maps: "
+             + ", ".join(f"{k} {v}" for k, v in beating_counts(rows, "random").items()),
+             f"image maps ({explanations['queries']} queries), each: value [95% CI], then "
+             f"> or ≤ the image-blind reference ({reference.get('name', '?')}) and its value:"]
+    lines.append(f"  {'method':22s}" + "".join(f" {short:>30s}" for _, short in HEADLINE))
+    for row in rows:
+        cells = []
+        for _, short in HEADLINE:
+            if short not in row:
+                cells.append(f" {'-':>30s}")
+                continue
+            ref = row[f"{short}_reference"]
+            cell = (f"{row[short]:.3f} [{row[f'{short}_low']:.3f},{row[f'{short}_high']:.3f}] "
+                    f"{_verdict_mark(row[f'{short}_beats_reference'])} "
+                    + ("-" if ref is None else f"{ref:.3f}"))
+            cells.append(f" {cell:>30s}")
+        lines.append(f"  {row['method']:22s}" + "".join(cells))
     passed = [m for m, r in summary["image"]["randomization"].items() if r["passes"]]
     lines.append(f"model randomisation: maps change with the weights for {len(passed)} of "
                  f"{len(summary['image']['randomization'])} methods ({', '.join(passed)})")
-    g = summary["text"]["grounding"]["scores"]
-    prior = g.get("location prior (image-blind)", {}).get("energy", float("nan"))
-    best = max((k for k in g if not k.startswith("location")), key=lambda k: g[k]["energy"])
-    chance = summary["text"]["grounding"]["chance"]["energy"]
-    lines.append(f"phrase grounding energy: best {best} {g[best]['energy']:.3f}, image-blind "
-                 f"prior {prior:.3f}, chance {chance:.3f}")
+    grounding = summary["text"]["grounding"]
+    g, verdicts = grounding["scores"], grounding.get("verdicts", {})
+    methods = [k for k in g if k in verdicts] or [
+        k for k in g if not k.startswith(("location", "sharpened"))]
+    best = max(methods, key=lambda k: g[k]["energy"])
+    chance = grounding["chance"]["energy"]
+    line = f"phrase grounding energy: best {best} {g[best]['energy']:.3f}"
+    if best in verdicts:
+        from .report.text_section import REFERENCE
+
+        v = verdicts[best]
+        line += (f", image-blind reference (per-part sharpened prior) "
+                 f"{g[REFERENCE]['energy']:.3f}: {v['diff']:+.3f} [{v['diff_low']:+.3f}, "
+                 f"{v['diff_high']:+.3f}], beats it on {v['parts_beaten']}/{v['parts']} parts")
+    lines.append(line + f"; chance {chance:.3f}")
     study = summary["attributes"]
     lines.append("attribute study, most relied-on first: " + ", ".join(study["ranking"][:5])
                  if "ranking" in study else f"attribute study did not run: {study['error']}")
@@ -210,23 +259,33 @@ def summary_text(summary: dict[str, Any], cards: dict[str, Any]) -> str:
 
 
 def overview_blocks(section: Section, summary: dict[str, Any], text: str) -> None:
+    from .evaluation.verdicts import verdict_text
+
     ir, tr = summary["image"]["retrieval"], summary["text"]["retrieval"]
     rows = headline(summary)
+    versus_reference = beating_counts(rows, "reference")
+    versus_random = beating_counts(rows, "random")
     section.kpis([("image R@1", f"{ir['R1']:.1f}%"), ("image mAP", f"{ir['mAP']:.1f}%"),
                   ("text→image R@1", f"{tr['R1']:.1f}%"),
-                  ("methods beating random maps (gap)",
-                   f"{sum(r['gap_beats_random'] for r in rows)}/{len(rows)}"),
-                  ("methods beating random maps (energy)",
-                   f"{sum(r['energy_beats_random'] for r in rows)}/{len(rows)}"),
+                  *[(f"methods beating the image-blind reference ({k})", v)
+                    for k, v in versus_reference.items()],
+                  ("methods beating random maps (gap)", versus_random.get("gap", "-")),
                   ("run time", f"{summary['times']['total']:.0f} s")])
+    reference = summary["image"]["explanations"].get("reference") or {}
     section.para("What this page shows: two models trained on SynthPedes (a synthetic "
                  "pedestrian benchmark that knows where every body part is) explained on "
                  "identities they never saw. Because the ground truth is known, the maps are "
-                 "checked against true person and part masks, not against themselves, and "
-                 "every score stands beside the same score for random maps.")
-    section.table([{"method": r["method"], "counterfactual gap": r["gap"],
-                    "gap, random maps": r["gap_random"],
-                    "beats random (CI)": r["gap_beats_random"], "person energy": r["energy"],
-                    "energy, random maps": r["energy_random"],
-                    "beats random (CI) ": r["energy_beats_random"]} for r in rows])
+                 "checked against true person and part masks, not against themselves. Every "
+                 "score stands beside the same score of the strongest map drawn without "
+                 f"looking at the image (<b>{reference.get('name', '?')}</b>, chosen on "
+                 "validation identities) and of random maps; a method beats one when the 95% "
+                 "CI of its paired difference excludes 0.")
+    section.table([{"method": r["method"],
+                    **{f"{short}": r.get(short) for _, short in HEADLINE},
+                    **{f"{short}, reference": r.get(f"{short}_reference")
+                       for _, short in HEADLINE},
+                    **{f"beats the reference ({short})":
+                       verdict_text(r.get(f"{short}_beats_reference")) for _, short in HEADLINE},
+                    "beats random maps (gap)": verdict_text(r.get("gap_beats_random"))}
+                   for r in rows])
     section.code(text)

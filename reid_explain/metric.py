@@ -180,6 +180,13 @@ class Metric:
         """Named ``(P,)`` tensors of per-pair values."""
         raise NotImplementedError
 
+    def orientation(self, key: str) -> bool | None:
+        """Whether a larger ``key`` value means a better map: True/False for a figure of the
+        map's quality, None for a value that is not one (a curve point, a value the map does
+        not change). ``evaluate`` compares each figure with random maps and the image-blind
+        reference (:mod:`reid_explain.evaluation.verdicts`) and gives it a verdict."""
+        return None if "_curve_" in key else self.higher_is_better
+
     def summarize(self, values: dict[str, np.ndarray]) -> dict[str, float]:
         """Data-set figures from the per-pair values of all batches (default: means)."""
         return {key: float(np.nanmean(v)) if len(v) else float("nan")

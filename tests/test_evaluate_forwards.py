@@ -122,7 +122,7 @@ def test_evaluate_embeds_every_image_once_and_matches_the_straightforward_path(s
         log = ForwardLog(exp.model)
         try:
             result = exp.evaluate(synth, method="gradcam", metrics=METRICS, batch_size=BATCH,
-                                  metric_options=OPTIONS, progress=False)
+                                  metric_options=OPTIONS, progress=False, reference=None)
         finally:
             log.handle.remove()
         expected, needed = _reference(exp, synth, n_queries)

@@ -79,7 +79,7 @@ def test_evaluate_rows_summary_baseline_and_skips(metrics_plugin, tmp_path):
         assert result.info["skipped_no_valid_match"] == 1
         table = result.table
         assert sorted(table["query"].unique()) == [0, 1, 2]
-        assert set(table["method"]) == {"gradcam", "random"}
+        assert set(table["method"]) == {"gradcam", "random", "reference"}
         direct = exp.explain(data.query[:3], data.gallery[table[table.method == "gradcam"]
                                                            .sort_values("query")["match"]
                                                            .to_numpy().copy()],
@@ -122,7 +122,10 @@ def test_synthpedes_export_brings_query_masks(tmp_path, metrics_plugin):
     with explainify(make_osnet()) as exp:
         result = exp.evaluate(root, metrics=["test_map_max"], progress=False,
                               transform=default_transform(128, 64), max_queries=4)
-    assert result.info["queries"] == 4 and len(result.table) == 2 * 4
+    # the method, random maps and the image-blind reference learnt from the training masks
+    assert result.info["queries"] == 4 and len(result.table) == 3 * 4
+    train = root / "market1501" / "Market-1501-v15.09.15" / "bounding_box_train"
+    assert result.info["reference"]["images"] == len(list(train.glob("*.jpg")))
 
 
 def test_evaluate_takes_a_pair_of_datasets(tmp_path, metrics_plugin):
@@ -135,7 +138,7 @@ def test_evaluate_takes_a_pair_of_datasets(tmp_path, metrics_plugin):
     gallery = ImageReidDataset(root, "gallery", transform=transform)
     with explainify(make_osnet()) as exp:
         result = exp.evaluate((query, gallery), metrics=["test_map_max"], progress=False,
-                              max_queries=3, random_baseline=False)
+                              max_queries=3, random_baseline=False, reference=None)
     assert result.info["queries"] == 3 and len(result.table) == 3
     assert result.table["pid"].tolist() == [query.data[i][1] for i in range(3)]
 
@@ -156,7 +159,7 @@ class _Flaky:
 
             def compute(self, context):
                 _Flaky.calls += 1
-                if _Flaky.armed and _Flaky.calls == 3:
+                if _Flaky.armed and _Flaky.calls == 4:
                     raise RuntimeError("the machine went away")
                 return {"mass": context.explanation.query.on_grid().flatten(1).sum(1)}
 
@@ -189,10 +192,11 @@ def test_evaluate_resumes_after_a_failure_with_identical_results(tmp_path, capsy
         assert "the machine went away" in capsys.readouterr().err
         partial = tmp_path / "run.partial"
         assert not (tmp_path / "run").exists()
-        assert len(list(partial.glob("batch_*.json"))) == 1  # 2 variants per batch: batch 0
+        # 3 variants per batch (method, random maps, reference): batch 0 completed
+        assert len(list(partial.glob("batch_*.json"))) == 1
         _Flaky.armed, _Flaky.calls = False, 0
         assert main([*args, "--out", str(tmp_path / "run"), "--resume"]) == 0
-        assert _Flaky.calls == 2 * 3  # batch 0 reused: only batches 1..3 computed
+        assert _Flaky.calls == 3 * 3  # batch 0 reused: only batches 1..3 computed
         for name in ("per_query.csv", "summary.csv"):
             assert (tmp_path / "run" / name).read_bytes() == \
                 (tmp_path / "clean" / name).read_bytes()

@@ -100,6 +100,13 @@ def retrieval_stats(sims: Tensor, target: Tensor, q_pids: Tensor, q_camids: Tens
     return {"rank": rank, "ap": ap, "r1": r1}
 
 
+#: key -> whether a larger value means a more faithful map (keys absent: not a map figure)
+ORIENTATION: dict[str, bool] = {
+    "top_drop": True, "gap": True, "bottom_drop": False,
+    "top_rank": True, "top_ap": False, "top_r1": False,
+    "bottom_rank": False, "bottom_ap": True, "bottom_r1": True}
+
+
 def drop_values(sims: Tensor, drops: Tensor, n_random: int) -> dict[str, Tensor]:
     """Per-pair values from the similarities of the variants (unmasked, top, ``n_random``
     random, bottom) and their drops (top, random..., bottom)."""
@@ -245,6 +252,12 @@ class CounterfactualMasking(Metric):
             out[f"random_{key}"] = per_variant[2:2 + n_random].mean(dim=0)
             out[f"bottom_{key}"] = per_variant[-1]
         return out
+
+    def orientation(self, key: str) -> bool | None:
+        """A faithful map's top cells drop the match most (``top_drop``, ``gap``, the rank
+        after masking them) and its bottom cells least; the unmasked and random-cell values
+        do not depend on the map."""
+        return ORIENTATION.get(key)
 
     def summarize(self, values: dict[str, np.ndarray]) -> dict[str, float]:
         return summarize_counterfactual(values, n_boot=int(self.options.get("n_boot", 2000)),

@@ -46,6 +46,10 @@ class MaskingDrop(Metric):
     name = "masking_drop"
     higher_is_better = True
 
+    def orientation(self, key: str) -> bool | None:
+        """The random-patch drop does not depend on the map."""
+        return None if key.endswith("_random") else True
+
     def compute(self, context: MetricContext) -> dict[str, Tensor]:
         explainer, explanation = context.explainer, context.explanation
         fraction = float(self.options.get("fraction", 0.2))

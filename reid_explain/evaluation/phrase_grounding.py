@@ -13,7 +13,7 @@ another image's masks, combined with a prior, sharpened) cost no further forward
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,13 +86,21 @@ def prior_grid(reference: TextImageData, grid: tuple[int, int]) -> Tensor:
 
 
 def prior_phrase_maps(reference: TextImageData, data: TextImageData, grid: tuple[int, int],
-                      max_captions: int | None = None, power: float = 1.0) -> PhraseMaps:
+                      max_captions: int | None = None,
+                      power: float | Mapping[str, float] = 1.0) -> PhraseMaps:
     """Image-blind phrase maps: each phrase's map is its part's mean training mask on the grid,
-    raised to ``power`` (> 1 sharpens it toward where the part is most often)."""
+    raised to ``power`` (> 1 sharpens it toward where the part is most often; a mapping gives
+    each part its own power)."""
     if tuple(reference.part_names) != tuple(data.part_names):
         raise ValueError("the location prior needs a reference split with the same parts")
-    prior = prior_grid(reference, grid).pow(power)
-    name = "location_prior" if power == 1 else f"location_prior^{power:g}"
+    prior = prior_grid(reference, grid)
+    if isinstance(power, Mapping):
+        prior = torch.stack([prior[k].pow(float(power.get(p, 1.0)))
+                             for k, p in enumerate(data.part_names)])
+        name = "location_prior^per-part"
+    else:
+        prior = prior.pow(power)
+        name = "location_prior" if power == 1 else f"location_prior^{power:g}"
     out = PhraseMaps(name, tuple(data.images.shape[-2:]))
     n = len(data) if max_captions is None else min(max_captions, len(data))
     for r in range(n):
@@ -183,6 +191,76 @@ def location_prior_scores(reference: TextImageData, data: TextImageData,
     level a phrase map must beat to show that it reads the image."""
     return score_phrase_maps(data, prior_phrase_maps(reference, data, grid, max_captions,
                                                      power))
+
+
+def identity_subset(data: TextImageData, pids: Sequence[int] | np.ndarray) -> TextImageData:
+    """The images of identities ``pids`` and their captions (rows renumbered)."""
+    from dataclasses import replace as _replace
+
+    keep = np.flatnonzero(np.isin(data.image_pids, np.asarray(pids)))
+    new_row = {int(old): new for new, old in enumerate(keep)}
+    captions = [c for c in range(len(data)) if int(data.caption_image[c]) in new_row]
+    return _replace(data, images=data.images[torch.as_tensor(keep)],
+                    image_pids=data.image_pids[keep],
+                    captions=[data.captions[c] for c in captions],
+                    caption_image=np.array([new_row[int(data.caption_image[c])]
+                                            for c in captions], dtype=np.int64),
+                    phrases=[data.phrases[c] for c in captions] if data.phrases else [],
+                    masks=None if data.masks is None else data.masks[torch.as_tensor(keep)])
+
+
+def choose_phrase_reference(reference: TextImageData, grid: tuple[int, int],
+                            powers: Sequence[float] | None = None,
+                            max_captions: int | None = None) -> dict[str, Any]:
+    """The strongest image-blind phrase reference learnt from ``reference`` (validation or
+    training identities, never scored): the per-part location prior of half of its identities,
+    each part's power chosen by that part's phrase energy on the captions of the other half.
+
+    Returns ``{"build": TextImageData, "powers": {part: power}, "selection": {part: {power:
+    energy}}}``: :func:`prior_phrase_maps` with ``build`` and ``powers`` draws the maps."""
+    from .references import PRIOR_POWERS
+
+    powers = tuple(powers or PRIOR_POWERS)
+    pids = np.unique(reference.image_pids)
+    if len(pids) < 2:
+        raise ValueError("choosing the phrase reference needs at least two reference "
+                         "identities")
+    build, select = identity_subset(reference, pids[0::2]), identity_subset(reference, pids[1::2])
+    per_power = {p: score_phrase_maps(select, prior_phrase_maps(build, select, grid,
+                                                                max_captions, p))["by_part"]
+                 for p in powers}
+    selection: dict[str, dict[float, float]] = {}
+    for part in reference.part_names:
+        scores = {p: per_power[p][part]["energy"] for p in powers if part in per_power[p]}
+        if scores:
+            selection[part] = scores
+    chosen = {part: max(scores, key=lambda p: (scores[p], -p))
+              for part, scores in selection.items()}
+    return {"build": build, "powers": chosen, "selection": selection,
+            "identities": {"build": len(pids[0::2]), "selection": len(pids[1::2])}}
+
+
+def phrase_verdict(method: dict[str, Any], reference: dict[str, Any], key: str = "energy",
+                   seed: int = 0) -> dict[str, Any]:
+    """Per-phrase paired ``method - reference`` on ``key`` (both scored on the same phrases):
+    the overall mean with its 95% bootstrap CI and verdict, and the same per part."""
+    from .verdicts import ci_verdict
+
+    a, b = method["records"], reference["records"]
+    if [(r["caption"], r["part"]) for r in a] != [(r["caption"], r["part"]) for r in b]:
+        raise ValueError("phrase maps scored on different phrases cannot be paired")
+    diff = np.array([x[key] - y[key] for x, y in zip(a, b, strict=True)], dtype=float)
+    parts = np.array([r["part"] for r in a])
+
+    def one(values: np.ndarray) -> dict[str, Any]:
+        ci = bootstrap_ci(values, seed=seed)
+        return {"diff": ci.estimate, "diff_low": ci.low, "diff_high": ci.high, "n": ci.n,
+                "beaten": ci_verdict(ci.low, ci.high, True)}
+
+    by_part = {str(p): one(diff[parts == p]) for p in sorted(set(parts.tolist()))}
+    return {**one(diff), "by_part": by_part,
+            "parts_beaten": sum(v["beaten"] is True for v in by_part.values()),
+            "parts": len(by_part)}
 
 
 @torch.no_grad()

@@ -6,8 +6,10 @@ valid match). Queries without a valid match are skipped and counted. Queries are
 batches (one batched attribution per batch); every metric plugin receives a
 :class:`~reid_explain.metric.MetricContext` with the unmodified gallery's embeddings, the
 identities and cameras, and (where the data set has them) ground-truth part masks. Each metric
-can also be computed on uniform random maps of the same shape (``random_baseline=True``), so
-every number comes with the value a map that knows nothing would get.
+is also computed on uniform random maps of the same shape (``random_baseline=True``) and on the
+image-blind reference's maps (``reference``, :mod:`.references`): every number comes with the
+value a map that knows nothing would get, and the value of the best map drawn without looking
+at the image; :mod:`.verdicts` says, per figure, whether the method beats each.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from ..maps import GroundingMap, PairExplanation
 from ..metric import MetricContext
 from ..targets import CosineSimilarity
 from .distributed import Shard
+from .references import ImageBlindReference, centred_prior, choose_reference
+from .verdicts import compare
 
 if TYPE_CHECKING:
     from ..interfaces import ExplainerLike
@@ -94,6 +98,9 @@ class ReidEvalSet:
     name: str = "data"
     #: (G, K, H, W) bool part masks of the gallery images, or None (figures only)
     gallery_masks: Tensor | None = None
+    #: the image-blind reference, learnt from images that are not scored (training or
+    #: validation identities); None: ``evaluate`` uses a centred prior
+    reference: ImageBlindReference | None = None
 
     def __post_init__(self) -> None:
         self.query_pids = np.asarray(self.query_pids)
@@ -120,24 +127,28 @@ class ReidEvalSet:
 
         query = ImageReidDataset(root, "query", transform=transform)
         gallery = ImageReidDataset(root, "gallery", transform=transform)
-        masks, parts = None, ()
+        masks, parts, reference = None, (), None
         if side is not None:
             size = tuple(query[0]["img"].shape[-2:])
+
+            def resized(entry: dict[str, Any]) -> Tensor:
+                m = torch.from_numpy(np.asarray(entry["masks"]))[None].float()
+                return torch.nn.functional.interpolate(m, size=size, mode="nearest")[0] > 0.5
+
             stacks = []
             for path, *_ in query.data:
                 entry = side.get(str(Path(path).resolve()))
                 if entry is None:
                     raise InputError(f"{path}: no part masks in the side mapping")
-                m = torch.from_numpy(np.asarray(entry["masks"]))[None].float()
-                stacks.append(torch.nn.functional.interpolate(m, size=size, mode="nearest")[0]
-                              > 0.5)
+                stacks.append(resized(entry))
                 parts = tuple(entry["parts"])
             masks = torch.stack(stacks)
+            reference = _training_reference(root, side, resized)
         return cls(query=query, query_pids=[d[1] for d in query.data],
                    query_camids=[d[2] for d in query.data], gallery=gallery,
                    gallery_pids=[d[1] for d in gallery.data],
                    gallery_camids=[d[2] for d in gallery.data], query_masks=masks,
-                   part_names=parts, name=str(root))
+                   part_names=parts, name=str(root), reference=reference)
 
     @classmethod
     def from_synthpedes(cls, root: str | os.PathLike,
@@ -148,6 +159,20 @@ class ReidEvalSet:
         return cls.from_market(root, transform=transform, side=load_synthpedes_side(root))
 
 
+def _training_reference(root: str | os.PathLike, side: dict[str, dict[str, Any]],
+                        resized: Callable[[dict[str, Any]], Tensor]
+                        ) -> ImageBlindReference | None:
+    """The image-blind reference from the masks of the training images
+    (``bounding_box_train``) only, or None where the side files hold too few of them."""
+    train = [(path, entry) for path, entry in sorted(side.items())
+             if "bounding_box_train" in Path(path).parts and "masks" in entry]
+    pids = [int(entry.get("pid", -1)) for _, entry in train]
+    if len(set(pids)) < 2:
+        return None
+    return choose_reference(torch.stack([resized(entry) for _, entry in train]), pids,
+                            source=f"{root}: masks of the training images (bounding_box_train)")
+
+
 @dataclass
 class EvaluationResult:
     """Tidy per-query values (one row per query x metric value) and data-set summaries."""
@@ -155,17 +180,28 @@ class EvaluationResult:
     table: pd.DataFrame
     summary: pd.DataFrame
     info: dict[str, Any] = field(default_factory=dict)
+    #: one row per figure: the method beside random maps and the image-blind reference, paired
+    #: differences with 95 % CIs and verdicts (:func:`.verdicts.compare`)
+    comparison: pd.DataFrame | None = None
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``per_query.csv``, ``summary.csv`` and ``summary.json`` (all or nothing)."""
+        """Write ``per_query.csv``, ``summary.csv``, ``comparison.csv`` and ``summary.json``
+        (all or nothing)."""
         import json
+
+        from .verdicts import json_records
 
         with atomic_path(directory) as tmp:
             tmp.mkdir(parents=True)
             self.table.to_csv(tmp / "per_query.csv", index=False)
             self.summary.to_csv(tmp / "summary.csv", index=False)
-            records = {"info": self.info, "summary": self.summary.to_dict(orient="records")}
-            (tmp / "summary.json").write_text(json.dumps(records, indent=2, default=str))
+            records: dict[str, Any] = {"info": self.info,
+                                       "summary": json_records(self.summary)}
+            if self.comparison is not None:
+                self.comparison.to_csv(tmp / "comparison.csv", index=False)
+                records["comparison"] = json_records(self.comparison)
+            (tmp / "summary.json").write_text(json.dumps(records, indent=2, default=str,
+                                                         allow_nan=False))
         return Path(directory)
 
 
@@ -191,6 +227,36 @@ def random_maps(explanation: PairExplanation, generator: torch.Generator) -> Pai
             sides[side] = replace(grounding, maps=torch.rand(grid.shape, generator=generator),
                                   method="random")
     return replace(explanation, method="random", **sides)
+
+
+def reference_maps(explanation: PairExplanation,
+                   reference: ImageBlindReference) -> PairExplanation:
+    """The same explanation with every map replaced by the image-blind reference's map, at
+    image size (scored like any method's maps: masked on the same model, compared with the
+    same masks)."""
+    sides = {}
+    for side in ("query", "gallery"):
+        grounding = getattr(explanation, side)
+        if grounding is not None:
+            sides[side] = replace(grounding, maps=reference.maps(len(grounding),
+                                                                 grounding.image_size),
+                                  method="reference")
+    return replace(explanation, method="reference", **sides)
+
+
+def resolve_reference(reference: ImageBlindReference | str | None, data: ReidEvalSet,
+                      size: tuple[int, int]) -> ImageBlindReference | None:
+    """``"auto"``: the data set's own reference (learnt from images it does not score), else a
+    centred prior at the images' size; ``"centred"``; an :class:`ImageBlindReference`; or None
+    (none)."""
+    if reference is None or isinstance(reference, ImageBlindReference):
+        return reference
+    if reference == "auto":
+        return data.reference if data.reference is not None else centred_prior(size)
+    if reference == "centred":
+        return centred_prior(size)
+    raise InputError(f"reference must be 'auto', 'centred', an ImageBlindReference or None, "
+                     f"got {reference!r}")
 
 
 def explain_matches(explainer: ExplainerLike, query: Tensor, gallery: Tensor,
@@ -367,6 +433,7 @@ def embed_gallery(explainer: ExplainerLike, gallery: ImageSource, shard: Shard,
 def _score_batch(explainer: ExplainerLike, data: ReidEvalSet, query_src: ImageSource,
                  gallery_src: ImageSource, gallery_emb: Tensor, idx: np.ndarray, start: int,
                  method: str, entries: list, masker_obj: Any, seed: int, random_baseline: bool,
+                 reference: ImageBlindReference | None,
                  method_options: dict[str, Any] | None,
                  metric_options: dict[str, dict[str, Any]], clock: _Clock) -> dict[str, Any]:
     """One query batch explained and scored: its table rows, metric values and skip count
@@ -399,6 +466,8 @@ def _score_batch(explainer: ExplainerLike, data: ReidEvalSet, query_src: ImageSo
         variants = [(method, explanation)]
         if random_baseline:
             variants.append(("random", random_maps(explanation, generator)))
+        if reference is not None:
+            variants.append(("reference", reference_maps(explanation, reference)))
     masked_cache: dict[Any, Tensor] = {}  # masked copies shared by the batch's variants
     for variant, expl in variants:
         context = MetricContext(
@@ -451,7 +520,8 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
              metrics: Sequence[str] = ("counterfactual_masking",), *,
              masker: str = "mean", masker_options: dict[str, Any] | None = None,
              batch_size: int = 16, max_queries: int | None = None, seed: int = 0,
-             random_baseline: bool = True, progress: bool = True,
+             random_baseline: bool = True,
+             reference: ImageBlindReference | str | None = "auto", progress: bool = True,
              method_options: dict[str, Any] | None = None,
              metric_options: dict[str, dict[str, Any]] | None = None,
              checkpoint: str | os.PathLike | None = None,
@@ -488,6 +558,11 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
     processes (:mod:`.distributed`) and gathered, so every process returns the result a
     single process computes; only rank 0 should write it. ``distributed=False`` ignores the
     group.
+
+    ``reference`` is the image-blind reference scored beside the method (:mod:`.references`):
+    ``"auto"`` takes ``data.reference`` (learnt from training masks; SynthPedes exports have
+    it) and falls back to a centred prior; None scores none. ``result.comparison`` holds every
+    figure beside random maps and the reference, with paired 95 % CIs and verdicts.
     """
     from .distributed import current_shard
 
@@ -511,6 +586,8 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
     query_src = ImageSource(data.query, "query")
     gallery_src = ImageSource(data.gallery, "gallery")
     n_gallery = len(gallery_src)
+    image_size = tuple(int(v) for v in query_src.get([0]).shape[-2:])
+    reference_obj = resolve_reference(reference, data, image_size)
     clock = _Clock()
     started = time.perf_counter()
     say = log if log is not None and shard.is_main else None
@@ -537,6 +614,8 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
         "data": data.name, "queries": n_queries, "gallery": n_gallery, "method": method,
         "metrics": list(metrics), "masker": masker, "masker_options": masker_options,
         "batch_size": batch_size, "seed": seed, "random_baseline": random_baseline,
+        "reference": None if reference_obj is None else
+        [reference_obj.name, tensor_digest(reference_obj.prior)],
         "method_options": method_options, "metric_options": metric_options}, resume, shard)
     batches = range(0, n_queries, batch_size)
     n_batches = len(batches)
@@ -554,7 +633,7 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
             computed += len(idx)
             done = _score_batch(explainer, data, query_src, gallery_src, gallery_emb, idx,
                                 start, method, entries, masker_obj, seed, random_baseline,
-                                method_options, metric_options, clock)
+                                reference_obj, method_options, metric_options, clock)
             if store is not None:
                 store.save(start, done)
         records[start] = done
@@ -584,9 +663,35 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
     info = {"data": data.name, "method": method, "metrics": list(metrics), "masker": masker,
             "queries": n_queries, "skipped_no_valid_match": skipped,
             "gallery": len(gallery_src), "seed": seed, "adapter": explainer.adapter.describe(),
+            "reference": None if reference_obj is None else reference_obj.to_json(),
             "timing": timing}
-    return EvaluationResult(table=pd.DataFrame(rows, columns=["query", "pid", "match", "method",
-                                                              "metric", "key", "value"]),
+    table = pd.DataFrame(rows, columns=["query", "pid", "match", "method", "metric", "key",
+                                        "value"])
+    return EvaluationResult(table=table,
                             summary=pd.DataFrame(summary_rows, columns=[
                                 "method", "metric", "key", "value", "higher_is_better"]),
-                            info=info)
+                            info=info,
+                            comparison=compare(table, method, metric_orientation(metric_options),
+                                               seed=seed))
+
+
+def metric_orientation(metric_options: dict[str, dict[str, Any]] | None = None
+                       ) -> Callable[[str, str], bool | None]:
+    """``(metric, key) -> bool | None``: each metric plugin's own :meth:`Metric.orientation`."""
+    options = metric_options or {}
+    cache: dict[str, Any] = {}
+
+    def orientation(metric: str, key: str) -> bool | None:
+        if metric not in cache:
+            cache[metric] = plugin_manager.get("metrics", metric).obj(**options.get(metric, {}))
+        return cache[metric].orientation(key)
+
+    return orientation
+
+
+def tensor_digest(tensor: Tensor) -> str:
+    """A short hash of a tensor's values (fingerprints of checkpointed runs)."""
+    import hashlib
+
+    return hashlib.sha1(tensor.detach().cpu().float().contiguous().numpy().tobytes()
+                        ).hexdigest()[:16]

@@ -32,7 +32,18 @@ FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "occlusion": {"perturbations_per_eval": 32}}
 #: the faithfulness metrics of the report, and the grounding one where masks exist
 FAITHFULNESS = ("counterfactual_masking", "deletion", "insertion")
-GROUNDING = ("energy_pointing_game", "pointing_game")
+GROUNDING = ("energy_pointing_game", "pointing_game", "mask_iou")
+#: the figures shown, in order: (metric, key, label); each beside random maps and the
+#: image-blind reference, with a verdict
+FIGURES: tuple[tuple[str, str, str], ...] = (
+    ("counterfactual_masking", "gap", "counterfactual gap"),
+    ("counterfactual_masking", "top_drop", "top-20% drop"),
+    ("counterfactual_masking", "bottom_drop", "bottom-20% drop ↓"),
+    ("deletion", "query_auc", "deletion AUC ↓"),
+    ("insertion", "query_auc", "insertion AUC"),
+    ("energy_pointing_game", "person_energy", "person energy"),
+    ("pointing_game", "person_pointing", "pointing"),
+    ("mask_iou", "person_iou", "person IoU"))
 #: the curves perturb the query image only: the report plots and tables the query side
 METRIC_OPTIONS = {"deletion": {"side": "query"}, "insertion": {"side": "query"}}
 
@@ -131,17 +142,31 @@ def retrieval_part(explainer: ExplainerLike, data: ReidEvalSet, out: Path, secti
 def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Sequence[str],
                      out: Path, section: Section, n_queries: int, n_show: int = 4,
                      seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
-    """Maps of every method on both images, then each method scored beside random maps."""
+    """Maps of every method on both images, then each method scored beside random maps and
+    the image-blind reference (its maps are the same for every method, so they are scored
+    once, with the first method, and compared with every method on the same pairs)."""
+    from ..evaluation.protocol import metric_orientation
+    from ..evaluation.verdicts import compare
+
     has_masks = data.query_masks is not None
     metrics = list(FAITHFULNESS) + (list(GROUNDING) if has_masks else [])
     results, seconds = {}, {}
-    for method in methods:
+    for k, method in enumerate(methods):
         start = time.perf_counter()
         results[method] = evaluate(explainer, data, method=method, metrics=metrics,
                                    max_queries=n_queries, seed=seed, progress=False,
                                    batch_size=batch_size, metric_options=METRIC_OPTIONS,
-                                   method_options=FAST_OPTIONS.get(method))
+                                   method_options=FAST_OPTIONS.get(method),
+                                   reference="auto" if k == 0 else None)
         seconds[method] = time.perf_counter() - start
+    first_result = results[methods[0]]
+    reference_rows = first_result.table[first_result.table.method == "reference"]
+    for method in methods[1:]:
+        result = results[method]
+        result.table = pd.concat([result.table, reference_rows], ignore_index=True)
+        result.comparison = compare(result.table, method, metric_orientation(METRIC_OPTIONS),
+                                    seed=seed)
+        result.info["reference"] = first_result.info["reference"]
     # maps of the first queries against their true matches, every method, both sides
     first = results[methods[0]].table
     pairs = (first[["query", "match"]].drop_duplicates().head(n_show).to_numpy())
@@ -170,12 +195,14 @@ def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Seque
                         "the image, its ground-truth parts (where the data has them), then "
                         "each method's map of the pair's cosine similarity.", out)
     # faithfulness and grounding, each beside the random-map baseline
-    summary: dict[str, Any] = {"methods": {}, "seconds": seconds}
+    summary: dict[str, Any] = {"methods": {}, "seconds": seconds,
+                               "reference": first_result.info["reference"]}
     rows_table, gap_bars, energy_bars = [], [], []
     for method in methods:
         table = results[method].table
         gap = paired_difference(table, "counterfactual_masking", "gap", method, seed)
-        record: dict[str, Any] = {"gap": gap, "seconds": round(seconds[method], 2)}
+        record: dict[str, Any] = {"gap": gap, "seconds": round(seconds[method], 2),
+                                  "figures": figure_records(results[method].comparison)}
         s = results[method].summary
         drops = s[(s.metric == "counterfactual_masking") & (s.method == method)]
         record["drops"] = {key: float(drops[drops.key == key].value.iloc[0])
@@ -216,6 +243,23 @@ def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Seque
     gap_bars.append({"label": "random maps", "value": first_gap["random"],
                      "low": first_gap["random_low"], "high": first_gap["random_high"],
                      "colour": "#999999"})
+    gap_bars.append(_reference_bar(results[methods[0]].table, "counterfactual_masking", "gap",
+                                   seed))
+    reference = first_result.info["reference"]
+    section.heading("Every figure beside random maps and the image-blind reference")
+    section.para(
+        "An explanation is worth reading only if it says more about <i>this</i> image than a "
+        "map drawn without looking at it. The <b>image-blind reference</b> is one fixed map "
+        f"used for every image: <b>{reference['name']}</b>"
+        + (f", chosen among {len(reference['candidates'])} candidates by person energy on "
+           f"{reference['selection_images']} images of {reference['source']} (never the "
+           "scored images)" if "candidates" in reference else
+           ": this data has no part masks, so the reference is a centred prior")
+        + ". Its maps are scored exactly like a method's: masked on the same model, compared "
+        "with the same masks. <b>Beats</b>: the 95% bootstrap interval of the paired "
+        "per-query difference lies wholly on the better side; 'undetermined' where it cannot "
+        "be computed.")
+    section.table(verdict_table(summary["methods"], methods))
     section.heading("Faithfulness and grounding, beside random maps")
     section.para(
         f"{results[methods[0]].info['queries']} queries, each explained against its highest-"
@@ -230,16 +274,20 @@ def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Seque
     section.table(rows_table)
     fig = figures.interval_bars(gap_bars, out / "img" / "faithfulness_gap.png",
                                 "counterfactual gap (cosine drop, top − random cells)", 0.0)
-    section.figure(fig, "Counterfactual gap per method with 95% CI; grey: random maps.", out)
+    section.figure(fig, "Counterfactual gap per method with 95% CI; grey: random maps; "
+                        "brown: the image-blind reference's maps masked on the same model.", out)
     if has_masks:
         first_energy = summary["methods"][methods[0]]["energy"]
         energy_bars.append({"label": "random maps", "value": first_energy["random"],
                             "low": first_energy["random_low"],
                             "high": first_energy["random_high"], "colour": "#999999"})
+        energy_bars.append(_reference_bar(results[methods[0]].table, "energy_pointing_game",
+                                          "person_energy", seed))
         fig = figures.interval_bars(energy_bars, out / "img" / "person_energy.png",
                                     "energy pointing game (person mask)")
         section.figure(fig, "Share of each method's map mass on the person, with 95% CI; "
-                            "grey: random maps (the person's area share).", out)
+                            "grey: random maps (the person's area share); brown: the "
+                            "image-blind reference.", out)
     panels = {metric: {m: _curve(results[m].table, metric, m) for m in methods}
               | {"random": _curve(results[methods[0]].table, metric, "random")}
               for metric in ("deletion", "insertion")}
@@ -249,6 +297,57 @@ def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Seque
     summary["queries"] = results[methods[0]].info["queries"]
     summary["skipped_no_valid_match"] = results[methods[0]].info["skipped_no_valid_match"]
     return summary
+
+
+def _reference_bar(table: pd.DataFrame, metric: str, key: str, seed: int) -> dict[str, Any]:
+    rows = table[(table.method == "reference") & (table.metric == metric) & (table.key == key)]
+    ci = bootstrap_ci(rows.value.to_numpy(dtype=float), seed=seed)
+    return {"label": "image-blind reference", "value": ci.estimate, "low": ci.low,
+            "high": ci.high, "colour": "#a0522d"}
+
+
+def figure_records(comparison: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
+    """``{label: record}`` of the report's :data:`FIGURES` present in ``comparison``."""
+    from ..evaluation.verdicts import json_records
+
+    if comparison is None or comparison.empty:
+        return {}
+    out = {}
+    for metric, key, label in FIGURES:
+        rows = comparison[(comparison.metric == metric) & (comparison.key == key)]
+        if len(rows):
+            out[label] = json_records(rows)[0]
+    return out
+
+
+def _ci(record: dict[str, Any], prefix: str) -> str:
+    low, high = record.get(f"{prefix}_low"), record.get(f"{prefix}_high")
+    if low is None or high is None:
+        return "—"
+    return f"[{low:+.3f}, {high:+.3f}]"
+
+
+def verdict_table(records: dict[str, dict[str, Any]], methods: Sequence[str]
+                  ) -> list[dict[str, Any]]:
+    """Rows figure × method: the value, random maps, the reference, the paired difference with
+    the reference and both verdicts."""
+    from ..evaluation.verdicts import verdict_text
+
+    rows = []
+    for _, _, label in FIGURES:
+        for method in methods:
+            r = records[method].get("figures", {}).get(label)
+            if r is None:
+                continue
+            rows.append({"figure": label, "method": method, "value": r["method"],
+                         "random maps": r.get("random"),
+                         "beats random": verdict_text(r.get("random_beaten")),
+                         "image-blind reference": r.get("reference"),
+                         "− reference [95% CI]":
+                             "—" if r.get("reference_diff") is None else
+                             f"{r['reference_diff']:+.3f} {_ci(r, 'reference_diff')}",
+                         "beats the reference": verdict_text(r.get("reference_beaten"))})
+    return rows
 
 
 def sanity_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Sequence[str], out: Path,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..evaluation.verdicts import verdict_text
 from . import figures
 from .html import Section
 from .image_section import display_images
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from ..interfaces import ExplainerLike
     from ..training.text_image import TextImageData
 
+#: the name of the strongest image-blind phrase reference in tables and summaries
+REFERENCE = "sharpened prior (image-blind, chosen on validation)"
 #: phrase-map methods of the report: the head-free similarity map and two attributions
 PHRASE_METHODS = ("similarity", "gradcam", "attention_relevance")
 
@@ -96,9 +99,13 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
     """Per-phrase maps scored against each phrase's own part mask, beside the image-blind
     location prior and chance; counterfactual gap of each method's phrase maps."""
     from ..evaluation.phrase_grounding import (
+        choose_phrase_reference,
         location_prior_scores,
         phrase_counterfactual_gap,
         phrase_grounding_scores,
+        phrase_verdict,
+        prior_phrase_maps,
+        score_phrase_maps,
     )
 
     caps = set(explainer.adapter.capabilities)
@@ -106,9 +113,17 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
     scores = {m: phrase_grounding_scores(explainer, data, m, max_captions=max_captions)
               for m in methods}
     size = tuple(data.images.shape[-2:])
+    grid = explainer.adapter.grid_size(size)
+    chosen, verdicts = None, {}
     if reference is not None and reference.masks is not None:
         scores["location prior (image-blind)"] = location_prior_scores(
-            reference, data, explainer.adapter.grid_size(size), max_captions=max_captions)
+            reference, data, grid, max_captions=max_captions)
+        if len(np.unique(reference.image_pids)) >= 2:
+            chosen = choose_phrase_reference(reference, grid)
+            scores[REFERENCE] = score_phrase_maps(data, prior_phrase_maps(
+                chosen["build"], data, grid, max_captions, chosen["powers"]))
+            verdicts = {m: phrase_verdict(scores[m], scores[REFERENCE], seed=seed)
+                        for m in methods}
     gaps = {m: phrase_counterfactual_gap(explainer, data, m, max_captions=max_captions,
                                          seed=seed) for m in methods}
     chance = _chance(data, scores[methods[0]]["records"])
@@ -135,6 +150,20 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
                  "of the caption's phrase maps are masked, minus the drop for random cells. "
                  "Columns after the gap: energy per part.")
     section.table(table)
+    if verdicts:
+        section.para(
+            f"<b>{REFERENCE}</b>: each part's mean mask over half of the validation "
+            "identities, raised to the power (per part) that gives that part's phrases the "
+            "highest energy on the other half; it never sees a scored image. A method beats "
+            "it when the 95% bootstrap interval of the per-phrase energy difference excludes "
+            "0; per part likewise.")
+        section.table([{"phrase maps": m, "energy": scores[m]["energy"],
+                        "reference energy": scores[REFERENCE]["energy"],
+                        "− reference [95% CI]": f"{v['diff']:+.3f} [{v['diff_low']:+.3f}, "
+                                                f"{v['diff_high']:+.3f}]",
+                        "beats the reference": verdict_text(v["beaten"]),
+                        "parts beaten": f"{v['parts_beaten']}/{v['parts']}"}
+                       for m, v in verdicts.items()])
     best = max(methods, key=lambda m: scores[m]["energy"])
     panels = _phrase_panels(explainer, data, best, n_show)
     fig = figures.phrase_panels(panels, out / "img" / "phrase_grounding.png")
@@ -143,7 +172,13 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
     return {"scores": {k: {kk: vv for kk, vv in v.items() if kk != "records"}
                        for k, v in scores.items()},
             "gaps": gaps, "chance": {k: v for k, v in chance.items() if k != "records"},
-            "shown_method": best}
+            "shown_method": best,
+            "reference": None if chosen is None else {
+                "name": REFERENCE, "powers": chosen["powers"],
+                "identities": chosen["identities"],
+                "selection": {part: {f"{p:g}": round(e, 4) for p, e in scores.items()}
+                              for part, scores in chosen["selection"].items()}},
+            "verdicts": verdicts}
 
 
 def _supports(method: str, caps: set[str]) -> bool:
