@@ -180,6 +180,8 @@ class CNNAdapter(Adapter):
 
     #: maps are (B, h, w, C) (timm's NHWC stages): the tap transposes them
     channels_last: bool = False
+    #: "stages": real (B, C, h, w) modules before the spatial layer (multi-stage LayerCAM)
+    capabilities = frozenset({"stages"})
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
                  image_size: tuple[int, int] | None = None, **options: Any) -> None:
@@ -252,6 +254,29 @@ class CNNAdapter(Adapter):
             yield self._tap
         finally:
             handle.remove()
+
+    def stage_layers(self, image_size: tuple[int, int], max_factor: int = 2) -> list[str]:
+        """The spatial layer and, per finer grid up to ``max_factor`` times finer per axis,
+        the last module before it with that grid (a stage's output), fine to coarse."""
+        if self.channels_last:
+            raise AdapterError(f"{self.name} adapter: the stages of this host are (B, h, w, C) "
+                               "maps; multi-stage methods need (B, C, h, w) layers")
+        key = (int(image_size[0]), int(image_size[1]), int(max_factor))
+        cache = self.__dict__.setdefault("_stage_cache", {})
+        if key not in cache:
+            grids = module_output_grids(self.model, self._embed_image, key[:2],
+                                        root=self.search_root())
+            names = [n for n, _ in grids]
+            spatial = self.grid_size(key[:2])
+            before = grids[:names.index(self.layer_name)] if self.layer_name in names else []
+            last: dict[tuple[int, int], str] = {}
+            for name, grid in before:
+                if spatial[0] < grid[0] <= max_factor * spatial[0] and \
+                        spatial[1] < grid[1] <= max_factor * spatial[1]:
+                    last[grid] = name
+            cache[key] = [last[g] for g in sorted(last, key=lambda g: -g[0] * g[1])] + [
+                self.layer_name]
+        return list(cache[key])
 
     def describe(self) -> dict[str, Any]:
         grid = self._grids.get(self.probe_size)

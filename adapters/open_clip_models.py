@@ -198,7 +198,7 @@ class OpenClipCNNAdapter(OpenClipText, CNNAdapter):
     name = "open_clip_cnn"
     description = "open_clip CLIP with a CNN image tower (RN50, RN101, ConvNeXt)"
     priority = 59
-    capabilities = frozenset({"text"})
+    capabilities = frozenset({"text", "stages"})
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
                  tokenizer: Callable[[Sequence[str]], Tensor] | None = None,

@@ -36,6 +36,8 @@ class TimmAdapter(CNNAdapter):
                  image_size: tuple[int, int] | None = None, **options: Any) -> None:
         self.model = model
         self.channels_last = str(getattr(model, "output_fmt", "NCHW")) == "NHWC"
+        if self.channels_last:  # no (B, C, h, w) stages for multi-stage methods
+            self.capabilities = self.capabilities - {"stages"}
         super().__init__(model, layer=layer, image_size=image_size, **options)
 
     @classmethod

@@ -89,6 +89,9 @@ def build_parser(prog: str = "reid-explain synth") -> argparse.ArgumentParser:
                    help="0..1, how much identity-specific detail (shade, texture, build) varies")
     p.add_argument("--occlusion", type=float, default=0.15, help="share of occluded images")
     p.add_argument("--captions", type=int, default=2, help="captions per image")
+    p.add_argument("--crops", choices=("aligned", "misaligned"), default="aligned",
+                   help="aligned (rendered) crops, or detector-like misaligned ones: loose, "
+                        "shifted, cutting the head or feet, with passers-by (docs/synthpedes.md)")
     p.add_argument("--format", default="all",
                    help="'all' or a comma list of " + ", ".join(FORMATS))
     p.add_argument("--grid", default=None, metavar="PNG",
@@ -109,7 +112,8 @@ def synth_main(argv: list[str] | None = None) -> int:
             n_ids=args.ids, images_per_id=args.images_per_id, seed=args.seed,
             height=args.height, width=args.width, n_cams=args.cams, planted_order=order,
             planted_decay=args.planted_decay, detail_strength=args.detail_strength,
-            occlusion_prob=args.occlusion, captions_per_image=args.captions)
+            occlusion_prob=args.occlusion, captions_per_image=args.captions,
+            crops=args.crops)
         formats = parse_formats(args.format)
         out: dict = {}
         if args.out is not None:

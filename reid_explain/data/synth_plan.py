@@ -21,7 +21,14 @@ from reid_explain.data.synth_identities import (
     planted_entropies,
     resolve_planted_order,
 )
-from reid_explain.data.synth_render import Camera, Rendered, make_cameras, render, sample_view
+from reid_explain.data.synth_render import (
+    Camera,
+    Rendered,
+    View,
+    make_cameras,
+    render,
+    sample_view,
+)
 from reid_explain.errors import InputError
 
 MAX_MARKET_PID = 1501  # torchreid's Market1501 asserts 0 <= pid <= 1501
@@ -53,10 +60,25 @@ class SynthConfig:
     val_fraction: float = 0.1
     min_caption_pixels: int = 8
     jpeg_quality: int = 95
+    #: "aligned" (rendered crops) or "misaligned" (detector-like boxes; synth_crops.py)
+    crops: str = "aligned"
+    #: misaligned: the person's size in the crop relative to an aligned crop (loose boxes)
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    #: misaligned: the box's largest shift, as fractions of its width and height
+    crop_shift: tuple[float, float] = (0.25, 0.15)
+    #: misaligned: probability of a tight box that cuts the head or the feet
+    crop_cut_prob: float = 0.25
+    #: misaligned: probability of a passer-by entering at the left or right edge
+    crop_passerby_prob: float = 0.3
 
     def __post_init__(self) -> None:
         if self.planted_order is not None:
             object.__setattr__(self, "planted_order", tuple(self.planted_order))
+        for name in ("crop_scale", "crop_shift"):
+            value = getattr(self, name)
+            if not (isinstance(value, (tuple, list)) and len(value) == 2):
+                raise InputError(f"SynthConfig: {name} must be a pair of numbers, got {value!r}")
+            object.__setattr__(self, name, (float(value[0]), float(value[1])))
         resolve_planted_order(self.planted_order)  # raises InputError on unknown names
         planted_entropies(self.planted_order, self.planted_decay)
         checks = [
@@ -82,6 +104,17 @@ class SynthConfig:
              f"distractors must be >= 0, got {self.distractors}"),
             (1 <= self.jpeg_quality <= 100,
              f"jpeg_quality must be 1..100, got {self.jpeg_quality}"),
+            (self.crops in ("aligned", "misaligned"),
+             f"crops must be 'aligned' or 'misaligned', got {self.crops!r}"),
+            (0.4 <= self.crop_scale[0] <= self.crop_scale[1] <= 1.0,
+             f"crop_scale must be (low, high) with 0.4 <= low <= high <= 1, "
+             f"got {self.crop_scale}"),
+            (0.0 <= self.crop_shift[0] <= 0.4 and 0.0 <= self.crop_shift[1] <= 0.4,
+             f"crop_shift must be fractions in [0, 0.4], got {self.crop_shift}"),
+            (0.0 <= self.crop_cut_prob <= 1.0,
+             f"crop_cut_prob must be in [0, 1], got {self.crop_cut_prob}"),
+            (0.0 <= self.crop_passerby_prob <= 1.0,
+             f"crop_passerby_prob must be in [0, 1], got {self.crop_passerby_prob}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -203,12 +236,32 @@ def render_sample(synth_plan: SynthPlan, spec: SampleSpec, with_captions: bool =
     if spec.pid == 0:  # a bad detection: a passer-by mostly out of the box
         side = 1 if rng.random() < 0.5 else -1
         view = replace(view, dx=round(side * float(rng.uniform(0.3, 0.45)), 4))
-    rendered = render(identity, camera, view, c.height, c.width)
+    if c.crops == "misaligned" and spec.pid != 0:
+        rendered = _misaligned(synth_plan, spec, identity, camera, view)
+    else:
+        rendered = render(identity, camera, view, c.height, c.width)
     captions: list[Caption] = []
     if with_captions and spec.pid != 0:
         captions = make_captions(identity, rendered.part_pixels, rng, c.captions_per_image,
                                  c.min_caption_pixels)
     return Sample(spec, identity, rendered, captions)
+
+
+def _misaligned(synth_plan: SynthPlan, spec: SampleSpec, identity: Identity, camera: Camera,
+                view: View) -> Rendered:
+    """The detector-like crop of one image, drawn from its own generator (never the image's,
+    so aligned sets stay byte-identical)."""
+    from reid_explain.data.synth_crops import draw_crop, render_misaligned
+
+    c = synth_plan.config
+    others = synth_plan.distractor_identities or synth_plan.identities
+    draw = draw_crop(_gen(c.seed, 0xC20B, spec.pid, spec.cam, spec.idx), (c.height, c.width),
+                     c.crop_scale, c.crop_shift, c.crop_cut_prob, c.crop_passerby_prob,
+                     len(others), camera, sample_view)
+    passerby = others[draw.passerby] if draw.passerby >= 0 else None
+    if passerby is not None and passerby.pid == identity.pid:
+        passerby = None
+    return render_misaligned(identity, camera, view, draw, passerby, c.height, c.width)
 
 
 def iter_samples(synth_plan: SynthPlan, specs: Sequence[SampleSpec] | None = None,

@@ -444,14 +444,24 @@ def render(identity: Identity, camera: Camera, view: View, height: int = 128,
     cv = _Canvas(height, width)
     _background(cv, camera, view)
     _draw_person(cv, identity, view)
+    return finish(cv, camera, view)
+
+
+def finish(cv: _Canvas, camera: Camera, view: View,
+           window: tuple[float, float, float, float] | None = None) -> Rendered:
+    """The occluder in front, the camera's colour cast and sensor noise. ``window`` (top,
+    left, height, width in canvas pixels; default the whole canvas) is the crop the view's
+    occluder fractions refer to (a larger canvas holds the aligned crop at its centre)."""
+    oy, ox, height, width = window or (0.0, 0.0, float(cv.h), float(cv.w))
     occ = view.occluder
     if occ is not None:
-        y0, y1, x0, x1 = occ.y0 * height, occ.y1 * height, occ.x0 * width, occ.x1 * width
+        y0, y1 = oy + occ.y0 * height, oy + occ.y1 * height
+        x0, x1 = ox + occ.x0 * width, ox + occ.x1 * width
         cv.rect(y0, y1, x0, x1, occ.colour, 0)
         cv.rect(y0, y0 + max(1.0, 0.03 * height), x0, x1,
                 tuple(int(v * 0.7) for v in occ.colour), 0)  # an edge, so it reads as an object
     noise = np.random.Generator(np.random.PCG64(view.noise_seed)).standard_normal(
-        (height, width, 3), dtype=np.float32)
+        (cv.h, cv.w, 3), dtype=np.float32)
     img = cv.img * (np.asarray(camera.gains, np.float32) * view.brightness) + camera.offset
     img += noise * 4.0
     image = np.clip(img, 0, 255).astype(np.uint8)
