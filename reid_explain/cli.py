@@ -28,7 +28,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(out=args.out, methods=args.methods, seed=args.seed, quick=args.quick)
+    return run_demo(out=args.out, methods=args.methods, seed=args.seed, quick=args.quick,
+                    crops=args.crops)
 
 
 def _eval_data(exp, root: str, size: tuple[int, int]):
@@ -329,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "held-out test split; another seed draws identities never seen)")
     p.add_argument("--quick", action="store_true",
                    help="fewer identities and queries (about a minute)")
+    p.add_argument("--crops", choices=("aligned", "misaligned"), default="aligned",
+                   help="SynthPedes crops explained: as rendered, or detector-like misaligned "
+                        "boxes where a map must look at the image to find the person")
     p = sub.add_parser("evaluate", help="explain and score every query of a data set")
     p.add_argument("--data", required=True,
                    help="root of a Market-1501-style folder or a SynthPedes export")

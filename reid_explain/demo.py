@@ -29,7 +29,7 @@ SIZES = {"quick": {"ids": 30, "queries": 40, "captions": 48, "sanity": 4, "trees
 IMAGE_MODEL, TEXT_MODEL = "osnet-synthpedes", "clip-synthpedes"
 
 
-def demo_data(seed: int | None, n_ids: int) -> dict[str, Any]:
+def demo_data(seed: int | None, n_ids: int, crops: str = "aligned") -> dict[str, Any]:
     """Test identities of the zoo's SynthPedes set (``seed=None``), or of a fresh set drawn
     with ``seed`` (new identities, none trained on); validation identities as the location
     prior's reference; the identities' attribute table in the official ``.mat`` format."""
@@ -41,7 +41,8 @@ def demo_data(seed: int | None, n_ids: int) -> dict[str, Any]:
     from .zoo.data import render_splits
     from .zoo.registry import ZOO_DATA
 
-    config = dict(ZOO_DATA) | ({} if seed is None else {"seed": seed})
+    config = dict(ZOO_DATA) | ({} if seed is None else {"seed": seed}) | (
+        {} if crops == "aligned" else {"crops": crops})
     splits = render_splits(config, with_masks=True, max_ids={"test": n_ids, "val": 40},
                            splits=("val", "test"))
     synth = plan(SynthConfig(**config))
@@ -104,7 +105,8 @@ def models_section(out: Path) -> tuple[Section, dict[str, Any]]:
 
 
 def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str] | None = None,
-             seed: int | None = None, quick: bool = False, top_k: int = 5) -> int:
+             seed: int | None = None, quick: bool = False, top_k: int = 5,
+             crops: str = "aligned") -> int:
     from . import plugin_manager
     from .explainer import explainify
     from .report import image_sections, reproduce_section, text_sections
@@ -119,10 +121,11 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
 
     torch.manual_seed(0)
     image_model, text_model = load(IMAGE_MODEL), load(TEXT_MODEL)
-    data = demo_data(seed, size["ids"])
+    data = demo_data(seed, size["ids"], crops)
     test, val = data["splits"]["test"], data["splits"]["val"]
     times["load models and render data"] = round(time.perf_counter() - start, 1)
-    settings = {"quick": quick, "seed": seed, "data": data["config"], "sizes": size,
+    settings = {"quick": quick, "seed": seed, "crops": crops, "data": data["config"],
+                "sizes": size,
                 "methods": list(methods) if methods else "all", "top_k": top_k}
     summary: dict[str, Any] = {"settings": settings}
     with atomic_path(out) as tmp:
@@ -151,6 +154,7 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
         overview_blocks(overview, summary, text)
         command = "reid-explain demo" + (" --quick" if quick else "") + (
             f" --seed {seed}" if seed is not None else "") + (
+            f" --crops {crops}" if crops != "aligned" else "") + (
             f" --methods {' '.join(methods)}" if methods else "")
         sections = [overview, models, *image_parts[:3], *text_parts, *image_parts[3:],
                     reproduce_section(command, settings, summary["times"])]

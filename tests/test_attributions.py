@@ -178,3 +178,48 @@ def test_explain_validates_inputs():
             exp.explain(images(1, (128, 64)), images(1, (128, 64)), side="left")
         with pytest.raises(InputError, match="pairs index"):
             exp.explain(images(1, (128, 64)), images(1, (128, 64)), pairs=[(0, 3)])
+
+
+def test_layercam_fuses_stages_of_positive_gradient_times_activation_by_hand():
+    """LayerCAM = mean over stages of relu(dS/dA * A) summed over channels, each scaled to a
+    maximum of 1 at the finest stage's grid; the stages are the spatial layer and the stage
+    before it with a grid at most twice as fine."""
+    model = make_osnet()
+    q, g = images(2, (128, 64)), images(2, (128, 64), seed=1)
+    with explainify(model) as exp:
+        stages = exp.adapter.stage_layers((128, 64))
+        assert stages[-1] == exp.adapter.layer_name and len(stages) == 2
+        result = exp.explain(q, g, method="layercam", pairs=[(0, 1), (1, 0)], side="query")
+        assert exp.explain(q, g, method="layercam", layers=[stages[-1]], pairs=[(0, 1)],
+                           side="query").query.maps.shape[-2:] == exp.adapter.grid_size((128, 64))
+    modules = dict(model.named_modules())
+    for p, (qi, gi) in enumerate([(0, 1), (1, 0)]):
+        with torch.no_grad():
+            g_emb = model(g[gi: gi + 1])
+        acts: dict[str, torch.Tensor] = {}
+        handles = [modules[n].register_forward_hook(
+            lambda _m, _a, out, n=n, store=acts: store.__setitem__(n, out)) for n in stages]
+        x = q[qi: qi + 1]
+        score = _cos_forward(model, g_emb)(x)
+        for h in handles:
+            h.remove()
+        grads = torch.autograd.grad(score.sum(), [acts[n] for n in stages])
+        maps = [(gr * acts[n]).clamp_min(0).sum(dim=1)[0] for gr, n in zip(grads, stages,
+                                                                             strict=True)]
+        finest = maps[0].shape
+        fused = sum(F.interpolate((m / m.max())[None, None], size=finest, mode="bilinear",
+                                  align_corners=False)[0, 0] for m in maps) / len(maps)
+        assert (result.query.maps[p] - fused.detach()).abs().max() <= 1e-5
+        assert fused.max() > 0
+
+
+def test_sharpen_raises_the_positive_part_to_a_power_for_any_method():
+    q, g = images(1, (128, 64)), images(2, (128, 64), seed=1)
+    with explainify(make_osnet()) as exp:
+        plain = exp.explain(q, g, method="integrated_gradients", n_steps=4).query.maps
+        sharp = exp.explain(q, g, method="integrated_gradients", n_steps=4,
+                            sharpen=3).query.maps
+        with pytest.raises(InputError, match="sharpen"):
+            exp.explain(q, g, method="gradcam", sharpen=-1)
+    assert (plain < 0).any()  # signed: the negative part is dropped
+    torch.testing.assert_close(sharp, plain.clamp_min(0).pow(3), rtol=1e-5, atol=1e-12)

@@ -57,10 +57,11 @@ class LayerCAM(Attribution):
         finest = max((tuple(m.shape[-2:]) for m in maps), key=lambda s: s[0] * s[1])
         fused = torch.zeros(len(inputs), *finest, dtype=maps[0].dtype, device=maps[0].device)
         for m in maps:
+            m = m / m.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
             if tuple(m.shape[-2:]) != finest:
                 m = F.interpolate(m[:, None], size=finest, mode="bilinear",
                                   align_corners=False)[:, 0]
-            fused += m / m.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+            fused += m
         return fused / len(maps)
 
 
