@@ -48,6 +48,17 @@ class CosineSimilarity(Target):
         return CosineSimilarity(self.references[index])
 
 
+class CosineDistance(CosineSimilarity):
+    """``1 - cos``: the pair's loss, for explaining what makes two images *differ* (e.g. an
+    image and its re-render with one part changed)."""
+
+    def __call__(self, embeddings: Tensor, references: Tensor | None = None) -> Tensor:
+        return 1.0 - super().__call__(embeddings, references)
+
+    def select(self, index: Tensor | slice) -> CosineDistance:
+        return CosineDistance(self.references[index])
+
+
 class RecordingCosine(CosineSimilarity):
     """:class:`CosineSimilarity` that also keeps the (normalised) embeddings it scores, row by
     row, in ``store``: an explanation pass over unchanged images then is also their embedding
