@@ -66,6 +66,36 @@ def test_demo_maps_beat_random_maps_with_confidence(demo):
     assert summary["image"]["retrieval"]["R1"] > 50 and summary["text"]["retrieval"]["R1"] > 10
 
 
+def test_demo_puts_every_figure_beside_the_image_blind_reference(demo):
+    """Issue 25: each headline figure stands beside random maps and the reference learnt from
+    validation identities, with a verdict; the overview leads with the reference."""
+    out, summary = demo
+    explanations = summary["image"]["explanations"]
+    reference = explanations["reference"]
+    assert "validation" in reference["source"] and reference["selection_images"] > 0
+    assert reference["name"] in reference["candidates"]
+    for method, record in explanations["methods"].items():
+        for label in ("counterfactual gap", "person energy", "pointing", "deletion AUC ↓"):
+            figure = record["figures"][label]
+            assert figure["reference"] is not None and figure["random"] is not None, method
+            assert figure["reference_beaten"] in (True, False, None)
+            if figure["reference_beaten"]:  # a yes needs the whole interval past 0
+                better = figure["higher_is_better"]
+                assert (figure["reference_diff_low"] > 0) if better else \
+                    (figure["reference_diff_high"] < 0)
+    # the reference's energy is far above chance: random maps are the weaker yardstick
+    energy = next(iter(explanations["methods"].values()))["figures"]["person energy"]
+    assert energy["reference"] > energy["random"] + 0.2
+    text = (out / "summary.txt").read_text()
+    lead = text.index("methods beating the image-blind reference")
+    assert lead < text.index("beating random maps")
+    html = (out / "index.html").read_text()
+    assert html.index("methods beating the image-blind reference") < html.index(
+        "methods beating random maps")
+    grounding = summary["text"]["grounding"]
+    assert grounding["reference"]["powers"] and grounding["verdicts"]
+
+
 @pytest.mark.slow
 def test_demo_writes_a_complete_report(demo, capsys):
     out, summary = demo
@@ -149,6 +179,10 @@ def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys)
     gap = summary["image"]["explanations"]["methods"]["gradcam"]["gap"]
     assert gap["n"] > 0 and np.isfinite(gap["method"])
     assert "energy" in summary["image"]["explanations"]["methods"]["gradcam"]  # SynthPedes
+    # the reference is learnt from the export's training masks, never the scored images
+    reference = summary["image"]["explanations"]["reference"]
+    assert "bounding_box_train" in reference["source"] and reference["images"] > 0
+    assert "beats the reference" in (out / "index.html").read_text()
     assert summary["image"]["attributes"]["ranking"]  # from the export's market_attribute.mat
     assert "reid-explain report --model torchreid:osnet_x0_25" in (out / "index.html").read_text()
 
