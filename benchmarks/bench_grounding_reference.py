@@ -60,15 +60,9 @@ def choose_power(exp: Any, method: str, val: Any, limit: int) -> dict[str, Any]:
 
 
 def figures(result: Any) -> dict[str, Any]:
-    from reid_explain.evaluation.verdicts import json_records
+    from reid_explain.report.image_section import figure_records
 
-    comparison = result.comparison
-    out = {}
-    for metric, key, short in FIGURES:
-        rows = comparison[(comparison.metric == metric) & (comparison.key == key)]
-        if len(rows):
-            out[short] = json_records(rows)[0]
-    return out
+    return figure_records(result.comparison, FIGURES)
 
 
 def run_condition(exp: Any, seed: int, crops: str, n_test: int, n_val: int,

@@ -306,14 +306,16 @@ def _reference_bar(table: pd.DataFrame, metric: str, key: str, seed: int) -> dic
             "high": ci.high, "colour": "#a0522d"}
 
 
-def figure_records(comparison: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
-    """``{label: record}`` of the report's :data:`FIGURES` present in ``comparison``."""
+def figure_records(comparison: pd.DataFrame | None,
+                   figures: Sequence[tuple[str, str, str]] = FIGURES
+                   ) -> dict[str, dict[str, Any]]:
+    """``{label: record}`` of ``figures`` (default: the report's) present in ``comparison``."""
     from ..evaluation.verdicts import json_records
 
     if comparison is None or comparison.empty:
         return {}
     out = {}
-    for metric, key, label in FIGURES:
+    for metric, key, label in figures:
         rows = comparison[(comparison.metric == metric) & (comparison.key == key)]
         if len(rows):
             out[label] = json_records(rows)[0]
