@@ -83,7 +83,8 @@ def load_synthpedes_side(root: str | Path) -> dict[str, dict[str, Any]]:
         raise DataFormatError(f"{annotations_path}: not valid UTF-8 JSON ({exc})") from None
     if not isinstance(annotations, dict):
         raise DataFormatError(f"{annotations_path}: expected a JSON object at the top level")
-    if tuple(annotations.get("parts", ())) != PARTS:
+    parts = annotations.get("parts")
+    if not isinstance(parts, list) or tuple(parts) != PARTS:
         raise DataFormatError(f"{annotations_path}: field 'parts' is {annotations.get('parts')}, "
                               f"expected {list(PARTS)}")
     images = annotations.get("images")
