@@ -32,6 +32,33 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+#: ``dense_embeddings`` feature kinds: the block's own tokens, its values (MaskCLIP), and
+#: self-self attention over values with queries-queries, keys-keys or values-values
+DENSE_FEATURES = ("tokens", "value", "qq", "kk", "vv")
+
+
+def _self_self_attention(block: nn.Module, x: Tensor, features: str) -> Tensor:
+    """``block``'s attention on ``x`` (``(B, N, C)``, before ``ln_1``) with its token mixing
+    replaced: identity (``"value"``) or a softmax over ``a a^T`` for ``a`` the queries, keys or
+    values (``"qq"``, ``"kk"``, ``"vv"``); then ``out_proj``. No residual and no MLP."""
+    attn = block.attn
+    if not isinstance(attn, nn.MultiheadAttention) or attn.in_proj_weight is None:
+        raise AdapterError(f"block attention is {type(attn).__name__} without a packed "
+                           "in_proj; dense embeddings need nn.MultiheadAttention")
+    y = block.ln_1(x)
+    batch, n, width = y.shape
+    heads = attn.num_heads
+    q, k, v = torch.nn.functional.linear(y, attn.in_proj_weight, attn.in_proj_bias).split(
+        width, dim=-1)
+    q, k, v = (t.reshape(batch, n, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+    if features == "value":
+        mixed = v
+    else:
+        a = {"qq": q, "kk": k, "vv": v}[features]
+        mixed = torch.nn.functional.scaled_dot_product_attention(a, a, v)
+    return attn.out_proj(mixed.transpose(1, 2).reshape(batch, n, width))
+
+
 def _is_open_clip_vit(model: nn.Module) -> bool:
     visual = getattr(model, "visual", None)
     return (type(model).__module__.startswith("open_clip")
@@ -114,7 +141,7 @@ class OpenClipAdapter(OpenClipText, ViTAdapter):
 
     name = "open_clip"
     priority = 60
-    capabilities = frozenset({"attention", "text", "token_drop"})
+    capabilities = frozenset({"attention", "text", "token_drop", "dense"})
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
                  tokenizer: Callable[[Sequence[str]], Tensor] | None = None,
@@ -157,6 +184,43 @@ class OpenClipAdapter(OpenClipText, ViTAdapter):
                                "after the positional embedding; token dropping needs an "
                                "open_clip VisionTransformer")
         return module
+
+    # -- dense features -----------------------------------------------------------------------
+    def dense_embeddings(self, images: Tensor, features: str = "value",
+                         block: int = -1) -> Tensor:
+        """``(B, h*w, D)``: one joint-space embedding per patch, from block ``block``.
+
+        ``features`` (see :data:`DENSE_FEATURES`): ``"tokens"`` runs the remaining blocks and
+        takes the patch tokens; the others replace that block's attention output and drop its
+        residual and MLP, as the training-free dense-CLIP methods do: ``"value"`` its value
+        embeddings (MaskCLIP), ``"qq"``/``"kk"``/``"vv"`` self-self attention over values
+        (ClearCLIP, SCLIP, CLIP Surgery). Each then goes through ``ln_post`` and ``proj``.
+        """
+        if features not in DENSE_FEATURES:
+            raise AdapterError(f"features must be one of {DENSE_FEATURES}, got {features!r}")
+        visual, blocks = self.model.visual, self.blocks()
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "proj", None) is None:
+            raise AdapterError(f"{type(visual).__name__} pools with an attention pool or has no "
+                               "projection; dense embeddings need ln_post + proj")
+        if not -len(blocks) <= block < len(blocks):
+            raise AdapterError(f"block {block} is outside the {len(blocks)} blocks of "
+                               f"{type(visual).__name__}")
+        start = range(len(blocks))[block]
+        seen: dict[str, Tensor] = {}
+        handle = blocks[start].register_forward_pre_hook(
+            lambda _m, args: seen.__setitem__("x", args[0]))
+        try:
+            self._embed_image(images)
+        finally:
+            handle.remove()
+        x = seen["x"] if self.batch_first else seen["x"].transpose(0, 1)  # (B, N, C)
+        if features == "tokens":
+            for later in blocks[start:]:
+                x = later(x if self.batch_first else x.transpose(0, 1))
+                x = x if self.batch_first else x.transpose(0, 1)
+        else:
+            x = _self_self_attention(blocks[start], x, features)
+        return (visual.ln_post(x) @ visual.proj)[:, self.num_prefix_tokens:]
 
     # -- attention ----------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -115,9 +115,12 @@ def contextual_maps(explainer: ExplainerLike, images: Tensor, captions: Sequence
 
 def ground(explainer: ExplainerLike, images: Tensor, captions: Sequence[str] | str,
            method: str = "similarity", phrases: Sequence[Sequence[Any]] | None = None,
-           ppim: Any = None, phrase_extractor: str = "rules", temperature: float = 0.1,
+           ppim: Any = None, phrase_extractor: str = "rules", temperature: float | None = None,
            **options: Any) -> list[PhraseGrounding]:
-    """One :class:`PhraseGrounding` per (image, caption) row: a map per extracted phrase."""
+    """One :class:`PhraseGrounding` per (image, caption) row: a map per extracted phrase.
+
+    ``temperature``: the softmax temperature of ``"similarity"`` maps (default 0.1), and passed
+    on to an attribution that takes one (``dense_similarity``) when given."""
     from .inputs import check_images, check_texts
 
     captions = check_texts(captions)
@@ -129,7 +132,8 @@ def ground(explainer: ExplainerLike, images: Tensor, captions: Sequence[str] | s
     size = (int(images.shape[-2]), int(images.shape[-1]))
     if method in ("ppim", "similarity"):
         maps = contextual_maps(explainer, images, captions, rows,
-                               ppim=ppim if method == "ppim" else None, temperature=temperature)
+                               ppim=ppim if method == "ppim" else None,
+                               temperature=0.1 if temperature is None else temperature)
         references = [None] * len(captions)
     else:
         texts = [p["text"] for r in rows for p in r]
@@ -138,6 +142,8 @@ def ground(explainer: ExplainerLike, images: Tensor, captions: Sequence[str] | s
             maps = [torch.zeros(0, *explainer.adapter.grid_size(size)) for _ in rows]
             references = [None] * len(captions)
         else:
+            if temperature is not None:
+                options["temperature"] = temperature
             phrase_emb = explainer.embed_text(texts)
             flat = explainer.attribute(images[owner], CosineSimilarity(phrase_emb),
                                        method=method, **options)

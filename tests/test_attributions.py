@@ -223,3 +223,80 @@ def test_sharpen_raises_the_positive_part_to_a_power_for_any_method():
             exp.explain(q, g, method="gradcam", sharpen=-1)
     assert (plain < 0).any()  # signed: the negative part is dropped
     torch.testing.assert_close(sharp, plain.clamp_min(0).pow(3), rtol=1e-5, atol=1e-12)
+
+
+def _patch_outputs(clip, images_, attention):
+    """Patch embeddings after the last block's input went through ``attention`` (a copy of the
+    block's own ``nn.MultiheadAttention`` called by torch), then ``ln_post`` and ``proj``."""
+    seen = {}
+    block = clip.visual.transformer.resblocks[-1]
+    handle = block.register_forward_pre_hook(lambda _m, a: seen.__setitem__("x", a[0]))
+    with torch.no_grad():
+        clip.encode_image(images_)
+        handle.remove()
+        out = attention(block.ln_1(seen["x"]))
+        return (clip.visual.ln_post(out) @ clip.visual.proj)[:, 1:]
+
+
+@pytest.mark.parametrize("features", ["value", "kk", "vv"])
+def test_dense_embeddings_equal_torch_attention_with_the_mixing_replaced(features):
+    import copy
+
+    clip = make_tiny_clip()
+    x = images(3)
+    exp = explainify(clip)
+    with torch.no_grad():
+        dense = exp.adapter.dense_embeddings(x, features=features)
+    attn = copy.deepcopy(clip.visual.transformer.resblocks[-1].attn)
+    width = attn.embed_dim
+    q, k, v = attn.in_proj_weight.data.split(width)
+    qb, kb, vb = attn.in_proj_bias.data.split(width)
+    if features == "value":  # each token attends to itself only: the output is out_proj(v)
+        n = dense.shape[1] + 1
+        blocked = ~torch.eye(n, dtype=torch.bool)
+        expected = _patch_outputs(clip, x, lambda y: attn(y, y, y, need_weights=False,
+                                                          attn_mask=blocked)[0])
+    else:  # queries and keys both replaced by the chosen projection: softmax(a a^T) v
+        a, ab = (k, kb) if features == "kk" else (v, vb)
+        attn.in_proj_weight.data = torch.cat([a, a, v])
+        attn.in_proj_bias.data = torch.cat([ab, ab, vb])
+        expected = _patch_outputs(clip, x, lambda y: attn(y, y, y, need_weights=False)[0])
+    assert dense.shape == (3, 8 * 4, clip.visual.proj.shape[1])
+    torch.testing.assert_close(dense, expected, rtol=1e-4, atol=1e-5)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in clip.modules())
+
+
+def test_dense_similarity_scores_each_patch_embedding_with_the_target():
+    from reid_explain.errors import PluginError
+    from reid_explain.targets import CosineSimilarity
+
+    clip = make_tiny_clip()
+    x = images(2)
+    exp = explainify(clip)
+    reference = torch.randn(2, clip.visual.proj.shape[1],
+                            generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        dense = exp.adapter.dense_embeddings(x, features="tokens", block=-1)
+        hooked = {}
+        handle = clip.visual.transformer.register_forward_hook(
+            lambda _m, _a, out: hooked.__setitem__("x", out))
+        clip.encode_image(x)
+        handle.remove()
+    # "tokens" at the last block are the transformer's own output tokens, projected
+    tokens = clip.visual.ln_post(hooked["x"]) @ clip.visual.proj
+    torch.testing.assert_close(dense, tokens[:, 1:])
+    raw = exp.attribute(x, CosineSimilarity(reference), method="dense_similarity",
+                        features="tokens", temperature=None)
+    expected = F.cosine_similarity(dense, reference[:, None], dim=-1).reshape(2, 8, 4)
+    torch.testing.assert_close(raw, expected, rtol=1e-5, atol=1e-6)
+    soft = exp.attribute(x, CosineSimilarity(reference), method="dense_similarity",
+                         features="tokens", temperature=0.05)
+    torch.testing.assert_close(soft, (expected.flatten(1) / 0.05).softmax(1).reshape(2, 8, 4))
+    # the plugin's error reaches the caller named, wrapped by the engine as a plugin error
+    with pytest.raises(PluginError, match="features must be one of"):
+        exp.attribute(x, CosineSimilarity(reference), method="dense_similarity", features="x")
+    with pytest.raises(PluginError, match="block 5 is outside"):
+        exp.attribute(x, CosineSimilarity(reference), method="dense_similarity", block=5)
+    with pytest.raises(PluginError, match="temperature must be positive"):
+        exp.attribute(x, CosineSimilarity(reference), method="dense_similarity", temperature=0)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in clip.modules())

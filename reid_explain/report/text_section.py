@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 #: the name of the strongest image-blind phrase reference in tables and summaries
 REFERENCE = "sharpened prior (image-blind, chosen on validation)"
-#: phrase-map methods of the report: the head-free similarity map and two attributions
-PHRASE_METHODS = ("similarity", "gradcam", "attention_relevance")
+#: phrase-map methods of the report: the head-free similarity map, CLIP dense features
+#: (``dense_similarity``, hosts with dense embeddings) and two attributions
+PHRASE_METHODS = ("similarity", "dense_similarity", "gradcam", "attention_relevance")
 
 
 def one_caption_per_identity(data: TextImageData, n: int) -> list[int]:
