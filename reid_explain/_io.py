@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -81,3 +82,33 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> object
                               f"which allows tensors and plain containers only): "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                               ) from exc
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by ``None`` and numpy or torch
+    scalars and arrays turned into Python values, recursively: what strict JSON can hold. A
+    figure that could not be computed is ``null``; its reason belongs in a field beside it."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, str) else k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in obj]
+    tolist = getattr(obj, "tolist", None)  # numpy and torch scalars and arrays
+    if callable(tolist):
+        return json_safe(tolist())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return str(obj)
+
+
+def strict_json(obj: Any, indent: int | None = 2) -> str:
+    """``json.dumps`` of :func:`json_safe` ``(obj)`` with ``allow_nan=False``: never a bare
+    ``NaN`` or ``Infinity``, which are not JSON and which many readers reject."""
+    import json
+
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)

@@ -12,7 +12,6 @@ image-blind prior; and the attribute study. Output: ``index.html`` with ``img/``
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_path
+from ._io import atomic_path, strict_json
 from .report.html import Section, render
 
 #: sizes of the run: (test identities, image queries explained, captions scored)
@@ -162,7 +161,7 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
             "reid-explain demo: trained SynthPedes models explained",
             f"{IMAGE_MODEL} (image ReID) and {TEXT_MODEL} (text-to-image ReID) on held-out "
             "SynthPedes identities with ground-truth part masks", sections, summary))
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (tmp / "summary.json").write_text(strict_json(summary))
         (tmp / "summary.txt").write_text(text)
     print(text)
     print(f"wrote {Path(out) / 'index.html'} (open it in a browser)")
@@ -236,9 +235,12 @@ def summary_text(summary: dict[str, Any], cards: dict[str, Any]) -> str:
                     + ("-" if ref is None else f"{ref:.3f}"))
             cells.append(f" {cell:>30s}")
         lines.append(f"  {row['method']:22s}" + "".join(cells))
-    passed = [m for m, r in summary["image"]["randomization"].items() if r["passes"]]
+    randomization = summary["image"]["randomization"]
+    passed = [m for m, r in randomization.items() if r["verdict"] == "passes"]
+    undetermined = [m for m, r in randomization.items() if r["verdict"] == "undetermined"]
     lines.append(f"model randomisation: maps change with the weights for {len(passed)} of "
-                 f"{len(summary['image']['randomization'])} methods ({', '.join(passed)})")
+                 f"{len(randomization)} methods ({', '.join(passed)})"
+                 + (f"; undetermined for {', '.join(undetermined)}" if undetermined else ""))
     grounding = summary["text"]["grounding"]
     g, verdicts = grounding["scores"], grounding.get("verdicts", {})
     methods = [k for k in g if k in verdicts] or [

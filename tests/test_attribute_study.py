@@ -301,7 +301,8 @@ def test_save_is_whole_and_never_clobbers_other_folders(planted, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     out = study.save(tmp_path / "study", plots=False)
     study.save(out, plots=False)  # an earlier study output is replaced
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert summary["ranking"] == study.order and summary["fdr_method"] == "fdr_bh"
     assert pd.read_csv(out / "ranking.csv")["attribute"].tolist() == study.order
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

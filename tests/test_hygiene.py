@@ -76,3 +76,24 @@ def test_context_manager_closes_on_error():
     assert host_state(model) == before
     with pytest.raises(RuntimeError, match="closed"):
         exp.embed(images(1))
+
+
+def test_strict_json_writes_undefined_figures_as_null_never_nan():
+    import json
+    import math
+
+    import numpy as np
+    import torch
+
+    from reid_explain._io import json_safe, strict_json
+
+    record = {"nan": float("nan"), "inf": -math.inf, "np": np.float32("nan"),
+              "array": np.array([1.5, np.nan]), "tensor": torch.tensor([0.25, float("inf")]),
+              "nested": [{"x": (1, float("nan"))}], 3: "int key", "ok": 0.5}
+    text = strict_json(record)
+    assert json.loads(text) == {"nan": None, "inf": None, "np": None, "array": [1.5, None],
+                                "tensor": [0.25, None], "nested": [{"x": [1, None]}],
+                                "3": "int key", "ok": 0.5}
+    assert json_safe(np.int64(7)) == 7 and isinstance(json_safe(np.int64(7)), int)
+    with pytest.raises(ValueError):  # what the plain call does: strict_json must differ
+        json.dumps(record, allow_nan=False, default=str)

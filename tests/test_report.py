@@ -33,7 +33,13 @@ def demo(tmp_path_factory):
     else:
         out = tmp_path_factory.mktemp("demo") / "report"
         assert main(["demo", "--quick", "--out", str(out)]) == 0
-    return out, json.loads((out / "summary.json").read_text())
+    return out, strict_load(out / "summary.json")
+
+
+def strict_load(path: Path) -> dict:
+    """A summary file as strict JSON: a bare NaN or Infinity fails the test."""
+    return json.loads(path.read_text(),
+                      parse_constant=lambda c: pytest.fail(f"{path}: non-JSON constant {c}"))
 
 
 class _Page(HTMLParser):
@@ -175,7 +181,7 @@ def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys)
     page.feed((out / "index.html").read_text())
     assert page.ids == ["image-retrieval", "image-explanations", "sanity", "attributes",
                         "reproduce"]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = strict_load(out / "summary.json")
     gap = summary["image"]["explanations"]["methods"]["gradcam"]["gap"]
     assert gap["n"] > 0 and np.isfinite(gap["method"])
     assert "energy" in summary["image"]["explanations"]["methods"]["gradcam"]  # SynthPedes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -135,8 +136,54 @@ def test_randomize_modules_touches_only_named_parameters_and_not_the_global_rng(
     after = model.state_dict()
     assert not torch.equal(after["0.weight"], before["0.weight"])
     assert torch.equal(after["1.weight"], torch.ones(4))  # BatchNorm's own reset
-    assert torch.equal(after["1.running_mean"], before["1.running_mean"])  # buffers kept
+    assert torch.equal(after["1.running_mean"], torch.zeros(4))  # statistics reset with it
+    assert torch.equal(after["1.running_var"], torch.ones(4))
     assert torch.equal(after["2.weight"], before["2.weight"])
+    model.load_state_dict(before)
+    randomize_modules(model, ["1"], seed=7, reset_statistics=False)
+    assert torch.equal(model.state_dict()["1.running_mean"], before["1.running_mean"])
+
+
+class _Overflowing(nn.Module):
+    """A host whose embedding overflows once ``gate`` is re-initialised: trained, the gate's
+    output is -1 and ``exp(1000 x -1)`` is 0; re-initialised, some output is above 0.09 and
+    its ``exp`` is inf in float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.gate = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 8)
+        with torch.no_grad():
+            self.gate.weight.zero_()
+            self.gate.bias.fill_(-1.0)  # trained: exp(-1000) = 0; random: exp(>88) = inf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.trunk(x)
+        pooled = f.mean(dim=(2, 3))
+        blow = torch.exp(self.gate(pooled) * 1000)  # finite only while the gate is trained
+        return self.head(pooled) + blow
+
+
+def test_randomization_with_non_finite_steps_is_undetermined_never_passes() -> None:
+    import json
+
+    model = _Overflowing().eval()
+    x, refs = images(4, seed=1), images(4, seed=2)
+    # one group at a time: the steps after the gate's are defined again
+    result = model_randomization_check(model, x, refs, method="gradcam", steps=None,
+                                       layers="independent",
+                                       explainify_options={"layer": model.trunk})["gradcam"]
+    assert result.steps[0] == "head" and "gate" in result.steps
+    gate = result.steps.index("gate")
+    assert "could not be computed" in result.undefined[gate]
+    assert "NaN/inf" in result.undefined[gate]
+    assert math.isnan(result.curve()[gate])
+    assert min(v for v in result.curve() if v == v) < result.threshold  # would have passed
+    assert result.verdict == "undetermined" and not result.passes
+    record = json.loads(json.dumps(result.to_json(), allow_nan=False))
+    assert record["curve"][gate] is None and record["verdict"] == "undetermined"
+    assert any(n.startswith(f"step {gate} (gate)") for n in result.notes)
 
 
 @pytest.mark.parametrize("layers", ["cascade", "independent"])

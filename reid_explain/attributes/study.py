@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
-from reid_explain._io import atomic_path
+from reid_explain._io import atomic_path, strict_json
 from reid_explain.data.attributes import NO_CLASS, resolve_schema
 from reid_explain.data.schema import AttributeSchema
 from reid_explain.errors import InputError
@@ -160,7 +160,7 @@ class AttributeStudy:
                 shap_frame.insert(0, "pid", self.outcomes["pid"].to_numpy())
                 shap_frame.insert(0, "query", self.outcomes["query"].to_numpy())
                 shap_frame.to_csv(sub / "shap_values.csv", index=False)
-            (tmp / "summary.json").write_text(json.dumps(self.summary(), indent=2, default=str))
+            (tmp / "summary.json").write_text(strict_json(self.summary()))
             if plots:
                 self._plots(tmp / "plots")
         return out

@@ -181,14 +181,18 @@ def randomization_units(explainer: Engine, images: Tensor) -> list[str]:
     return [n for n in order if n in used][::-1]
 
 
-def randomize_modules(model: nn.Module, names: Sequence[str], seed: int = 0) -> None:
+def randomize_modules(model: nn.Module, names: Sequence[str], seed: int = 0,
+                      reset_statistics: bool = True) -> None:
     """Re-initialise, in place, the parameters owned by the named modules (not recursive).
 
     A module's own ``reset_parameters()`` is used where it has one (PyTorch's default
     initialisation, as Quantus does); other parameters (a ViT's class token and position
-    embedding) are drawn from N(0, std of the trained tensor, or 0.02). Buffers (batch-norm
-    running statistics) are kept: they describe activations, not weights, and resetting them
-    makes deep hosts overflow rather than explain anything. The global RNG is left untouched.
+    embedding) are drawn from N(0, std of the trained tensor, or 0.02). With
+    ``reset_statistics`` (default) a normalisation layer's running statistics are reset too
+    (``reset_running_stats()``: mean 0, variance 1): trained statistics divide the activations
+    of random weights by variances fitted to other activations, and a real Market-1501
+    OSNet's maps stopped being finite after conv4 that way. ``False`` keeps them. The global
+    RNG is left untouched.
     """
     modules = dict(model.named_modules())
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -198,7 +202,10 @@ def randomize_modules(model: nn.Module, names: Sequence[str], seed: int = 0) -> 
             params = list(module.parameters(recurse=False))
             if not params:
                 continue
-            buffers = {n: b.clone() for n, b in module.named_buffers(recurse=False)}
+            buffers = {} if reset_statistics and hasattr(module, "reset_running_stats") else {
+                n: b.clone() for n, b in module.named_buffers(recurse=False)}
+            if buffers == {} and hasattr(module, "reset_running_stats"):
+                module.reset_running_stats()
             if hasattr(module, "reset_parameters") and not list(module.children()):
                 module.reset_parameters()
             else:  # a container's reset_parameters would also reset its children
@@ -246,18 +253,36 @@ class RandomizationResult:
     #: ``(S, B, h, w)`` the maps after each step
     maps: Tensor
     notes: list[str] = field(default_factory=list)
+    #: per step: why its similarity is undefined (non-finite or constant maps, an error), or None
+    undefined: list[str | None] = field(default_factory=list)
 
     def curve(self, measure: str | None = None) -> list[float]:
-        """Mean similarity per step (NaN-ignoring)."""
+        """Mean similarity per step; NaN where the step is undefined (see ``undefined``)."""
         values = self.similarity[measure or self.measure]
-        return [float(v) for v in values.nanmean(dim=1)]
+        return [float(v) for v in values.mean(dim=1)]
+
+    @property
+    def verdict(self) -> str:
+        """``"passes"``: some step's mean similarity drops below ``threshold``, every step
+        defined (the maps depend on the weights); ``"fails"``: none does (the method explains
+        the input, not the model); ``"undetermined"``: a step's similarity is undefined, so
+        the check could not be carried out and says nothing either way."""
+        curve = self.curve()
+        if any(self.undefined) or not curve or any(math.isnan(v) for v in curve):
+            return "undetermined"
+        return "passes" if min(curve) < self.threshold else "fails"
 
     @property
     def passes(self) -> bool:
-        """True if some step's mean similarity drops below ``threshold``: the maps depend on
-        the weights. A method that fails explains the input, not the model."""
-        curve = [v for v in self.curve() if not math.isnan(v)]
-        return bool(curve) and min(curve) < self.threshold
+        """True only when :attr:`verdict` is ``"passes"``."""
+        return self.verdict == "passes"
+
+    def to_json(self) -> dict[str, Any]:
+        """Steps, curve (null where undefined), the reasons and the verdict: strict JSON."""
+        return {"steps": self.steps, "curve": [None if math.isnan(v) else v
+                                               for v in self.curve()],
+                "undefined": list(self.undefined), "threshold": self.threshold,
+                "verdict": self.verdict, "passes": self.passes}
 
     def rows(self) -> list[dict[str, Any]]:
         """Tidy records, one per step and measure (for a DataFrame)."""
@@ -285,6 +310,7 @@ def model_randomization_check(
         measure: str = "spearman_abs", threshold: float = 0.5, seed: int = 0,
         explainify_options: dict[str, Any] | None = None,
         method_options: dict[str, dict[str, Any]] | None = None,
+        reset_statistics: bool = True,
 ) -> dict[str, RandomizationResult]:
     """Randomise a deep copy of ``model`` layer by layer and compare each method's maps.
 
@@ -297,7 +323,11 @@ def model_randomization_check(
     ``units`` are module names to randomise, top first, one step each with all their
     parameterised submodules (default: :func:`randomization_units` split into ``steps``
     groups; ``steps=None``: one module per step). The user's model is never hooked or
-    changed; the copy is in eval mode.
+    changed; the copy is in eval mode. ``reset_statistics``: see :func:`randomize_modules`.
+
+    A step is *undefined* for a method when a map could not be computed, is not finite, or
+    became constant (:attr:`RandomizationResult.undefined` says why); the verdict is then
+    ``"undetermined"``, never ``"passes"``.
     """
     if layers not in ("cascade", "independent"):
         raise InputError(f"layers must be 'cascade' or 'independent', got {layers!r}")
@@ -334,28 +364,69 @@ def model_randomization_check(
         after: dict[str, list[Tensor]] = {m: [] for m in methods}
         sims: dict[str, dict[str, list[Tensor]]] = {m: {k: [] for k in measures}
                                                     for m in methods}
-        notes: list[str] = []
+        undefined: dict[str, list[str | None]] = {m: [] for m in methods}
+        notes: dict[str, list[str]] = {m: [] for m in methods}
         for s, group in enumerate(groups):
             if layers == "independent":
                 clone.load_state_dict(snapshot)
-            randomize_modules(clone, group, seed=seed + s)
+            randomize_modules(clone, group, seed=seed + s, reset_statistics=reset_statistics)
+            error = None
             try:
                 maps = explain()
-            except PluginError as exc:  # e.g. a fully random host giving non-finite maps
-                notes.append(f"step {s} ({_label(group)}): {exc}")
+                embeddings = explainer.embed(inputs).float()
+            except PluginError as exc:  # e.g. a fully random host giving non-finite outputs
+                error = f"the maps could not be computed: {exc}"
                 maps = {m: torch.full_like(original[m], float("nan")) for m in methods}
+                embeddings = None
+            if embeddings is not None and not torch.isfinite(embeddings).all():
+                rows = int((~torch.isfinite(embeddings).all(dim=1)).sum())
+                error = f"{rows} of {len(embeddings)} embeddings are not finite"
             for m in methods:
                 after[m].append(maps[m])
+                bad = _undefined_rows(original[m], maps[m])
+                if error is not None:
+                    bad = torch.ones_like(bad)
+                reason = error or _undefined_reason(original[m], maps[m], bad)
+                undefined[m].append(reason)
+                if reason is not None:
+                    notes[m].append(f"step {s} ({_label(group)}): similarity undefined, "
+                                    f"{reason}")
                 for k, v in _similarities(original[m], maps[m], measures, image_size).items():
-                    if not torch.isfinite(maps[m]).all():
-                        v = torch.full_like(v, float("nan"))
-                    sims[m][k].append(v)
+                    sims[m][k].append(v.masked_fill(bad.to(v.device), float("nan")))
         clone.load_state_dict(snapshot)
     return {m: RandomizationResult(
         method=m, mode=layers, steps=[_label(g) for g in groups], groups=groups,
         similarity={k: torch.stack(v) for k, v in sims[m].items()}, measure=measure,
         threshold=threshold, original_maps=original[m], maps=torch.stack(after[m]),
-        notes=list(notes)) for m in methods}
+        notes=notes[m], undefined=undefined[m]) for m in methods}
+
+
+def _constant(maps: Tensor) -> Tensor:
+    flat = maps.flatten(1)
+    return (flat.amax(dim=1) - flat.amin(dim=1)) <= 1e-12 * flat.abs().amax(dim=1).clamp_min(1)
+
+
+def _undefined_rows(original: Tensor, randomized: Tensor) -> Tensor:
+    """``(B,)`` rows whose similarity has no meaning: a non-finite map, or a randomised map
+    that became constant while the original was not (nothing left to rank: a ReLU'd Grad-CAM
+    of dead activations). A method whose maps are constant throughout is compared as usual
+    (it fails: the map does not depend on the weights)."""
+    finite = torch.isfinite(original.flatten(1)).all(1) & torch.isfinite(
+        randomized.flatten(1)).all(1)
+    flat = torch.zeros_like(finite)
+    flat[finite] = _constant(randomized[finite]) & ~_constant(original[finite])
+    return (~finite | flat).cpu()
+
+
+def _undefined_reason(original: Tensor, randomized: Tensor, bad: Tensor) -> str | None:
+    if not bad.any():
+        return None
+    n = int(bad.sum())
+    nonfinite = int((~torch.isfinite(randomized.flatten(1)).all(1)).sum())
+    what = (f"{nonfinite} non-finite" if nonfinite else "") + (
+        " and " if nonfinite and n > nonfinite else "") + (
+        f"{n - nonfinite} constant" if n > nonfinite else "")
+    return f"{what} of {len(bad)} randomised maps"
 
 
 # --------------------------------------------------------------------------- random maps

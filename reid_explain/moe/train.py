@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._io import strict_json
 from ..errors import InputError
 from .routers import LearnedRouter, learned_embed
 
@@ -347,7 +348,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                "experts": moe.layout.num_experts, "targets": moe.target_names,
                "train_seconds": round(seconds, 2), "history": history, "metrics": metrics,
                "checkpoint": str(out / "checkpoint")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.json").write_text(strict_json(summary, indent=1))
     session.detach()
     return summary
 

@@ -126,7 +126,7 @@ def image_report(explainer: ExplainerLike, data: ReidEvalSet | None, out: str | 
     """Write the report of a host to ``out`` (whole or not at all): the image ReID sections on
     ``data`` and, for a CLIP-style host given ``captions`` (a ``TextImageData``, e.g. from a
     CUHK-PEDES JSON), the text-to-image section."""
-    from .._io import atomic_path
+    from .._io import atomic_path, strict_json
     from ..errors import InputError
 
     if data is None and captions is None:
@@ -157,5 +157,5 @@ def image_report(explainer: ExplainerLike, data: ReidEvalSet | None, out: str | 
         (tmp / "index.html").write_text(render(
             "reid-explain report", f"{type(explainer.model).__name__} on {' + '.join(names)}",
             sections, summary))
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (tmp / "summary.json").write_text(strict_json(summary))
     return Path(out)

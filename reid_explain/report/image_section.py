@@ -378,14 +378,17 @@ def sanity_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Sequence[s
     section.para("Layers of a copy of the model are re-initialised from the top down "
                  "(cascading, Adebayo et al. 2018) and each method's maps recomputed; a map "
                  "that still looks the same explains the input, not the model. Pass: the mean "
-                 f"Spearman similarity of |maps| falls below {threshold}.")
+                 f"Spearman similarity of |maps| falls below {threshold}. A step whose maps "
+                 "are not finite or became constant has no similarity: the verdict is then "
+                 "undetermined, not a pass.")
     section.table([{"method": m, "similarity after the last step": r.curve()[-1],
-                    "lowest": min(r.curve()), "passes": r.passes}
+                    "lowest": min((v for v in r.curve() if v == v), default=float("nan")),
+                    "verdict": r.verdict,
+                    "undefined steps": "; ".join(r.notes) or "-"}
                    for m, r in results.items()])
     section.figure(fig, "Similarity of each method's maps to the trained model's maps as more "
                         "layers are randomised (dashed: pass threshold).", out)
-    return {m: {"steps": r.steps, "curve": r.curve(), "passes": r.passes}
-            for m, r in results.items()}
+    return {m: r.to_json() for m, r in results.items()}
 
 
 def attribute_part(outcomes: pd.DataFrame, attributes: pd.DataFrame, out: Path,
