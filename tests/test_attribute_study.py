@@ -460,3 +460,45 @@ def test_duke_mat_and_a_model_without_experts_end_to_end(tmp_path):
     assert study.delta_ranking is None
     table = pd.read_csv(study.save(tmp_path / "duke_study", plots=False) / "table.csv")
     assert set(table["attribute"]) == set(DUKEMTMC.names)
+
+
+def test_a_small_market_table_is_exploratory_and_lists_each_fit_warning_once(tmp_path, capsys):
+    """16 identities (the size of a first real-checkpoint try, issue 27): the study runs,
+    says it is exploratory with each attribute's support, and the fits' warnings arrive as one
+    warning listing each distinct message once; 200 identities read as confirmatory."""
+    labels = _market_labels(16, seed=3)
+    with pytest.warns(UserWarning, match="invalid attribute codes"):
+        save_attribute_mat(labels, tmp_path / "market_attribute.mat")
+        loaded = load_attributes(tmp_path / "market_attribute.mat")
+    outcomes = _outcomes_from(loaded, MARKET1501, ["gender", "backpack"], seed=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study = run_study(outcomes, loaded, split="test", missing="drop", **TINY)
+    summaries = [w for w in caught if str(w.message).startswith("attribute study:")]
+    assert len(summaries) == 1
+    assert study.exploratory and study.notes[0].startswith("exploratory:")
+    assert len(study.notes) == len(set(study.notes))  # each distinct message once
+    assert all(note in str(summaries[0].message) for note in study.notes)
+    pids = study.outcomes["pid"].to_numpy()
+    for attribute in study.design.attributes:  # support = identities in the rarest level
+        per_level = pd.Series(pids).groupby(study.design.features[attribute].to_numpy())
+        assert study.support[attribute] == per_level.nunique().min()
+    assert min(study.support.values()) < 10
+    saved = json.loads((study.save(tmp_path / "small", plots=False) / "summary.json")
+                       .read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert saved["exploratory"] is True and saved["support"] == study.support
+    code = attributes_main(["--attributes", str(tmp_path / "market_attribute.mat"),
+                            "--outcomes", str(_csv(outcomes, tmp_path / "q.csv")),
+                            "--out", str(tmp_path / "cli"), "--no-plots",
+                            "--n-estimators", "10", "--n-splits", "2", "--n-repeats", "1"])
+    assert code == 0 and "EXPLORATORY" in capsys.readouterr().out
+    big_outcomes, big_labels = simulate(list(MARKET1501.names), n_ids=200, seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        big = run_study(big_outcomes, big_labels, **TINY, min_identities=5)
+    assert not big.exploratory and min(big.support.values()) >= 5
+
+
+def _csv(frame: pd.DataFrame, path) -> object:
+    frame.to_csv(path, index=False)
+    return path

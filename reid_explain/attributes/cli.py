@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "delta_ap_<group> ablation columns (auto: ablation when every attribute "
                         "has one)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-identities", type=int, default=None,
+                   help="fewest identities per attribute level for a confirmatory reading "
+                        "(default: reid_explain.attributes.study.MIN_IDENTITIES); below it the "
+                        "study is labelled exploratory")
     p.add_argument("--jobs", type=int, default=1, help="parallel jobs for the forests")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--out", default="reid_explain_output/attributes", help="output directory")
@@ -97,12 +101,19 @@ def attributes_main(argv: list[str] | None = None) -> int:
                           missing=args.missing, consensus=args.consensus,
                           n_estimators=args.n_estimators,
                           n_splits=args.n_splits, n_repeats=args.n_repeats,
-                          random_state=args.seed, n_jobs=args.jobs)
+                          random_state=args.seed, n_jobs=args.jobs,
+                          **({} if args.min_identities is None
+                             else {"min_identities": args.min_identities}))
         study.save(args.out, plots=not args.no_plots)
     except ReidExplainError as exc:
         print(f"reid-explain attributes: error: {exc}", file=sys.stderr)
         return 2
     shown = study.ranking[["consensus_rank", "attribute", "mean_rank"]]
+    if study.exploratory:
+        thin = {a: n for a, n in study.support.items() if n < study.config["min_identities"]}
+        print("EXPLORATORY: fewer than {} identities in a level of {}; the ranking is a lead, "
+              "not a finding".format(study.config["min_identities"],
+                                     ", ".join(f"{a} ({n})" for a, n in thin.items())))
     print(shown.to_string(index=False))
     if study.delta_ranking is not None:
         print(study.delta_ranking[["rank", "group", "mean", "ci_low", "ci_high"]]

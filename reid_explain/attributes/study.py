@@ -57,6 +57,12 @@ METHODS = {
     "binary": ("glm", "permutation", "shap", "contingency"),
 }
 
+#: fewest identities per attribute level for a confirmatory reading: identity-clustered
+#: standard errors and identity-held-out forest folds both rest on the number of identities,
+#: not queries, and with under 10 per level one identity moves a level's effect by over 10 %
+#: of its weight (docs/attribute_study.md, "Sample size")
+MIN_IDENTITIES = 10
+
 #: ``run_study(consensus=...)``: "auto" = "ablation" when ΔAP columns cover every attribute
 Consensus = Literal["auto", "responses", "ablation"]
 
@@ -97,6 +103,17 @@ class AttributeStudy:
     config: dict
     dropped: dict[str, str] = field(default_factory=dict)
     response_ranking: pd.DataFrame | None = None
+    #: per attribute: identities in its rarest observed level (see :data:`MIN_IDENTITIES`)
+    support: dict[str, int] = field(default_factory=dict)
+    #: warnings of the fits (statsmodels, scipy, sklearn and the study's own), each once
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exploratory(self) -> bool:
+        """True when some attribute has a level seen in fewer than
+        ``config["min_identities"]`` identities: the ranking is a lead, not a finding."""
+        return any(n < self.config.get("min_identities", MIN_IDENTITIES)
+                   for n in self.support.values())
 
     @property
     def order(self) -> list[str]:
@@ -124,6 +141,10 @@ class AttributeStudy:
             "config": self.config,
             "delta_ranking": (None if self.delta_ranking is None
                               else self.delta_ranking.to_dict(orient="records")),
+            "exploratory": self.exploratory,
+            "min_identities": self.config.get("min_identities", MIN_IDENTITIES),
+            "support": self.support,
+            "notes": self.notes,
         }
 
     def save(self, directory: str | os.PathLike, *, plots: bool = True) -> Path:
@@ -176,6 +197,24 @@ class AttributeStudy:
                                   folder / f"{name}_shap_beeswarm.png", title=name)
         if self.delta_ranking is not None:
             figures.delta_bars(self.delta_ranking, folder / "delta_ap.png")
+
+
+def level_support(design: AttributeDesign, pids: np.ndarray) -> dict[str, int]:
+    """Per attribute: the number of distinct identities in its rarest observed level."""
+    out = {}
+    for attribute in design.attributes:
+        counts = pd.Series(pids).groupby(design.features[attribute].to_numpy()).nunique()
+        out[attribute] = int(counts.min()) if len(counts) else 0
+    return out
+
+
+def _collected_notes(caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    """Each distinct warning once, with how often it was raised, in first-seen order."""
+    counts: dict[str, int] = {}
+    for w in caught:
+        text = f"{w.category.__name__}: {str(w.message).strip()}"
+        counts[text] = counts.get(text, 0) + 1
+    return [text if n == 1 else f"{text} (x{n})" for text, n in counts.items()]
 
 
 def _analyse(name: str, kind: str, y: np.ndarray, pids: np.ndarray, design: AttributeDesign,
@@ -278,7 +317,8 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
               no_class: str | None = NO_CLASS, n_estimators: int = 100,
               min_samples_leaf: int = 5, n_splits: int = 5,
               n_repeats: int = 5, random_state: int = 0, n_jobs: int | None = 1,
-              fdr_method: str = FDR_METHOD) -> AttributeStudy:
+              fdr_method: str = FDR_METHOD,
+              min_identities: int = MIN_IDENTITIES) -> AttributeStudy:
     """Run the attribute-importance study on per-query outcomes of any model.
 
     ``outcomes``: one row per query with ``pid``, ``ap`` (in [0, 1]), a rank-1 hit column
@@ -302,6 +342,11 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
     attribute. ``"auto"`` (default): ``"ablation"`` when those columns are all there and
     ``consensus_responses`` is not given, else ``"responses"``. ``study.response_ranking`` is
     always the responses' consensus.
+
+    Sample size: an attribute level seen in fewer than ``min_identities`` identities
+    (:data:`MIN_IDENTITIES`) makes the study *exploratory* (``study.exploratory``,
+    ``study.support``); it still runs. Warnings of the fits are collected, each once, in
+    ``study.notes`` and raised as one warning.
     """
     if consensus not in ("auto", "responses", "ablation"):
         raise InputError(f"consensus must be 'auto', 'responses' or 'ablation', got {consensus!r}")
@@ -353,9 +398,21 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
            "n_jobs": n_jobs, "fdr_method": fdr_method, "split": split, "missing": missing,
            "no_class": no_class,
            "schema": chosen.name, "consensus_responses": list(consensus_responses),
-           "consensus": consensus}
-    analyses = {name: _analyse(name, kind, table[name].to_numpy(), pids, design, cfg)
-                for name, kind in responses.items()}
+           "consensus": consensus, "min_identities": min_identities}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        analyses = {name: _analyse(name, kind, table[name].to_numpy(), pids, design, cfg)
+                    for name, kind in responses.items()}
+    notes = _collected_notes(caught)
+    support = level_support(design, pids)
+    thin = {a: n for a, n in support.items() if n < min_identities}
+    if thin:
+        notes.insert(0, f"exploratory: {len(thin)} of {len(support)} attributes have a level "
+                        f"seen in fewer than {min_identities} identities ("
+                        + ", ".join(f"{a} {n}" for a, n in thin.items())
+                        + "); read the ranking as a lead, not a finding")
+    if notes:  # listed once here and in study.notes, not one terminal line per fit
+        warnings.warn("attribute study: " + " | ".join(notes), UserWarning, stacklevel=2)
 
     ranks = pd.concat({r: analyses[r].ranks for r in consensus_responses}, axis=1)
     ranks.columns = [f"{r}.{m}" for r, m in ranks.columns]
@@ -385,4 +442,4 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
     full["consensus.mean_rank"] = by_attr["mean_rank"]
     full["consensus.rank"] = by_attr["consensus_rank"]
     return AttributeStudy(design, table, analyses, full, ranking, delta_table, cfg, dropped,
-                          response_ranking)
+                          response_ranking, support=support, notes=notes)

@@ -410,6 +410,14 @@ def attribute_part(outcomes: pd.DataFrame, attributes: pd.DataFrame, out: Path,
         return {"error": reason, "n_queries": len(outcomes)}
     folder = study.save(out / "attribute_study")
     summary = study.summary()
+    if study.exploratory:
+        thin = {a: n for a, n in study.support.items() if n < summary["min_identities"]}
+        section.verdict(False, "Exploratory: "
+                        + ", ".join(f"{a} has a level seen in {n} identities"
+                                    for a, n in thin.items())
+                        + f", fewer than the {summary['min_identities']} a confirmatory "
+                          "reading needs (docs/attribute_study.md). The ranking below is a "
+                          "lead, not a finding.")
     section.para(f"{summary['n_queries']} queries of {summary['n_identities']} identities: each "
                  "query's AP and rank-1 hit regressed on the attributes of its identity with "
                  "GLMs (Wald tests), random-forest permutation importance, SHAP values and "
@@ -420,4 +428,8 @@ def attribute_part(outcomes: pd.DataFrame, attributes: pd.DataFrame, out: Path,
     section.table(study.ranking[cols].head(12).to_dict(orient="records"))
     section.figure(folder / "plots" / "consensus.png", "Consensus ranking of the attributes "
                    "(mean rank over methods and responses).", out)
-    return {"ranking": summary["ranking"], "n_queries": summary["n_queries"]}
+    if study.notes:
+        section.para("Notes from the fits, each once: " + " | ".join(study.notes))
+    return {"ranking": summary["ranking"], "n_queries": summary["n_queries"],
+            "exploratory": summary["exploratory"], "support": summary["support"],
+            "notes": summary["notes"]}
