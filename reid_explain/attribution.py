@@ -34,6 +34,9 @@ class Attribution:
     #: distinct image, so an image explained against many references is run through the host
     #: once up to the explained layer (see :class:`~reid_explain.engine.Engine`)
     shares_images: ClassVar[bool] = False
+    #: True: maps are signed and pixel-level (integrated gradients): drawn as Captum's
+    #: ``visualize_image_attr`` draws them, not min-max scaled (report figures)
+    signed: ClassVar[bool] = False
 
     def __init__(self, adapter: Adapter) -> None:
         self.adapter = adapter

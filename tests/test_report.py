@@ -237,3 +237,35 @@ def test_report_command_on_a_user_clip_and_cuhk_pedes_json(tmp_path, capsys):
     for src in page.images:
         with Image.open(out / src) as image:
             assert image.width > 50
+
+
+def test_signed_maps_are_drawn_as_captum_normalises_them_not_as_a_wash():
+    """Integrated gradients over a photo-like image: a signed region, weak signed noise, one
+    outlier pixel (under 2 % of the mass) and rows with no attribution. Min-max scaling puts
+    0 mid-scale, so the whole photo is tinted; the signed drawing takes |attr| clipped where
+    Captum's cumulative mass reaches 98 %, and leaves pixels with no attribution as the
+    photo."""
+    from captum.attr._utils.visualization import _normalize_attr
+
+    from reid_explain.report import figures
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:32]
+    photo = np.stack([(yy * 4) % 256, (xx * 8) % 256, (yy + xx) % 256], -1).astype(np.uint8)
+    attr = rng.normal(0, 0.01, (64, 32))
+    attr[10:20, 5:15] += rng.choice([-1.0, 1.0], (10, 10))  # a signed region that matters
+    attr[0, 0] = 2.0  # one outlier, clipped
+    attr[40:, :] = 0.0  # no attribution: must show the photo unchanged
+    drawn = figures.overlay(photo, attr, sign="absolute_value")
+    scaled = np.clip(_normalize_attr(attr, "absolute_value", 2.0), 0, 1)
+    expected_weight = 0.55 * scaled
+    assert np.allclose(drawn[40:], photo[40:] / 255)  # untouched photo where attr is 0
+    region = np.abs(drawn[10:20, 5:15] - photo[10:20, 5:15] / 255).mean()
+    noise = np.abs(drawn[25:35, 20:30] - photo[25:35, 20:30] / 255).mean()
+    assert region > 5 * noise  # the signed region stands out of the noise
+    assert expected_weight[10:20, 5:15].mean() > 0.5  # both signs count: |attr|
+    plain = figures.overlay(photo, attr)  # min-max: zero is mid-scale, a tint everywhere
+    assert np.abs(plain[40:] - photo[40:] / 255).mean() > 0.1
+    assert figures.signed_methods(["gradcam", "integrated_gradients", "nope"]) == [
+        "integrated_gradients"]
+    assert "2 %" in figures.signed_legend()

@@ -21,6 +21,7 @@ class IntegratedGradients(Attribution):
 
     name = "integrated_gradients"
     needs_parameter_gradients = False
+    signed = True
 
     def attribute(self, inputs: Tensor, target: Target, baselines: Any = None,
                   n_steps: int = 32, method: str = "gausslegendre",

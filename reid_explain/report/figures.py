@@ -53,13 +53,47 @@ def parts_image(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.clip(out, 0, 1)
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """A map (any range) min-max scaled and blended over the image with the jet colour map."""
+#: how a signed map is drawn (Captum ``visualize_image_attr``'s ``sign`` and
+#: ``outlier_perc``): its absolute value, scaled so the top 2 % of the mass saturates
+SIGNED_SIGN, SIGNED_OUTLIER_PERC = "absolute_value", 2.0
+
+
+def signed_legend(sign: str = SIGNED_SIGN, outlier_perc: float = SIGNED_OUTLIER_PERC) -> str:
+    """The column label that says how a signed map was drawn."""
+    what = {"absolute_value": "|attr|", "positive": "attr > 0"}.get(sign, sign)
+    return f"{what}, clipped at the top {outlier_perc:g} % of mass"
+
+
+def signed_methods(methods: Sequence[str]) -> list[str]:
+    """The registered attributions among ``methods`` whose maps are signed (``signed``)."""
+    from .. import plugin_manager
+
+    known = plugin_manager.registry("attributions")
+    return [m for m in methods if m in known and getattr(known[m].obj, "signed", False)]
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55,
+            sign: str | None = None, outlier_perc: float = SIGNED_OUTLIER_PERC) -> np.ndarray:
+    """A map blended over the image with the jet colour map.
+
+    ``sign=None``: a smooth non-negative map (Grad-CAM, occlusion on patches), min-max
+    scaled. ``sign="absolute_value"`` or ``"positive"``: a signed pixel map (integrated
+    gradients), normalised as Captum's ``visualize_image_attr`` does (``_normalize_attr``: the
+    sign's values divided by the value where the cumulative mass reaches ``100 -
+    outlier_perc`` %, clipped to [0, 1]); each pixel is then tinted in proportion to its
+    value, so pixels with no attribution show the photo instead of a uniform wash."""
     plt = _plt()
     h = heat.astype(np.float64)
-    h = (h - h.min()) / (h.max() - h.min()) if h.max() > h.min() else np.zeros_like(h)
-    colour = plt.get_cmap("jet")(h)[..., :3]
-    return (1 - alpha) * image.astype(np.float64) / 255 + alpha * colour
+    base = image.astype(np.float64) / 255
+    if sign is None:
+        h = (h - h.min()) / (h.max() - h.min()) if h.max() > h.min() else np.zeros_like(h)
+        colour = plt.get_cmap("jet")(h)[..., :3]
+        return (1 - alpha) * base + alpha * colour
+    from captum.attr._utils.visualization import _normalize_attr
+
+    h = np.clip(_normalize_attr(h, sign, outlier_perc), 0, 1) if np.abs(h).sum() > 0 else h
+    weight = (alpha * h)[..., None]
+    return (1 - weight) * base + weight * plt.get_cmap("jet")(h)[..., :3]
 
 
 def ranked_lists(query: Sequence[np.ndarray], gallery: Sequence[Sequence[np.ndarray]],
@@ -82,9 +116,11 @@ def ranked_lists(query: Sequence[np.ndarray], gallery: Sequence[Sequence[np.ndar
     return _save(fig, path)
 
 
-def map_grid(rows: Sequence[Mapping], methods: Sequence[str], path: str | Path) -> Path:
+def map_grid(rows: Sequence[Mapping], methods: Sequence[str], path: str | Path,
+             signed: Sequence[str] = ()) -> Path:
     """Rows of (label, image, part masks or None, {method: map}): the image, its ground-truth
-    parts, then each method's map over it."""
+    parts, then each method's map over it; methods in ``signed`` are drawn as signed maps
+    (:func:`overlay`), their column saying how."""
     plt = _plt()
     with_parts = any(r.get("masks") is not None for r in rows)
     cols = 1 + int(with_parts) + len(methods)
@@ -103,14 +139,18 @@ def map_grid(rows: Sequence[Mapping], methods: Sequence[str], path: str | Path) 
         for j, method in enumerate(methods):
             ax = axes[i, c + j]
             if method in row["maps"]:
-                ax.imshow(overlay(row["image"], row["maps"][method]))
+                ax.imshow(overlay(row["image"], row["maps"][method],
+                                  sign=SIGNED_SIGN if method in signed else None))
             _frame(ax)
         if i == 0:
             axes[0, 0].set_title("image", fontsize=7)
             if with_parts:
                 axes[0, 1].set_title("ground truth", fontsize=7)
             for j, method in enumerate(methods):
-                axes[0, c + j].set_title(method.replace("_", " "), fontsize=7)
+                title = method.replace("_", " ")
+                if method in signed:
+                    title += "\n" + signed_legend().replace(", ", ",\n")
+                axes[0, c + j].set_title(title, fontsize=6 if method in signed else 7)
     return _save(fig, path)
 
 

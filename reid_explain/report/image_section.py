@@ -189,7 +189,8 @@ def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Seque
         g_masks = None if data.gallery_masks is None else data.gallery_masks[g].numpy()
         rows.append({"label": f"match {g}, cos {score:.2f}", "image": g_show[i],
                      "masks": g_masks, "maps": {m: maps[m][1][i] for m in methods}})
-    fig = figures.map_grid(rows, methods, out / "img" / "image_maps.png")
+    fig = figures.map_grid(rows, methods, out / "img" / "image_maps.png",
+                           signed=figures.signed_methods(methods))
     section.heading("Maps of every method")
     section.figure(fig, "Each query (odd rows) and its highest-ranked true match (even rows): "
                         "the image, its ground-truth parts (where the data has them), then "

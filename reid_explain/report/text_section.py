@@ -84,7 +84,8 @@ def caption_maps_part(explainer: ExplainerLike, data: TextImageData, methods: Se
              "masks": None if data.masks is None else data.masks[owners[i]].numpy(),
              "maps": {m: maps[m][i] for m in methods}} for i, r in enumerate(rows)]
     section.heading("Which patches and words a match rests on")
-    fig = figures.map_grid(grid, list(methods), out / "img" / "caption_maps.png")
+    fig = figures.map_grid(grid, list(methods), out / "img" / "caption_maps.png",
+                           signed=figures.signed_methods(methods))
     section.figure(fig, "Each caption's own image, its ground-truth parts, and each method's "
                         "map of the caption-image cosine.", out)
     for i, r in enumerate(rows):
