@@ -190,11 +190,12 @@ class OpenClipAdapter(OpenClipText, ViTAdapter):
                          block: int = -1) -> Tensor:
         """``(B, h*w, D)``: one joint-space embedding per patch, from block ``block``.
 
-        ``features`` (see :data:`DENSE_FEATURES`): ``"tokens"`` runs the remaining blocks and
-        takes the patch tokens; the others replace that block's attention output and drop its
-        residual and MLP, as the training-free dense-CLIP methods do: ``"value"`` its value
-        embeddings (MaskCLIP), ``"qq"``/``"kk"``/``"vv"`` self-self attention over values
-        (ClearCLIP, SCLIP, CLIP Surgery). Each then goes through ``ln_post`` and ``proj``.
+        ``features`` (see :data:`DENSE_FEATURES`): ``"tokens"`` takes the last block's patch
+        tokens (the host's own, whatever ``block``); the others replace that block's attention
+        output and drop its residual and MLP, as the training-free dense-CLIP methods do:
+        ``"value"`` its value embeddings (MaskCLIP), ``"qq"``/``"kk"``/``"vv"`` self-self
+        attention over values (ClearCLIP, SCLIP, CLIP Surgery). Each then goes through
+        ``ln_post`` and ``proj``.
         """
         if features not in DENSE_FEATURES:
             raise AdapterError(f"features must be one of {DENSE_FEATURES}, got {features!r}")
@@ -205,21 +206,20 @@ class OpenClipAdapter(OpenClipText, ViTAdapter):
         if not -len(blocks) <= block < len(blocks):
             raise AdapterError(f"block {block} is outside the {len(blocks)} blocks of "
                                f"{type(visual).__name__}")
-        start = range(len(blocks))[block]
         seen: dict[str, Tensor] = {}
-        handle = blocks[start].register_forward_pre_hook(
-            lambda _m, args: seen.__setitem__("x", args[0]))
+        if features == "tokens":  # whatever the block: the last block's output tokens
+            handle = blocks[-1].register_forward_hook(
+                lambda _m, _args, out: seen.__setitem__("x", out))
+        else:
+            handle = blocks[block].register_forward_pre_hook(
+                lambda _m, args: seen.__setitem__("x", args[0]))
         try:
             self._embed_image(images)
         finally:
             handle.remove()
         x = seen["x"] if self.batch_first else seen["x"].transpose(0, 1)  # (B, N, C)
-        if features == "tokens":
-            for later in blocks[start:]:
-                x = later(x if self.batch_first else x.transpose(0, 1))
-                x = x if self.batch_first else x.transpose(0, 1)
-        else:
-            x = _self_self_attention(blocks[start], x, features)
+        if features != "tokens":
+            x = _self_self_attention(blocks[block], x, features)
         return (visual.ln_post(x) @ visual.proj)[:, self.num_prefix_tokens:]
 
     # -- attention ----------------------------------------------------------------------------

@@ -110,10 +110,9 @@ def attributes_main(argv: list[str] | None = None) -> int:
         return 2
     shown = study.ranking[["consensus_rank", "attribute", "mean_rank"]]
     if study.exploratory:
-        thin = {a: n for a, n in study.support.items() if n < study.config["min_identities"]}
         print("EXPLORATORY: fewer than {} identities in a level of {}; the ranking is a lead, "
               "not a finding".format(study.config["min_identities"],
-                                     ", ".join(f"{a} ({n})" for a, n in thin.items())))
+                                     ", ".join(f"{a} ({n})" for a, n in study.thin.items())))
     print(shown.to_string(index=False))
     if study.delta_ranking is not None:
         print(study.delta_ranking[["rank", "group", "mean", "ci_low", "ci_high"]]

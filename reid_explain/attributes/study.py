@@ -109,11 +109,15 @@ class AttributeStudy:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def thin(self) -> dict[str, int]:
+        """Attributes with a level seen in fewer than ``config["min_identities"]`` identities,
+        and that count."""
+        return thin_levels(self.support, self.config.get("min_identities", MIN_IDENTITIES))
+
+    @property
     def exploratory(self) -> bool:
-        """True when some attribute has a level seen in fewer than
-        ``config["min_identities"]`` identities: the ranking is a lead, not a finding."""
-        return any(n < self.config.get("min_identities", MIN_IDENTITIES)
-                   for n in self.support.values())
+        """True when some attribute is :attr:`thin`: the ranking is a lead, not a finding."""
+        return bool(self.thin)
 
     @property
     def order(self) -> list[str]:
@@ -206,6 +210,11 @@ def level_support(design: AttributeDesign, pids: np.ndarray) -> dict[str, int]:
         counts = pd.Series(pids).groupby(design.features[attribute].to_numpy()).nunique()
         out[attribute] = int(counts.min()) if len(counts) else 0
     return out
+
+
+def thin_levels(support: dict[str, int], min_identities: int) -> dict[str, int]:
+    """The attributes of ``support`` whose rarest level has fewer than ``min_identities``."""
+    return {a: n for a, n in support.items() if n < min_identities}
 
 
 def _collected_notes(caught: Sequence[warnings.WarningMessage]) -> list[str]:
@@ -405,7 +414,7 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
                     for name, kind in responses.items()}
     notes = _collected_notes(caught)
     support = level_support(design, pids)
-    thin = {a: n for a, n in support.items() if n < min_identities}
+    thin = thin_levels(support, min_identities)
     if thin:
         notes.insert(0, f"exploratory: {len(thin)} of {len(support)} attributes have a level "
                         f"seen in fewer than {min_identities} identities ("

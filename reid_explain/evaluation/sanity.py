@@ -202,9 +202,10 @@ def randomize_modules(model: nn.Module, names: Sequence[str], seed: int = 0,
             params = list(module.parameters(recurse=False))
             if not params:
                 continue
-            buffers = {} if reset_statistics and hasattr(module, "reset_running_stats") else {
-                n: b.clone() for n, b in module.named_buffers(recurse=False)}
-            if buffers == {} and hasattr(module, "reset_running_stats"):
+            resets = reset_statistics and hasattr(module, "reset_running_stats")
+            buffers = {} if resets else {n: b.clone()
+                                         for n, b in module.named_buffers(recurse=False)}
+            if resets:
                 module.reset_running_stats()
             if hasattr(module, "reset_parameters") and not list(module.children()):
                 module.reset_parameters()

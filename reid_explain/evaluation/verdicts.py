@@ -97,9 +97,6 @@ def verdict_text(beaten: Any) -> str:
 
 def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as JSON-safe dicts: NaN and missing values become None."""
-    out = []
-    for record in frame.to_dict(orient="records"):
-        out.append({k: (None if isinstance(v, float) and not math.isfinite(v)
-                        else v.item() if isinstance(v, np.generic) else v)
-                    for k, v in record.items()})
-    return out
+    from .._io import json_safe
+
+    return [json_safe(record) for record in frame.to_dict(orient="records")]

@@ -412,10 +412,9 @@ def attribute_part(outcomes: pd.DataFrame, attributes: pd.DataFrame, out: Path,
     folder = study.save(out / "attribute_study")
     summary = study.summary()
     if study.exploratory:
-        thin = {a: n for a, n in study.support.items() if n < summary["min_identities"]}
         section.verdict(False, "Exploratory: "
                         + ", ".join(f"{a} has a level seen in {n} identities"
-                                    for a, n in thin.items())
+                                    for a, n in study.thin.items())
                         + f", fewer than the {summary['min_identities']} a confirmatory "
                           "reading needs (docs/attribute_study.md). The ranking below is a "
                           "lead, not a finding.")
