@@ -20,6 +20,9 @@ kernels per shape on first use). ``--json PATH`` writes the figures for ``run_al
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import functools
 import importlib.util
 import json
 import platform
@@ -30,6 +33,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 SIZE = (256, 128)
 
@@ -131,10 +135,56 @@ def measure_time(k: int, repeats: int) -> dict:
     return rows
 
 
+class _HeldPeak(TorchDispatchMode):
+    """The peak of the bytes glibc's allocator holds for the process (in use on its heap plus
+    its own mappings: ``mallinfo2``), read after every tensor operation, forward and backward.
+
+    Unlike the RSS high-water mark, the allocator's count cannot be lowered by the kernel
+    reclaiming pages of a slowed process (beside another pytest worker a peak-RSS reading came
+    out 15-40 % low, which made two readings of the same call differ by 70 MB); it misses only
+    the temporaries freed inside one operation, which every mode shares."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = self.peak = _held_bytes()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.peak = max(self.peak, _held_bytes())
+        return out
+
+    @property
+    def increase_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+@functools.cache
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    found = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "mallinfo2", None)
+    if found is not None:
+        found.restype = _MallInfo2
+    return found
+
+
+def _held_bytes() -> int:
+    """Bytes in use on glibc's heap plus its mmapped blocks (0 where there is no mallinfo2)."""
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
+        return 0
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
 def _peak_child(mode: str, k: int) -> None:
     """In a fresh process: the RSS increase (MB) of one call (``limit``: a no-grad forward of
     one internal batch of the default size; ``explain``: the Grad-CAM call with k gallery
-    images)."""
+    images), and the increase of the allocator's held bytes (``held_mb``, :class:`_HeldPeak`)."""
     from reid_explain import explainify
     from reid_explain.engine import default_internal_batch_size
 
@@ -148,13 +198,14 @@ def _peak_child(mode: str, k: int) -> None:
         before = _status_kb("VmRSS")
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")  # resets the peak (VmHWM) to the current RSS
-        if mode == "limit":
-            exp.embed(batch, batch_size=len(batch))
-        else:
-            exp.explain(query, gallery, method="gradcam", top_k=k,
-                        release_memory=mode == "explain-release")
+        with _HeldPeak() as held:
+            if mode == "limit":
+                exp.embed(batch, batch_size=len(batch))
+            else:
+                exp.explain(query, gallery, method="gradcam", top_k=k,
+                            release_memory=mode == "explain-release")
         peak = _status_kb("VmHWM")
-    print(json.dumps({"increase_mb": (peak - before) / 1024}))
+    print(json.dumps({"increase_mb": (peak - before) / 1024, "held_mb": held.increase_mb}))
 
 
 def _status_kb(field: str) -> int:

@@ -58,34 +58,40 @@ def test_chunked_retrieval_peak_is_bounded_and_independent_of_query_count(task, 
 GRADCAM = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gradcam.py"
 
 
-def _gradcam_peak(mode: str, k: int) -> float:
+def _gradcam_peak(mode: str, k: int) -> dict:
     """bench_gradcam.py's child: ``limit``, ``explain`` or ``explain-release``
-    (``release_memory=True``)."""
+    (``release_memory=True``): the RSS increase (``increase_mb``) and the increase of the bytes
+    glibc's allocator holds (``held_mb``)."""
     out = subprocess.run([sys.executable, str(GRADCAM), "--child", mode, str(k)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])["increase_mb"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_gradcam_peak_memory_is_one_internal_batch_whatever_k():
-    """Issue 17, target 2: the peak RSS increase of ``explain(query, gallery, top_k=k,
+    """Issue 17, target 2: the peak memory increase of ``explain(query, gallery, top_k=k,
     release_memory=True)`` (osnet_x1_0, 256x128) stays within 1.5x a no-grad forward of one
     internal batch (the default: 8 images at 256x128) and does not grow with k (32 vs 128
     gallery images: 4 vs 16 internal batches for the gallery side; the benchmark measures
     k = 256 too); each in a fresh process (bench_gradcam.py's child), after one call of the
     same kind has loaded what every call loads.
 
-    Unbatched, k = 128 would hold 32x one batch; batched, the peak at 128 measured 0.4-24 MB
-    above the one at 32 (limit 126-151 MB), hence the bound of 0.3x the limit. The limit is
-    the higher of a child run before and one after the explain children: beside another
-    pytest worker a limit child can read 15-25 % low (the VM's DAMON reclaims pages of a
-    slowed process before its peak; reclaim only ever lowers a reading). In CI two limit
-    children averaged 112 MB, and 169 MB failed 1.5x their mean."""
+    Growth with k is read from the allocator's held bytes, which the kernel cannot lower: the
+    peak RSS of a process slowed beside another pytest worker reads 15-40 % low (the VM's DAMON
+    reclaims its pages before the peak), and in CI two RSS readings of the same kind of call
+    came out 105 and 179 MB. Held bytes measured 92.5 MB for the limit and 99.8 / 100.2 MB at
+    k = 32 / 128; unbatched, k = 128 would hold 32x one batch. The RSS bound stays, read in the
+    direction reclaim cannot fake: the limit is the higher of a child before and one after."""
     before = _gradcam_peak("limit", 0)
     small, large = _gradcam_peak("explain-release", 32), _gradcam_peak("explain-release", 128)
-    limit = max(before, _gradcam_peak("limit", 0))
-    assert max(small, large) <= 1.5 * limit, (small, large, limit)
-    assert large - small < 0.3 * limit, (small, large, limit)
+    after = _gradcam_peak("limit", 0)
+    held_limit = max(before["held_mb"], after["held_mb"])
+    assert held_limit > 10, (before, after)  # the counter works (glibc): else nothing is read
+    assert max(small["held_mb"], large["held_mb"]) <= 1.5 * held_limit, (small, large, after)
+    assert large["held_mb"] - small["held_mb"] < 0.1 * held_limit, (small, large, after)
+    rss_limit = max(before["increase_mb"], after["increase_mb"])
+    assert max(small["increase_mb"], large["increase_mb"]) <= 1.5 * rss_limit, \
+        (small, large, rss_limit)
 
 
 KEEP_CHILD = """
