@@ -240,9 +240,11 @@ class Explainer(Engine):
                      method: str = "gradcam", text_method: str | None = "token_ig", *,
                      pairs: Tensor | Sequence[tuple[int, int]] | None = None,
                      top_k: int | None = None, internal_batch_size: int | None = None,
+                     text_options: dict[str, Any] | None = None,
                      **options: Any) -> TextImageExplanation:
-        """Explain caption-image similarity: which patches support each caption (``method``)
-        and which words the match rests on (``text_method``; None to skip)."""
+        """Explain caption-image similarity: which patches support each caption (``method``,
+        with ``options``) and which words the match rests on (``text_method``, with
+        ``text_options``, e.g. ``{"n_steps": 8}`` for token_ig; None to skip)."""
         texts = check_texts(texts)
         images = check_images(images, "images", self.adapter)
         tokens = self.adapter.tokenize(texts)
@@ -263,7 +265,8 @@ class Explainer(Engine):
             pair_tokens = tokens[ti]
             relevance = self.attribute(pair_tokens, CosineSimilarity(i_emb[ii]),
                                        method=text_method, modality="text",
-                                       internal_batch_size=internal_batch_size)
+                                       internal_batch_size=internal_batch_size,
+                                       **(text_options or {}))
             special = self.adapter.special_tokens(pair_tokens).cpu()
             text_rel = TokenRelevance(relevance=relevance.masked_fill(special, 0.0),
                                       tokens=self.adapter.decode_tokens(pair_tokens),
