@@ -104,10 +104,12 @@ class PPIMHead(nn.Module):
         return self.log_scale.exp().clamp(max=100)
 
     def attention(self, phrases: Tensor, patches: Tensor,
-                  grid: tuple[int, int] | None = None) -> Tensor:
-        """``(K, D)`` phrases x ``(B, N, D)`` patches -> ``(K, B, N)`` distributions over N."""
+                  grid: tuple[int, int] | None = None, warm: float = 1.0) -> Tensor:
+        """``(K, D)`` phrases x ``(B, N, D)`` patches -> ``(K, B, N)`` distributions over N.
+        ``warm`` < 1 (training only) uses ``scale ** warm``: softer, down to temperature 1."""
         logits = torch.einsum("kd,bnd->kbn", self.queries(phrases), self.keys(patches, grid))
-        return (logits * self.scale).softmax(dim=-1)
+        scale = self.scale if warm >= 1 else (self.log_scale * warm).exp().clamp(max=100)
+        return (logits * scale).softmax(dim=-1)
 
     def own_attention(self, phrases: Tensor, patches: Tensor,
                       grid: tuple[int, int] | None = None) -> Tensor:
@@ -143,6 +145,7 @@ class PPIM(OwnsCapture, TrainingLoss):
                  phrase_context: str = "isolated", position_frequencies: int = 0,
                  phrase_extractor: str = "rules", patch_block: int | None = None,
                  image_negatives: str = "other_identity", position_values: bool = False,
+                 temperature_warmup: int = 0, whole_image_negative: bool = False,
                  capture: ForwardCapture | None = None) -> None:
         if image_negatives not in IMAGE_NEGATIVES:
             raise ValueError(f"ppim: image_negatives must be one of {IMAGE_NEGATIVES}, got "
@@ -159,7 +162,9 @@ class PPIM(OwnsCapture, TrainingLoss):
                          phrase_negatives=phrase_negatives, phrase_context=phrase_context,
                          position_frequencies=position_frequencies,
                          phrase_extractor=phrase_extractor, patch_block=patch_block,
-                         image_negatives=image_negatives, position_values=position_values)
+                         image_negatives=image_negatives, position_values=position_values,
+                         temperature_warmup=temperature_warmup,
+                         whole_image_negative=whole_image_negative)
         #: None: the final patch tokens; -2: the output of the second-to-last block (the last
         #: block's attention mixes every patch with the rest, blurring where a phrase is);
         #: "embed": the patch embeddings before any block
@@ -168,6 +173,12 @@ class PPIM(OwnsCapture, TrainingLoss):
                   else adapter.model.visual.output_dim)
         self.head = PPIMHead(dim, proj_dim, temperature, position_frequencies,
                              position_values).to(adapter.device)
+        #: training steps over which the attention sharpens from temperature 1 to the head's
+        #: own: a sharp softmax sends no gradient to the patches it ignores, so a phrase whose
+        #: first maps miss its part may never find it (docs/interpartability.md)
+        self.temperature_warmup = int(temperature_warmup)
+        self._steps = 0
+        self.whole_image_negative = bool(whole_image_negative)
         self.weight = weight
         self.phrase_contrast_weight = phrase_contrast_weight
         self.image_contrast_weight = image_contrast_weight
@@ -215,15 +226,24 @@ class PPIM(OwnsCapture, TrainingLoss):
             self.last = {"ppim": 0.0}
             return patches.sum() * 0.0
         owner = index.caption.to(patches.device)
-        attention = self.head.attention(phrases, patches, self.capture.grid_size)
+        warm = 1.0
+        if self.temperature_warmup > 0:
+            warm = min(1.0, self._steps / self.temperature_warmup)
+            if torch.is_grad_enabled():  # a training step; evaluation does not advance it
+                self._steps += 1
+        attention = self.head.attention(phrases, patches, self.capture.grid_size, warm)
         regions = self.head.regions(attention, patches, self.capture.grid_size)
         logits = self.head.match(phrases, regions)  # (K, B)
         pids = batch.get("pids")
         if pids is not None:
             pids = torch.as_tensor(pids, device=patches.device)
         text_id = _text_ids(index.texts, owner.device)
-        logits = logits.masked_fill(self.not_image_negatives(owner, pids, text_id,
-                                                             logits.shape[1]), float("-inf"))
+        skip = self.not_image_negatives(owner, pids, text_id, logits.shape[1])
+        if self.image_negatives == "other_text" and batch.get("identity_phrases") is not None:
+            skip |= _named_elsewhere(index.texts, batch["identity_phrases"], owner)
+        logits = logits.masked_fill(skip, float("-inf"))
+        if self.whole_image_negative:
+            logits = torch.cat([logits, self.whole_image_logits(phrases, patches, owner)], 1)
         image_loss = F.cross_entropy(logits, owner)
         total = self.image_contrast_weight * image_loss
         parts = {"ppim_image": image_loss.item()}
@@ -239,6 +259,16 @@ class PPIM(OwnsCapture, TrainingLoss):
         self.last_index = index
         self.last = parts
         return self.weight * total
+
+    def whole_image_logits(self, phrases: Tensor, patches: Tensor, owner: Tensor) -> Tensor:
+        """``(K, 1)`` each phrase's match with its own image pooled evenly (every patch
+        alike): a region that says the phrase no more than the whole image does has found
+        nothing. Without it a phrase can match the background wherever its part is absent
+        (measured on the mechanism task: "blue shoe" = "the solid square is not red, green
+        or yellow", attention on the background)."""
+        even = patches.mean(dim=1)[owner]  # (K, D)
+        cos = (F.normalize(phrases, dim=-1) * F.normalize(even, dim=-1)).sum(-1)
+        return (cos * self.head.match_log_scale.exp().clamp(max=100))[:, None]
 
     def not_image_negatives(self, owner: Tensor, pids: Tensor | None, text_id: Tensor,
                             n_images: int) -> Tensor:
@@ -276,10 +306,26 @@ def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
     return layer
 
 
+def normalise_phrase(text: str) -> str:
+    """A phrase's text with case and whitespace folded: what counts as "the same phrase"."""
+    return " ".join(text.lower().split())
+
+
+def _named_elsewhere(texts: tuple[str, ...], identity_phrases: Any, owner: Tensor) -> Tensor:
+    """``(K, B)`` True where batch image b's identity has the text of phrase k in any of its
+    captions (``identity_phrases[b]``: normalised phrase texts), b not k's own image: "black
+    hair" is in that image too even where the caption sampled into the batch does not say so."""
+    wanted = [normalise_phrase(t) for t in texts]
+    skip = torch.tensor([[w in named for named in identity_phrases] for w in wanted],
+                        dtype=torch.bool, device=owner.device).reshape(len(texts), -1)
+    skip[torch.arange(len(owner)), owner] = False
+    return skip
+
+
 def _text_ids(texts: tuple[str, ...], device: torch.device) -> Tensor:
     """``(K,)`` one id per distinct phrase text (case and whitespace folded)."""
     ids: dict[str, int] = {}
-    return torch.tensor([ids.setdefault(" ".join(t.lower().split()), len(ids)) for t in texts],
+    return torch.tensor([ids.setdefault(normalise_phrase(t), len(ids)) for t in texts],
                         dtype=torch.long, device=device)
 
 

@@ -4,6 +4,8 @@
   cosine similarities and the normalised true-matching distribution (all pairs of the same
   identity are matches), image-to-text plus text-to-image.
 * ``itc``: CLIP's symmetric InfoNCE with the diagonal as the only positive.
+* ``none``: no base objective, only the plugins' losses (to test a plugin's mechanism on its
+  own, e.g. :mod:`reid_explain.studies.ppim_mechanism`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-OBJECTIVES = ("sdm", "itc", "sdm+itc")
+OBJECTIVES = ("sdm", "itc", "sdm+itc", "none")
 
 
 def sdm_loss(image_features: Tensor, text_features: Tensor, pids: Tensor,
@@ -47,6 +49,8 @@ def base_objective(name: str, image_features: Tensor, text_features: Tensor, pid
         return sdm_loss(image_features, text_features, pids, logit_scale)
     if name == "itc":
         return itc_loss(image_features, text_features, logit_scale)
+    if name == "none":
+        return (image_features.sum() + text_features.sum()) * 0.0
     if name == "sdm+itc":
         return (sdm_loss(image_features, text_features, pids, logit_scale)
                 + itc_loss(image_features, text_features, logit_scale))

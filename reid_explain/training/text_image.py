@@ -174,12 +174,27 @@ class TrainConfig:
         if self.objective not in OBJECTIVES:
             raise InputError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         self.losses = tuple(self.losses)
+        if self.objective == "none" and not self.losses:
+            raise InputError("objective='none' trains nothing without plugin losses")
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
     order = torch.randperm(n, generator=generator)
     return [order[i: i + batch_size] for i in range(0, n - batch_size + 1, batch_size)] or \
         [order]
+
+
+def identity_phrase_texts(data: TextImageData) -> dict[int, frozenset[str]]:
+    """Per identity, the (normalised) texts of every phrase its captions name, so a loss can
+    tell which other images of a batch show what a phrase says although the caption sampled
+    for them does not say it ({} without phrases)."""
+    if not data.phrases:
+        return {}
+    named: dict[int, set[str]] = {}
+    for pid, phrases in zip(data.caption_pids.tolist(), data.phrases, strict=True):
+        named.setdefault(int(pid), set()).update(
+            " ".join(str(p.get("text", "")).lower().split()) for p in phrases)
+    return {pid: frozenset(texts) for pid, texts in named.items()}
 
 
 def train_text_image(model: nn.Module, data: TextImageData, config: TrainConfig,
@@ -211,6 +226,7 @@ def train_text_image(model: nn.Module, data: TextImageData, config: TrainConfig,
         optimizer, lambda s: min(1.0, (s + 1) / max(1, steps // 10))
         * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     pids_all = torch.as_tensor(data.caption_pids)
+    named = identity_phrase_texts(data)
     history: list[dict[str, float]] = []
     model.train()
     step = 0
@@ -232,7 +248,9 @@ def train_text_image(model: nn.Module, data: TextImageData, config: TrainConfig,
                 if session is not None:
                     batch = {"captions": captions, "pids": pids_all[rows].to(device),
                              "phrases": [data.phrases[int(r)] for r in rows]
-                             if data.phrases else None}
+                             if data.phrases else None,
+                             "identity_phrases": [named[int(p)] for p in pids_all[rows]]
+                             if named else None}
                     aux = session(batch)
                     loss = loss + aux
                     record.update(session.last)
