@@ -21,6 +21,12 @@ should match the phrase. Supervision is contrastive:
 
 Only the head is new; it trains the host's patch tokens and text tower through the losses and
 costs nothing at inference (retrieval uses the global embeddings). See docs/interpartability.md.
+
+Three options answer defects the mechanism test found (:mod:`reid_explain.studies.
+ppim_mechanism`; off by default until measured in the fine-tuned regime):
+``image_negatives="other_text"`` with the identity's phrases from every caption,
+``temperature_warmup`` (soft attention first, so a phrase that starts off its part can find it)
+and ``whole_image_negative`` (a region must say the phrase more than the evenly pooled image).
 """
 
 from __future__ import annotations

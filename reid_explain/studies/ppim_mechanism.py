@@ -15,18 +15,13 @@ similarity, the location prior and the **ceiling**: the energy of a map that is 
 part's mask on the patch grid, upsampled as every map is (bilinear upsampling spreads a
 patch's mass onto its neighbours, so even a perfect patch-level map scores below 1).
 
-What the defect hunt found (docs/interpartability.md, "The mechanism test"):
-
-- **False negatives in the image contrast.** A phrase's region must match it better than
-  its regions in the other images of the batch; an image whose sampled caption does not name
-  "yellow shoe" may still show one. Pooling the same yellow shoe there is punished, pooling
-  the image's own background noise is not, and over training the phrase's map moves onto
-  the background. ``image_negatives="other_text"`` now also drops images whose identity names
-  the phrase in *any* of its captions (``identity_phrases``), not only in the batch.
-- **Tokens mixed by attention as keys and values.** After a block's self-attention every
-  patch token carries what the whole image shows, so a background token's region matches
-  "yellow shoe" too and nothing pulls the map to the shoe. The patch embeddings before any
-  block (``patch_block="embed"``) hold only their own pixels.
+What the defect hunt found (docs/interpartability.md, "The mechanism test"): keys and values
+taken after a block's attention carry the whole image (``patch_block="embed"`` reads the patch
+embeddings before any block); a softmax sharp from the first step never finds a part it starts
+off (``temperature_warmup``); and with one shoe in every image, "blue shoe" can learn to mean
+"no other colour of solid square here" and match the background (``whole_image_negative``).
+False negatives in the image contrast (``image_negatives="other_text"``, now with every caption
+of an identity) hurt without the last fix and are harmless with it.
 """
 
 from __future__ import annotations
@@ -55,8 +50,8 @@ from ..training.text_image import (
 
 PARTS = ("hat", "bag", "shoe")
 #: the PPIM options the defect hunt arrived at (each one's effect: docs/interpartability.md)
-MECHANISM_PPIM: dict[str, Any] = {"patch_block": "embed", "image_negatives": "other_text",
-                                  "temperature_warmup": 40, "whole_image_negative": True}
+MECHANISM_PPIM: dict[str, Any] = {"patch_block": "embed", "temperature_warmup": 40,
+                                  "whole_image_negative": True}
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (40, 60, 220),
            "yellow": (230, 210, 30)}
 
