@@ -51,9 +51,24 @@ _pairs = select_pairs
 
 
 def explainify(model: nn.Module, layer: str | nn.Module | None = None,
-               adapter: str | type[Adapter] | None = None, **adapter_options: Any) -> Explainer:
-    """Wrap ``model`` for explanation; use as a context manager or call ``close()``."""
-    return Explainer(build_adapter(model, layer=layer, adapter=adapter, **adapter_options))
+               adapter: str | type[Adapter] | None = None, ppim: Any = None,
+               **adapter_options: Any) -> Explainer:
+    """Wrap ``model`` for explanation; use as a context manager or call ``close()``.
+
+    ``ppim``: the PPIM the model was trained with (a training session's ``losses["ppim"]``,
+    or the session itself): its head's phrase maps are then the method ``"ppim"`` of
+    :meth:`Explainer.ground` and of the report's phrase grounding."""
+    explainer = Explainer(build_adapter(model, layer=layer, adapter=adapter, **adapter_options))
+    if ppim is not None:
+        losses = getattr(ppim, "losses", None)
+        if isinstance(losses, dict):
+            if "ppim" not in losses:
+                explainer.close()
+                raise InputError(f"explainify(ppim=...): the session trained "
+                                 f"{sorted(losses)}, not 'ppim'")
+            ppim = losses["ppim"]
+        explainer.ppim = ppim
+    return explainer
 
 
 def _eval_set(data: Any, transform: Any = None) -> Any:
@@ -84,6 +99,8 @@ class Explainer(Engine):
     def __init__(self, adapter: Adapter) -> None:
         super().__init__(adapter)
         self._modifications: list[tuple[str, BackboneModification]] = []
+        #: the trained PPIM whose head gives the ``"ppim"`` phrase maps (see explainify)
+        self.ppim: Any = None
 
     def __enter__(self) -> Explainer:
         return self
@@ -278,7 +295,8 @@ class Explainer(Engine):
     def ground(self, images: Tensor, captions: Sequence[str] | str, method: str = "similarity",
                **options: Any):
         """One map per part phrase of each caption over its image (``images[i]`` with
-        ``captions[i]``). ``method``: ``"ppim"`` (pass ``ppim=`` the trained PPIM),
+        ``captions[i]``). ``method``: ``"ppim"`` (the head of ``explainify(..., ppim=)``, or
+        pass ``ppim=`` here),
         ``"similarity"`` or an image attribution; see :mod:`reid_explain.grounding`."""
         from .grounding import ground
 

@@ -66,8 +66,8 @@ def _phrase_dicts(captions: Sequence[str], phrases: Sequence[Sequence[Any]] | No
 def _head_of(ppim: Any) -> Any:
     head = getattr(ppim, "head", ppim)
     if not hasattr(head, "phrase_proj"):
-        raise InputError("method='ppim' needs the trained PPIM (a session's losses['ppim'] or "
-                         "its head)")
+        raise InputError("method='ppim' needs the trained PPIM: explainify(model, "
+                         "ppim=session), or ground(..., ppim=session.losses['ppim'] or its head)")
     return head
 
 
@@ -130,6 +130,9 @@ def ground(explainer: ExplainerLike, images: Tensor, captions: Sequence[str] | s
                          "each image with its caption")
     rows = _phrase_dicts(captions, phrases, phrase_extractor)
     size = (int(images.shape[-2]), int(images.shape[-1]))
+    if method == "ppim":  # never the head-free maps under the head's name
+        ppim = ppim if ppim is not None else getattr(explainer, "ppim", None)
+        _head_of(ppim)
     if method in ("ppim", "similarity"):
         maps = contextual_maps(explainer, images, captions, rows,
                                ppim=ppim if method == "ppim" else None,

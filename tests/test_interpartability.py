@@ -529,3 +529,33 @@ def test_constraint_trains_the_ppim_maps_only_when_asked(include_phrase_map):
     assert grads["token_embedding.weight"] is include_phrase_map
     assert grads["visual.proj"] is include_phrase_map
     assert not grads["visual.transformer.resblocks.1.attn.in_proj_weight"]
+
+
+def test_explainify_with_the_trained_ppim_offers_its_head_as_a_phrase_method(synth_splits,
+                                                                               tmp_path):
+    """Issue 26, step 3: the paper's maps are the head's maps. A model explained with the PPIM
+    it was trained with grounds phrases with that head (method "ppim", nothing else to pass),
+    and the report's phrase grounding scores the head beside the other methods."""
+    from reid_explain.report.html import Section
+    from reid_explain.report.text_section import grounding_part
+
+    model = tiny_clip(SMALL)
+    config = TrainConfig(epochs=1, batch_size=16, lr=2e-3, losses=("ppim",))
+    _, session = train_text_image(model, synth_splits["train"], config)
+    test = synth_splits["test"]
+    images, captions = test.images[test.caption_image[:4]], test.captions[:4]
+    with explainify(model) as plain:
+        given = plain.ground(images, captions, method="ppim", ppim=session.losses["ppim"])
+        with pytest.raises(InputError, match=r"explainify\(model, ppim=session\)"):
+            plain.ground(images, captions, method="ppim")
+    with explainify(model, ppim=session) as exp:
+        own = exp.ground(images, captions, method="ppim")
+        assert [g.phrases for g in own] == [g.phrases for g in given] and len(own[0])
+        for a, b in zip(own, given, strict=True):
+            torch.testing.assert_close(a.maps.on_grid(), b.maps.on_grid())
+        summary = grounding_part(exp, test, synth_splits["train"], tmp_path, Section("t", "t"),
+                                 max_captions=16)
+    assert "ppim" in summary["scores"] and summary["scores"]["ppim"]["phrases"] > 0
+    constraint_only = training.TrainingSession(model, ("attention_constraint",))
+    with pytest.raises(InputError, match="not 'ppim'"):
+        explainify(model, ppim=constraint_only)

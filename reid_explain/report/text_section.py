@@ -112,6 +112,8 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
 
     caps = set(explainer.adapter.capabilities)
     methods = [m for m in PHRASE_METHODS if m == "similarity" or _supports(m, caps)]
+    if getattr(explainer, "ppim", None) is not None:  # the model's own PPIM head
+        methods.append("ppim")
     scores = {m: phrase_grounding_scores(explainer, data, m, max_captions=max_captions)
               for m in methods}
     size = tuple(data.images.shape[-2:])
