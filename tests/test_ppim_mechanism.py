@@ -4,7 +4,7 @@ The task (reid_explain.studies.ppim_mechanism) puts three textured parts at rand
 each image, colours drawn from four with replacement, and one caption per part: no location
 prior works, and a map of the phrase's colour alone lands on the wrong part when colours are
 shared. Trained with the PPIM loss alone, the head's maps must put >= 0.8 of their energy on
-the named part (its ceiling, a perfect patch-level map upsampled, is ~0.87).
+the named part (the part's own mask drawn on the patch grid scores ~0.87, the best cell 1.0).
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def test_ppim_head_grounds_phrases_where_only_grounding_works():
     assert scores["ppim"]["pointing"] >= 0.95, scores
     assert min(scores["ppim"]["by_part"].values()) >= 0.7, scores
     assert scores["ppim"]["energy"] <= scores["ceiling"]["energy"] + 1e-6
+    assert scores["ceiling"]["energy"] == pytest.approx(1.0)  # a 3x3 part's centre cell
+    assert 0.85 < scores["part_mask"]["energy"] < 0.9
     assert scores["location_prior"]["energy"] < 0.25
     assert set(scores["ppim"]["by_part"]) == set(PARTS)
 
@@ -158,3 +160,29 @@ def test_a_region_no_more_phrase_like_than_the_whole_image_is_punished():
     with_column, without = _uniform_image_term(True), _uniform_image_term(False)
     assert with_column >= math.log(2) - 1e-5
     assert with_column > without + 1e-3
+
+
+def test_best_cell_is_the_energy_ceiling_of_any_map_on_the_grid():
+    """No map on the grid scores more energy than its best single cell (energy is a ratio of
+    linear functions of the map), whatever the map: the part's own mask, or random maps."""
+    from reid_explain.evaluation.phrase_grounding import (
+        PhraseMaps,
+        best_cell_phrase_maps,
+        mask_phrase_maps,
+        score_phrase_maps,
+    )
+
+    data = grounding_only_task(20, 3, image_size=32, patch_size=8, part_cells=1)
+    grid = (4, 4)
+    ceiling = score_phrase_maps(data, best_cell_phrase_maps(data, grid))["records"]
+    generator = torch.Generator().manual_seed(0)
+    random_maps = PhraseMaps("random", (32, 32))
+    for r, phrases in enumerate(data.phrases):
+        random_maps.append(r, phrases, torch.rand(len(phrases), *grid, generator=generator))
+    for other in (mask_phrase_maps(data, grid), random_maps):
+        for best, record in zip(ceiling, score_phrase_maps(data, other)["records"],
+                                strict=True):
+            assert record["energy"] <= best["energy"] + 1e-6
+    # a one-cell part: its cell's footprint spills (3/4)^2 inside at best, edges clamp higher
+    energies = torch.tensor([r["energy"] for r in ceiling])
+    assert energies.min() >= 0.5625 - 1e-6 and energies.max() <= 1.0
