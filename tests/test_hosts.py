@@ -18,7 +18,10 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(sa[key], sb[key]), key
 
 
-def test_torchreid_checkpoint_in_torchreid_format(tmp_path):
+@pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy"])
+def test_torchreid_checkpoint_in_torchreid_format(tmp_path, zipfile):
+    """Both of torch.save's formats: checkpoints from torch < 1.6 (and torchreid's own released
+    models) are the legacy, non-zip one."""
     import torchreid
 
     torch.manual_seed(1)
@@ -26,7 +29,8 @@ def test_torchreid_checkpoint_in_torchreid_format(tmp_path):
     path = tmp_path / "model.pth.tar-60"
     # torchreid.utils.save_checkpoint's layout: a dict with 'state_dict' (DataParallel prefix)
     torch.save({"state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()},
-                "epoch": 60, "rank1": 0.5}, path)
+                "epoch": 60, "rank1": 0.5}, path, _use_new_zipfile_serialization=zipfile)
+    assert (path.read_bytes()[:2] == b"PK") == zipfile
     loaded = build_host("torchreid:osnet_x0_25", path)
     _same_weights(trained, loaded)
     assert not loaded.training

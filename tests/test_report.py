@@ -160,8 +160,9 @@ def test_report_renders_in_headless_chromium(demo, tmp_path):
 
 @pytest.mark.slow
 def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys):
-    """``reid-explain report`` on what a user has: a torchreid checkpoint file and a
-    Market-1501 folder with its market_attribute.mat (here a SynthPedes export)."""
+    """``reid-explain report`` on what a user has: a torchreid checkpoint file as older
+    training runs wrote it (torch.save's legacy format, DataParallel's ``module.`` prefix)
+    and a Market-1501 folder with its market_attribute.mat (here a SynthPedes export)."""
     import torch
 
     from reid_explain import zoo
@@ -169,7 +170,9 @@ def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys)
     assert main(["synth", "--out", str(tmp_path / "data"), "--ids", "60", "--seed", "5"]) == 0
     capsys.readouterr()
     checkpoint = tmp_path / "model.pth"
-    torch.save({"state_dict": zoo.load("osnet-synthpedes").state_dict()}, checkpoint)
+    weights = zoo.load("osnet-synthpedes").state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in weights.items()}}, checkpoint,
+               _use_new_zipfile_serialization=False)
     out = tmp_path / "report"
     mat = next((tmp_path / "data").rglob("market_attribute.mat"))
     code = main(["report", "--model", "torchreid:osnet_x0_25", "--weights", str(checkpoint),
