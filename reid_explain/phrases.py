@@ -195,6 +195,11 @@ def extract_phrases(caption: str,
     return phrases
 
 
+def normalise_phrase(text: str) -> str:
+    """A phrase's text with case and whitespace folded: what counts as "the same phrase"."""
+    return " ".join(str(text).lower().split())
+
+
 def span_iou(a: tuple[int, int], b: tuple[int, int]) -> float:
     """Intersection over union of two character spans ``(start, end)``."""
     inter = min(a[1], b[1]) - max(a[0], b[0])

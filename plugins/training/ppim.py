@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reid_explain.hookspecs import hookimpl
+from reid_explain.phrases import normalise_phrase
 from reid_explain.training.capture import ForwardCapture, OwnsCapture
 from reid_explain.training.grid import fourier_positions
 from reid_explain.training.phrase_tokens import (
@@ -310,11 +311,6 @@ def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
-
-
-def normalise_phrase(text: str) -> str:
-    """A phrase's text with case and whitespace folded: what counts as "the same phrase"."""
-    return " ".join(text.lower().split())
 
 
 def _named_elsewhere(texts: tuple[str, ...], identity_phrases: Any, owner: Tensor) -> Tensor:

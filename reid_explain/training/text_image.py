@@ -188,12 +188,14 @@ def identity_phrase_texts(data: TextImageData) -> dict[int, frozenset[str]]:
     """Per identity, the (normalised) texts of every phrase its captions name, so a loss can
     tell which other images of a batch show what a phrase says although the caption sampled
     for them does not say it ({} without phrases)."""
+    from ..phrases import normalise_phrase
+
     if not data.phrases:
         return {}
     named: dict[int, set[str]] = {}
     for pid, phrases in zip(data.caption_pids.tolist(), data.phrases, strict=True):
         named.setdefault(int(pid), set()).update(
-            " ".join(str(p.get("text", "")).lower().split()) for p in phrases)
+            normalise_phrase(p.get("text", "")) for p in phrases)
     return {pid: frozenset(texts) for pid, texts in named.items()}
 
 
