@@ -68,6 +68,10 @@ def _gradcam_peak(mode: str, k: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+HAS_MALLINFO2 = hasattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "mallinfo2")
+
+
+@pytest.mark.skipif(not HAS_MALLINFO2, reason="needs glibc >= 2.33 (mallinfo2)")
 def test_gradcam_peak_memory_is_one_internal_batch_whatever_k():
     """Issue 17, target 2: the peak memory increase of ``explain(query, gallery, top_k=k,
     release_memory=True)`` (osnet_x1_0, 256x128) stays within 1.5x a no-grad forward of one
@@ -115,8 +119,7 @@ print(json.dumps({"mapped_mb": mapped / 2**20, "free_in_heap_mb": mallinfo2().fo
 """
 
 
-@pytest.mark.skipif(not hasattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"),
-                                "mallinfo2"), reason="needs glibc >= 2.33 (mallinfo2)")
+@pytest.mark.skipif(not HAS_MALLINFO2, reason="needs glibc >= 2.33 (mallinfo2)")
 @pytest.mark.parametrize("policy", ["system", "keep"])
 def test_keep_freed_memory_serves_large_blocks_from_the_heap_and_keeps_them(policy):
     """glibc maps a 64 MB block on its own and unmaps it when freed (the next batch faults
