@@ -118,31 +118,38 @@ def _upsampled_cells(grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
     return F.interpolate(eye, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+def _maps_from_masks(data: TextImageData, name: str, max_captions: int | None,
+                     draw: Callable[[Tensor], Tensor], grid: tuple[int, int]) -> PhraseMaps:
+    """Each phrase's map ``draw(its part's true mask)`` on ``grid`` (zeros for a phrase with
+    no known part)."""
+    if data.masks is None:
+        raise ValueError(f"{name} needs part masks (a SynthPedes split)")
+    out = PhraseMaps(name, tuple(data.images.shape[-2:]))
+    n = len(data) if max_captions is None else min(max_captions, len(data))
+    for r in range(n):
+        masks = data.masks[int(data.caption_image[r])].float()
+        parts = [p.get("part") for p in data.phrases[r]]
+        maps = [draw(masks[data.part_names.index(p)]) if p in data.part_names
+                else torch.zeros(grid) for p in parts]
+        out.append(r, data.phrases[r], torch.stack(maps) if maps else None)
+    return out
+
+
 def best_cell_phrase_maps(data: TextImageData, grid: tuple[int, int],
                           max_captions: int | None = None) -> PhraseMaps:
     """The energy ceiling on ``grid``: each phrase's map is the one cell whose upsampled
     footprint lies most inside its part (energy is a ratio of two linear functions of the map,
     so no map on the grid scores more than its best single cell). A part narrower than a cell
     cannot be reached: bilinear upsampling spreads a cell's mass half a cell beyond it."""
-    if data.masks is None:
-        raise ValueError("the ceiling needs part masks (a SynthPedes split)")
-    size = tuple(data.images.shape[-2:])
-    cells = _upsampled_cells(grid, size)  # (C, H, W)
-    totals = cells.flatten(1).sum(1)
-    out = PhraseMaps("best cell (ceiling)", size)
-    n = len(data) if max_captions is None else min(max_captions, len(data))
-    for r in range(n):
-        masks = data.masks[int(data.caption_image[r])].float()
-        parts = [p.get("part") for p in data.phrases[r]]
-        maps = []
-        for part in parts:
-            grid_map = torch.zeros(grid)
-            if part in data.part_names:
-                inside = cells.flatten(1) @ masks[data.part_names.index(part)].flatten()
-                grid_map.view(-1)[int((inside / totals).argmax())] = 1.0
-            maps.append(grid_map)
-        out.append(r, data.phrases[r], torch.stack(maps) if maps else None)
-    return out
+    cells = _upsampled_cells(grid, tuple(data.images.shape[-2:])).flatten(1)  # (C, H*W)
+    totals = cells.sum(1)
+
+    def best_cell(mask: Tensor) -> Tensor:
+        grid_map = torch.zeros(grid)
+        grid_map.view(-1)[int(((cells @ mask.flatten()) / totals).argmax())] = 1.0
+        return grid_map
+
+    return _maps_from_masks(data, "best cell (ceiling)", max_captions, best_cell, grid)
 
 
 def mask_phrase_maps(data: TextImageData, grid: tuple[int, int],
@@ -150,19 +157,9 @@ def mask_phrase_maps(data: TextImageData, grid: tuple[int, int],
     """Each phrase's map is its own part's true mask pooled to the grid: the part drawn as
     well as the grid can draw it (its energy is below the ceiling: the cells on the part's
     edge spill onto its neighbours when upsampled)."""
-    if data.masks is None:
-        raise ValueError("the part-mask maps need part masks (a SynthPedes split)")
-    out = PhraseMaps("part mask on the grid", tuple(data.images.shape[-2:]))
-    n = len(data) if max_captions is None else min(max_captions, len(data))
-    for r in range(n):
-        masks = data.masks[int(data.caption_image[r])].float()
-        parts = [p.get("part") for p in data.phrases[r]]
-        maps = torch.stack([masks[data.part_names.index(p)] if p in data.part_names
-                            else torch.zeros(masks.shape[-2:]) for p in parts]) if parts \
-            else None
-        out.append(r, data.phrases[r], None if maps is None else
-                   F.adaptive_avg_pool2d(maps[:, None], tuple(grid))[:, 0])
-    return out
+    return _maps_from_masks(
+        data, "part mask on the grid", max_captions,
+        lambda mask: F.adaptive_avg_pool2d(mask[None, None], tuple(grid))[0, 0], grid)
 
 
 def score_phrase_maps(data: TextImageData, phrase_maps: PhraseMaps,

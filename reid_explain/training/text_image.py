@@ -193,9 +193,11 @@ def identity_phrase_texts(data: TextImageData) -> dict[int, frozenset[str]]:
     if not data.phrases:
         return {}
     named: dict[int, set[str]] = {}
-    for pid, phrases in zip(data.caption_pids.tolist(), data.phrases, strict=True):
-        named.setdefault(int(pid), set()).update(
-            normalise_phrase(p.get("text", "")) for p in phrases)
+    for pid, caption, phrases in zip(data.caption_pids.tolist(), data.captions, data.phrases,
+                                     strict=True):
+        named.setdefault(int(pid), set()).update(  # a span without text: the caption's words
+            normalise_phrase(p.get("text") or caption[int(p["start"]):int(p["end"])])
+            for p in phrases)
     return {pid: frozenset(texts) for pid, texts in named.items()}
 
 
@@ -228,7 +230,7 @@ def train_text_image(model: nn.Module, data: TextImageData, config: TrainConfig,
         optimizer, lambda s: min(1.0, (s + 1) / max(1, steps // 10))
         * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     pids_all = torch.as_tensor(data.caption_pids)
-    named = identity_phrase_texts(data)
+    named = identity_phrase_texts(data) if config.losses else {}
     history: list[dict[str, float]] = []
     model.train()
     step = 0
