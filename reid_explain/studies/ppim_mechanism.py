@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._io import strict_json
 from ..training.text_image import (
     OPENAI_MEAN,
     OPENAI_STD,
@@ -200,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  objective=args.objective, threads=args.threads)
         if args.ppim is not None:
             config.ppim = args.ppim
-        print(json.dumps(run_mechanism(config)), flush=True)
+        print(strict_json(run_mechanism(config), indent=None), flush=True)
     return 0
 
 
