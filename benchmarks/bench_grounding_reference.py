@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-METHODS = ("gradcam", "layercam", "integrated_gradients", "occlusion")
+METHODS = ("gradcam", "guided_gradcam", "layercam", "integrated_gradients", "occlusion")
 OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"n_steps": 16, "internal_batch_size": 64},
     "occlusion": {"perturbations_per_eval": 32}}
@@ -66,7 +66,7 @@ def figures(result: Any) -> dict[str, Any]:
 
 
 def run_condition(exp: Any, seed: int, crops: str, n_test: int, n_val: int,
-                  queries: int) -> dict[str, Any]:
+                  queries: int, methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
     from reid_explain.demo import image_eval_set
     from reid_explain.zoo.data import render_splits
     from reid_explain.zoo.registry import ZOO_DATA
@@ -79,7 +79,7 @@ def run_condition(exp: Any, seed: int, crops: str, n_test: int, n_val: int,
     test = image_eval_set(splits["test"], mean, std, reference_split=splits["val"])
     out: dict[str, Any] = {"seed": seed, "crops": crops, "reference": test.reference.to_json(),
                            "methods": {}}
-    for method in METHODS:
+    for method in methods:
         start = time.perf_counter()
         chosen = choose_power(exp, method, val, queries)
         result = exp.evaluate(test, method=method, metrics=list(METRICS),
@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--test-ids", type=int, default=60)
     parser.add_argument("--val-ids", type=int, default=40)
     parser.add_argument("--queries", type=int, default=80)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--out", default=None)
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
@@ -143,7 +144,7 @@ def main() -> None:
         for seed in args.seeds:
             for crops in args.crops:
                 runs.append(run_condition(exp, seed, crops, args.test_ids, args.val_ids,
-                                          args.queries))
+                                          args.queries, tuple(args.methods)))
     if args.out:
         Path(args.out).write_text(json.dumps(runs, indent=1, allow_nan=False))
     if args.markdown:

@@ -213,6 +213,62 @@ def test_layercam_fuses_stages_of_positive_gradient_times_activation_by_hand():
         assert fused.max() > 0
 
 
+class _GuidedReLU(torch.autograd.Function):
+    """ReLU whose backward passes only positive gradients where the input was positive."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return (grad * (x > 0)).clamp_min(0)
+
+
+class _GuidedReLUModule(torch.nn.Module):
+    def forward(self, x):
+        return _GuidedReLU.apply(x)
+
+
+def test_guided_gradcam_is_upsampled_gradcam_times_guided_backprop_by_hand():
+    """Guided Grad-CAM = |bilinear-upsampled Grad-CAM x guided-backprop input gradient| summed
+    over colour channels, at the image's full resolution."""
+    import copy
+
+    model = make_osnet()
+    q, g = images(2, (128, 64)), images(2, (128, 64), seed=1)
+    with explainify(model) as exp:
+        layer_name = exp.adapter.layer_name
+        result = exp.explain(q, g, method="guided_gradcam", pairs=[(0, 1), (1, 0)], side="query")
+        signed = exp.explain(q, g, method="guided_gradcam", pairs=[(0, 1)], side="query",
+                             absolute=False).query.maps
+    assert result.query.maps.shape == (2, 128, 64)
+    guided = copy.deepcopy(model)
+    for module in list(guided.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.ReLU):
+                setattr(module, child_name, _GuidedReLUModule())
+    for p, (qi, gi) in enumerate([(0, 1), (1, 0)]):
+        with torch.no_grad():
+            g_emb = model(g[gi: gi + 1])
+        layer = dict(model.named_modules())[layer_name]
+        cam = LayerGradCam(_cos_forward(model, g_emb), layer).attribute(
+            q[qi: qi + 1], relu_attributions=True)
+        cam = F.interpolate(cam, size=(128, 64), mode="bilinear", align_corners=False)
+        x = q[qi: qi + 1].clone().requires_grad_(True)
+        grad = torch.autograd.grad(_cos_forward(guided, g_emb)(x).sum(), x)[0]
+        expected = (cam * grad).detach()
+        scale = float(expected.abs().sum(dim=1).max())  # random-init gradients are tiny
+        assert scale > 0
+        torch.testing.assert_close(result.query.maps[p] / scale,
+                                   expected.abs().sum(dim=1)[0] / scale, atol=1e-4, rtol=0)
+        if p == 0:
+            torch.testing.assert_close(signed[0] / scale, expected.sum(dim=1)[0] / scale,
+                                       atol=1e-4, rtol=0)
+
+
 def test_sharpen_raises_the_positive_part_to_a_power_for_any_method():
     q, g = images(1, (128, 64)), images(2, (128, 64), seed=1)
     with explainify(make_osnet()) as exp:
