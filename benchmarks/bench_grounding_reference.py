@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 METHODS = ("gradcam", "guided_gradcam", "layercam", "integrated_gradients", "occlusion")
@@ -32,31 +31,6 @@ METRICS = ("energy_pointing_game", "pointing_game", "mask_iou", "counterfactual_
 FIGURES = (("energy_pointing_game", "person_energy", "energy"),
            ("pointing_game", "person_pointing", "pointing"),
            ("mask_iou", "person_iou", "iou"), ("counterfactual_masking", "gap", "gap"))
-
-
-def pairs_of(exp: Any, data: Any, limit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Query images, their true matches and the queries' person masks."""
-    from reid_explain.evaluation.protocol import true_matches
-
-    qe, ge = exp.embed(data.query), exp.embed(data.gallery)
-    match = true_matches(qe, ge, data.query_pids, data.query_camids, data.gallery_pids,
-                         data.gallery_camids)
-    keep = np.flatnonzero(match >= 0)[:limit]
-    return data.query[keep], data.gallery[match[keep]], data.query_masks[keep].any(dim=1)
-
-
-def choose_power(exp: Any, method: str, val: Any, limit: int) -> dict[str, Any]:
-    """The ``sharpen`` power with the highest person energy on validation pairs."""
-    from reid_explain.evaluation.grounding_scores import energy_pointing_game
-
-    query, match, person = pairs_of(exp, val, limit)
-    expl = exp.explain(query, match, method=method, pairs=[(i, i) for i in range(len(query))],
-                       side="query", **OPTIONS.get(method, {}))
-    maps = expl.query.upsampled(size=tuple(person.shape[-2:])).clamp_min(0)
-    scores = {p: float(energy_pointing_game(maps.pow(p), person[:, None])[:, 0].nanmean())
-              for p in POWERS}
-    best = max(scores, key=lambda p: (scores[p], -p))
-    return {"power": best, "val_energy": scores}
 
 
 def figures(result: Any) -> dict[str, Any]:
@@ -81,7 +55,8 @@ def run_condition(exp: Any, seed: int, crops: str, n_test: int, n_val: int,
                            "methods": {}}
     for method in methods:
         start = time.perf_counter()
-        chosen = choose_power(exp, method, val, queries)
+        chosen = exp.choose_sharpen(val, method, powers=POWERS, max_queries=queries,
+                                    method_options=OPTIONS.get(method)).to_json()
         result = exp.evaluate(test, method=method, metrics=list(METRICS),
                               max_queries=queries, progress=False,
                               method_options=OPTIONS.get(method))

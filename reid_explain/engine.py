@@ -21,6 +21,7 @@ from .attribution import Attribution
 from .errors import AdapterError, InputError, PluginError
 from .host_guard import HostGuard
 from .inputs import check_images, check_texts
+from .maps import sharpen_maps
 from .targets import Target
 
 #: rows per attribution pass when the caller names none and the rows are not images (token ids):
@@ -134,11 +135,13 @@ class Engine:
         internal batch (glibc), so the peak RSS stays one batch's however many rows there are
         (without it, heap fragmentation adds ~+50 % at 256 rows), at some time per batch.
 
-        ``sharpen=p`` returns the maps' positive part to the power ``p``, any method's (as the
-        image-blind reference's location prior is sharpened, p chosen on validation identities:
-        docs/metrics.md, "The image-blind reference"). It changes only the energy-type figures:
-        pointing, top-region IoU, masking and deletion/insertion depend on the order of the
-        positive values alone.
+        ``sharpen=p`` returns the maps' positive part to the power ``p``, each map keeping its
+        maximum (:func:`~reid_explain.maps.sharpen_maps`), any method's (as the image-blind
+        reference's location prior is sharpened; p chosen on validation identities with
+        :func:`~reid_explain.evaluation.sharpening.choose_sharpen`: docs/metrics.md, "The
+        image-blind reference"). It is meant for the energy-type figures: pointing, top-region
+        IoU, masking and deletion/insertion depend on the order of the positive values alone,
+        which a power keeps up to float32's underflow of values far below the maximum.
         """
         self._check_open()
         if sharpen is not None and not (isinstance(sharpen, (int, float)) and sharpen > 0):
@@ -184,5 +187,5 @@ class Engine:
         if not torch.isfinite(maps).all():
             raise PluginError(f"attribution {method!r} from plugin {plugin!r} returned NaN/inf")
         if sharpen is not None and sharpen != 1:
-            maps = maps.clamp_min(0).pow(float(sharpen))
+            maps = sharpen_maps(maps, float(sharpen))
         return maps

@@ -322,6 +322,17 @@ class Explainer(Engine):
         data = _eval_set(data, options.pop("transform", None))
         return evaluate(self, data, method=method, metrics=metrics, **options)
 
+    def choose_sharpen(self, validation: Any, method: str = "gradcam", **options: Any):
+        """The ``sharpen`` power of ``method`` with the best person energy on ``validation``
+        (identities never scored, with part masks; ``data`` forms as for :meth:`evaluate`).
+        Returns a :class:`~reid_explain.evaluation.sharpening.SharpenChoice`; pass its
+        ``power`` as ``method_options={"sharpen": power}`` when scoring the test split."""
+        from .evaluation.sharpening import choose_sharpen
+
+        self._check_open()
+        validation = _eval_set(validation, options.pop("transform", None))
+        return choose_sharpen(self, validation, method, **options)
+
     def report(self, data: Any, out: str | os.PathLike, methods: Sequence[str] | None = None,
                n_queries: int = 100, attributes: Any = None, **options: Any) -> Path:
         """Write the HTML report of this (image ReID) host on ``data`` to ``out``: retrieval

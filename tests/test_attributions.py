@@ -278,7 +278,16 @@ def test_sharpen_raises_the_positive_part_to_a_power_for_any_method():
         with pytest.raises(InputError, match="sharpen"):
             exp.explain(q, g, method="gradcam", sharpen=-1)
     assert (plain < 0).any()  # signed: the negative part is dropped
-    torch.testing.assert_close(sharp, plain.clamp_min(0).pow(3), rtol=1e-5, atol=1e-12)
+    peak = plain.clamp_min(0).flatten(1).amax(dim=1)[:, None, None]
+    torch.testing.assert_close(sharp, peak * (plain.clamp_min(0) / peak).pow(3), rtol=1e-5,
+                               atol=1e-12)
+    assert torch.equal(sharp.flatten(1).amax(dim=1), peak.flatten())  # each keeps its maximum
+    # random-init attributions are ~1e-3 or smaller: a power of 16 taken as is underflows
+    with explainify(make_osnet()) as exp:
+        steep = exp.explain(q, g, method="integrated_gradients", n_steps=4, sharpen=16)
+    positive = plain.clamp_min(0)
+    assert float(positive.max()) ** 16 < 1e-38
+    assert (steep.query.maps > 0).sum() >= 10
 
 
 def _patch_outputs(clip, images_, attention):
