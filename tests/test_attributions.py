@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
 from conftest import images, make_osnet, make_timm_vit, make_tiny_clip, manual_timm_forward
 
-from reid_explain import InputError, explainify
+from reid_explain import InputError, PluginError, explainify
 
 
 def _cos_forward(embed, reference):
@@ -365,3 +365,21 @@ def test_dense_similarity_scores_each_patch_embedding_with_the_target():
     with pytest.raises(PluginError, match="temperature must be positive"):
         exp.attribute(x, CosineSimilarity(reference), method="dense_similarity", temperature=0)
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in clip.modules())
+
+
+class _FunctionalReluNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.head = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return F.relu(self.head(F.relu(self.conv(x)))).mean(dim=(2, 3))
+
+
+def test_guided_gradcam_refuses_a_host_without_relu_modules():
+    """Guided backpropagation rewrites nn.ReLU gradients only: on functional ReLUs it would be
+    plain gradients under the guided name."""
+    with explainify(_FunctionalReluNet(), layer="head") as exp:
+        with pytest.raises(PluginError, match="no nn.ReLU module"):
+            exp.explain(images(1), images(1, seed=1), method="guided_gradcam", top_k=1)

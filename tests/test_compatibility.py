@@ -32,14 +32,14 @@ CAPTIONS = ["a man in a red shirt and blue jeans", "a woman with a black backpac
 def method_options(method: str, size: tuple[int, int]) -> dict:
     """Options that keep the run small (the maps are checked here, not their quality): two
     Integrated Gradients steps (two token_ig steps for the text side, too), occlusion over 2x2
-    patches, and Grad-CAM before its ReLU,
+    patches, and Grad-CAM (also Guided Grad-CAM's) before its ReLU,
     which on a random network often sends every cell to zero (a property of the weights,
     not of the adapter)."""
     if method == "integrated_gradients":
         return {"n_steps": 2}
     if method == "occlusion":
         return {"patch_size": (-(-size[0] // 2), -(-size[1] // 2))}
-    if method == "gradcam":
+    if method in ("gradcam", "guided_gradcam"):
         return {"relu_attributions": False}
     return {}
 

@@ -3,16 +3,20 @@
 Grad-CAM is as coarse as its layer: an OSNet's last map is 8x4 at 128x64, so its peak is a
 cell's centre, which on a thin or off-centre person is often background. The Grad-CAM paper's
 own remedy multiplies the upsampled Grad-CAM map by guided backpropagation, whose pixel-level
-gradients follow the image's edges: Captum's ``GuidedGradCam``. The map is the magnitude of
-that product summed over colour channels.
+gradients follow the image's edges: Captum's ``LayerGradCam`` and ``GuidedBackprop``,
+combined as Captum's ``GuidedGradCam`` combines them (which fixes Grad-CAM's ReLU on; here it
+is the ``relu_attributions`` option, as for ``gradcam``). The map is the magnitude of that
+product summed over colour channels.
 
 Guided backpropagation alone barely depends on the weights (Adebayo et al. 2018); the Grad-CAM
 factor is what carries the model here, and the randomisation check (``sanity``) is the place to
-see how much. It overrides the gradient of ``nn.ReLU`` modules only: a host whose ReLUs are
-functional (or that has none, a CLIP ViT) gets plain input gradients times Grad-CAM.
+see how much. It overrides the gradient of ``nn.ReLU`` modules only, so it is offered for CNN
+hosts (capability ``stages``) and refuses a host without any ``nn.ReLU`` module (functional
+ReLUs, GELU), where it would silently be plain gradients times Grad-CAM.
 
 Options: ``interpolate_mode`` (how the Grad-CAM map is upsampled, Captum's; default
-``"bilinear"``), ``absolute`` (True: magnitude; False: the signed sum).
+``"bilinear"``), ``absolute`` (True: magnitude; False: the signed sum),
+``relu_attributions`` (Grad-CAM's ReLU, default True).
 """
 
 from __future__ import annotations
@@ -45,21 +49,32 @@ class GuidedGradCAM(Attribution):
 
     name = "guided_gradcam"
     needs_parameter_gradients = False
+    requires = frozenset({"stages"})
 
     def attribute(self, inputs: Tensor, target: Target, baselines: Any = None,
                   interpolate_mode: str = "bilinear", absolute: bool = True,
-                  **options: Any) -> Tensor:
-        from captum.attr import GuidedGradCam  # lazy: plugins load fast
+                  relu_attributions: bool = True, **options: Any) -> Tensor:
+        from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam
 
         if baselines is not None:
             raise ValueError("guided_gradcam takes no baselines")
-        score = _Score(self.adapter.model, self.forward_func(target))
-        with self.adapter.spatial_tap() as layer, warnings.catch_warnings():
+        host = self.adapter.model
+        if not any(isinstance(m, nn.ReLU) for m in host.modules()):
+            raise ValueError(f"guided_gradcam: {type(host).__name__} has no nn.ReLU module, "
+                             "so guided backpropagation would be plain gradients")
+        forward = self.forward_func(target)
+        with self.adapter.spatial_tap() as layer:
+            cam = LayerGradCam(forward, layer).attribute(
+                inputs, additional_forward_args=target.args,
+                relu_attributions=relu_attributions, **options)
+        with warnings.catch_warnings():
             # Captum announces the ReLU hooks it sets (and removes) on every call
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-            maps = GuidedGradCam(score, layer).attribute(
-                inputs, additional_forward_args=target.args,
-                interpolate_mode=interpolate_mode, **options)
+            guided = GuidedBackprop(_Score(host, forward)).attribute(
+                inputs, additional_forward_args=target.args)
+        cam = LayerAttribution.interpolate(cam, tuple(inputs.shape[-2:]),
+                                           interpolate_mode=interpolate_mode)
+        maps = guided * cam  # as Captum's GuidedGradCam, with Grad-CAM's ReLU an option
         return (maps.abs() if absolute else maps).sum(dim=1)
 
 
