@@ -257,8 +257,14 @@ def summary_text(summary: dict[str, Any], cards: dict[str, Any]) -> str:
                  f"{v['diff_high']:+.3f}], beats it on {v['parts_beaten']}/{v['parts']} parts")
     lines.append(line + f"; chance {chance:.3f}")
     study = summary["attributes"]
-    lines.append("attribute study, most relied-on first: " + ", ".join(study["ranking"][:5])
-                 if "ranking" in study else f"attribute study did not run: {study['error']}")
+    groups = (study.get("rank_intervals") or {}).get("groups")
+    if "ranking" not in study:
+        lines.append(f"attribute study did not run: {study['error']}")
+    elif groups:
+        lines.append("attribute study, most relied-on first, tied groups (95% bootstrap over "
+                     "identities): " + " > ".join("{" + ", ".join(g) + "}" for g in groups))
+    else:
+        lines.append("attribute study, most relied-on first: " + ", ".join(study["ranking"][:5]))
     lines.append("")
     lines.append("times (s): " + ", ".join(f"{k} {v}" for k, v in summary["times"].items()))
     return "\n".join(lines) + "\n"

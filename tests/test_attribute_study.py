@@ -359,11 +359,19 @@ def test_market_mat_drives_the_cli_end_to_end(tmp_path):
         warnings.simplefilter("ignore", UserWarning)
         code = attributes_main(["--attributes", str(tmp_path / "market_attribute.mat"),
                                 "--outcomes", str(tmp_path / "per_query.csv"), "--out", str(out),
-                                "--n-estimators", "20", "--n-splits", "2", "--n-repeats", "2"])
+                                "--n-estimators", "20", "--n-splits", "2", "--n-repeats", "2",
+                                "--rank-bootstrap", "6"])
     assert code == 0
     ranking = pd.read_csv(out / "ranking.csv")
     assert set(ranking["attribute"]) == set(MARKET1501.names)
     assert ranking["attribute"].iloc[0] == "gender"
+    intervals = pd.read_csv(out / "rank_intervals.csv").set_index("attribute")
+    assert list(intervals.index) == list(ranking["attribute"])
+    assert intervals.loc["gender", "low"] == 1 and intervals.loc["gender", "group"] == 1
+    assert (intervals["low"] <= intervals["rank"]).sum() >= 6  # not all outside their own
+    saved = json.loads((out / "summary.json").read_text())["rank_intervals"]
+    assert saved["draws_used"] + saved["failed"] == 6
+    assert saved["draw_forest"] == {"n_estimators": 20, "n_splits": 2, "n_repeats": 1}
     delta = pd.read_csv(out / "delta_ranking.csv")
     assert delta["group"].tolist() == ["gender", "hat"]
     for name in ("consensus", "ap_importance", "hit_shap_beeswarm", "delta_ap_gender_importance",
@@ -490,8 +498,10 @@ def test_a_small_market_table_is_exploratory_and_lists_each_fit_warning_once(tmp
     code = attributes_main(["--attributes", str(tmp_path / "market_attribute.mat"),
                             "--outcomes", str(_csv(outcomes, tmp_path / "q.csv")),
                             "--out", str(tmp_path / "cli"), "--no-plots",
-                            "--n-estimators", "10", "--n-splits", "2", "--n-repeats", "1"])
-    assert code == 0 and "EXPLORATORY" in capsys.readouterr().out
+                            "--n-estimators", "10", "--n-splits", "2", "--n-repeats", "1",
+                            "--rank-bootstrap", "4"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "EXPLORATORY" in printed and "tied_group" in printed
     big_outcomes, big_labels = simulate(list(MARKET1501.names), n_ids=200, seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -118,6 +118,11 @@ def test_demo_writes_a_complete_report(demo, capsys):
     assert re.search(r"image ReID\s+osnet-synthpedes\s+R@1\s+\d+\.\d%", text)
     assert "times (s):" in text and summary["times"]["total"] > 0
     assert summary["attributes"]["ranking"] and summary["text"]["grounding"]["scores"]
+    intervals = summary["attributes"]["rank_intervals"]  # ranks with their uncertainty
+    assert intervals["draws_used"] >= 10
+    assert sorted(a for g in intervals["groups"] for a in g) == sorted(
+        summary["attributes"]["ranking"])
+    assert "tied groups" in text
     assert {p["name"] for p in summary["plugins"]} >= {"gradcam", "counterfactual_masking"}
 
 

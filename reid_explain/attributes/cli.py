@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fewest identities per attribute level for a confirmatory reading "
                         "(default: reid_explain.attributes.study.MIN_IDENTITIES); below it the "
                         "study is labelled exploratory")
+    p.add_argument("--rank-bootstrap", type=int, default=20,
+                   help="bootstrap draws of the identities for the rank intervals and tied "
+                        "groups (each reruns the study with a lighter forest; 0: none)")
     p.add_argument("--jobs", type=int, default=1, help="parallel jobs for the forests")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--out", default="reid_explain_output/attributes", help="output directory")
@@ -104,11 +107,19 @@ def attributes_main(argv: list[str] | None = None) -> int:
                           random_state=args.seed, n_jobs=args.jobs,
                           **({} if args.min_identities is None
                              else {"min_identities": args.min_identities}))
+        if args.rank_bootstrap:
+            study.add_rank_intervals(outcomes, attributes, n_boot=args.rank_bootstrap,
+                                     seed=args.seed)
         study.save(args.out, plots=not args.no_plots)
     except ReidExplainError as exc:
         print(f"reid-explain attributes: error: {exc}", file=sys.stderr)
         return 2
     shown = study.ranking[["consensus_rank", "attribute", "mean_rank"]]
+    if study.rank_intervals is not None:
+        by_name = study.rank_intervals.table.set_index("attribute")
+        shown = shown.assign(rank_low=by_name.loc[shown["attribute"], "low"].to_numpy(),
+                             rank_high=by_name.loc[shown["attribute"], "high"].to_numpy(),
+                             tied_group=by_name.loc[shown["attribute"], "group"].to_numpy())
     if study.exploratory:
         print("EXPLORATORY: fewer than {} identities in a level of {}; the ranking is a lead, "
               "not a finding".format(study.config["min_identities"],

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -62,6 +62,11 @@ METHODS = {
 #: not queries, and with under 10 per level one identity moves a level's effect by over 10 %
 #: of its weight (docs/attribute_study.md, "Sample size")
 MIN_IDENTITIES = 10
+
+#: caps on each bootstrap draw's options (``add_rank_intervals``) over the study's own:
+#: 25 trees, 3 folds, one permutation repeat take a seventh of the default study's time; the
+#: forest's extra noise can only widen the intervals (more ties, never false certainty)
+LEAN_DRAWS: dict = {"n_estimators": 25, "n_splits": 3, "n_repeats": 1}
 
 #: ``run_study(consensus=...)``: "auto" = "ablation" when ΔAP columns cover every attribute
 Consensus = Literal["auto", "responses", "ablation"]
@@ -107,6 +112,31 @@ class AttributeStudy:
     support: dict[str, int] = field(default_factory=dict)
     #: warnings of the fits (statsmodels, scipy, sklearn and the study's own), each once
     notes: list[str] = field(default_factory=list)
+    #: bootstrap intervals of the consensus ranks over identities, once
+    #: :meth:`add_rank_intervals` ran (:mod:`.rank_intervals`)
+    rank_intervals: Any = None
+    #: the keyword arguments ``run_study`` was called with (bootstrap draws repeat them)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def add_rank_intervals(self, outcomes: pd.DataFrame, attributes: pd.DataFrame,
+                           n_boot: int = 20, seed: int = 0, level: float = 0.95,
+                           draw_options: dict[str, Any] | None = LEAN_DRAWS) -> Any:
+        """Identity-clustered bootstrap intervals of every consensus rank and the tied groups
+        (:func:`.rank_intervals.rank_intervals`): ``outcomes`` and ``attributes`` as given to
+        ``run_study`` (only the identities it analysed are resampled), each draw rerun with
+        the same options updated by ``draw_options`` (default :data:`LEAN_DRAWS`: a lighter
+        forest, whose extra noise can only widen the intervals; None: the study's own);
+        kept on the study, written by :meth:`save` and ``summary()``."""
+        from .rank_intervals import rank_intervals
+
+        used = outcomes[outcomes["pid"].isin(self.outcomes["pid"].unique())]
+        # a draw is never heavier than the study itself
+        options = self.options | {k: min(v, self.options.get(k, v))
+                                  for k, v in (draw_options or {}).items()}
+        self.rank_intervals = rank_intervals(used, attributes, study=self, n_boot=n_boot,
+                                             seed=seed, level=level, **options)
+        self.rank_intervals.draw_options = options
+        return self.rank_intervals
 
     @property
     def thin(self) -> dict[str, int]:
@@ -149,6 +179,8 @@ class AttributeStudy:
             "min_identities": self.config.get("min_identities", MIN_IDENTITIES),
             "support": self.support,
             "notes": self.notes,
+            "rank_intervals": (None if self.rank_intervals is None
+                               else self.rank_intervals.to_json()),
         }
 
     def save(self, directory: str | os.PathLike, *, plots: bool = True) -> Path:
@@ -171,6 +203,8 @@ class AttributeStudy:
             tmp.mkdir()
             self.table.to_csv(tmp / "table.csv")
             self.ranking.to_csv(tmp / "ranking.csv", index=False)
+            if self.rank_intervals is not None:
+                self.rank_intervals.table.to_csv(tmp / "rank_intervals.csv", index=False)
             if self.delta_ranking is not None:
                 self.delta_ranking.to_csv(tmp / "delta_ranking.csv", index=False)
             for name, analysis in self.analyses.items():
@@ -450,5 +484,11 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
             "consensus_rank"]
     full["consensus.mean_rank"] = by_attr["mean_rank"]
     full["consensus.rank"] = by_attr["consensus_rank"]
+    options = {"schema": schema, "split": split, "ap": ap, "hit": hit,
+               "delta_columns": delta_columns, "consensus_responses": consensus_responses,
+               "consensus": cfg["consensus"], "missing": missing, "no_class": no_class,
+               "n_estimators": n_estimators, "min_samples_leaf": min_samples_leaf,
+               "n_splits": n_splits, "n_repeats": n_repeats, "random_state": random_state,
+               "n_jobs": n_jobs, "fdr_method": fdr_method, "min_identities": min_identities}
     return AttributeStudy(design, table, analyses, full, ranking, delta_table, cfg, dropped,
-                          response_ranking, support=support, notes=notes)
+                          response_ranking, support=support, notes=notes, options=options)

@@ -393,8 +393,10 @@ def sanity_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Sequence[s
 
 
 def attribute_part(outcomes: pd.DataFrame, attributes: pd.DataFrame, out: Path,
-                   section: Section, n_estimators: int = 100) -> dict[str, Any]:
-    """Which attributes the model's per-query AP and rank-1 hits depend on."""
+                   section: Section, n_estimators: int = 100,
+                   rank_bootstrap: int = 20) -> dict[str, Any]:
+    """Which attributes the model's per-query AP and rank-1 hits depend on, with bootstrap
+    intervals of the ranks over identities (``rank_bootstrap`` draws; 0: none)."""
     from ..attributes.study import run_study
     from ..errors import ReidExplainError
 
@@ -409,6 +411,11 @@ def attribute_part(outcomes: pd.DataFrame, attributes: pd.DataFrame, out: Path,
                                f"{len(outcomes)} queries ({reason}). It needs more queries "
                                "than attribute levels; see docs/attribute_study.md.")
         return {"error": reason, "n_queries": len(outcomes)}
+    if rank_bootstrap:
+        try:
+            study.add_rank_intervals(outcomes, attributes, n_boot=rank_bootstrap)
+        except ReidExplainError as exc:  # too few draws analysable: said, not fatal
+            study.notes.append(f"rank intervals: {exc}")
     folder = study.save(out / "attribute_study")
     summary = study.summary()
     if study.exploratory:
@@ -425,11 +432,26 @@ def attribute_part(outcomes: pd.DataFrame, attributes: pd.DataFrame, out: Path,
                  "the mean rank over methods. Full tables: attribute_study/.")
     cols = [c for c in study.ranking.columns if c in ("attribute", "consensus_rank",
                                                        "mean_rank")]
-    section.table(study.ranking[cols].head(12).to_dict(orient="records"))
+    shown = study.ranking[cols].head(12)
+    intervals = study.rank_intervals
+    if intervals is not None:
+        by_name = intervals.table.set_index("attribute")
+        shown = shown.assign(**{
+            f"rank {intervals.level:.0%} interval": [
+                f"{by_name.loc[a, 'low']:.1f}–{by_name.loc[a, 'high']:.1f}"
+                for a in shown["attribute"]],
+            "tied group": [int(by_name.loc[a, "group"]) for a in shown["attribute"]]})
+        section.para(f"Rank intervals: {len(intervals.draws)} bootstrap draws of the "
+                     "identities (each drawn identity brings all its queries), the study rerun "
+                     "on each with a lighter forest; attributes whose intervals share a point "
+                     f"form a tied group. {len(intervals.groups)} groups: "
+                     + " &gt; ".join("{" + ", ".join(g) + "}" for g in intervals.groups)
+                     + ". Within a group this sample cannot order the attributes.")
+    section.table(shown.to_dict(orient="records"))
     section.figure(folder / "plots" / "consensus.png", "Consensus ranking of the attributes "
                    "(mean rank over methods and responses).", out)
     if study.notes:
         section.para("Notes from the fits, each once: " + " | ".join(study.notes))
     return {"ranking": summary["ranking"], "n_queries": summary["n_queries"],
             "exploratory": summary["exploratory"], "support": summary["support"],
-            "notes": summary["notes"]}
+            "notes": study.notes, "rank_intervals": summary["rank_intervals"]}
