@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import plugin_manager as plugins
@@ -301,6 +302,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                    command="reid-explain " + " ".join(args.argv),
                    settings={"model": args.model, "weights": args.weights,
                              "image_size": list(size), "layer": args.layer})
+    print((Path(args.out) / "summary.txt").read_text(), end="")
     print(f"wrote {args.out}/index.html (open it in a browser)")
     return 0
 

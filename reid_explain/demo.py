@@ -21,6 +21,7 @@ import torch
 
 from ._io import atomic_path, strict_json
 from .report.html import Section, render
+from .report.overview import attribute_line, image_lines, overview_section, times_line
 
 #: sizes of the run: (test identities, image queries explained, captions scored)
 SIZES = {"quick": {"ids": 30, "queries": 40, "captions": 48, "sanity": 4, "trees": 50},
@@ -168,79 +169,17 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
     return 0
 
 
-#: the headline figures: (label in the report's FIGURES, short name)
-HEADLINE = (("counterfactual gap", "gap"), ("person energy", "energy"), ("pointing", "pointing"))
-
-
-def headline(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per image method and headline figure: the value with its 95% CI, random maps, the
-    image-blind reference, and whether the method beats each (True / False / None:
-    undetermined)."""
-    rows = []
-    for method, r in summary["image"]["explanations"]["methods"].items():
-        row: dict[str, Any] = {"method": method}
-        for label, short in HEADLINE:
-            f = r.get("figures", {}).get(label)
-            if f is None:
-                continue
-            row |= {short: f["method"], f"{short}_low": f["method_low"],
-                    f"{short}_high": f["method_high"], f"{short}_random": f.get("random"),
-                    f"{short}_beats_random": f.get("random_beaten"),
-                    f"{short}_reference": f.get("reference"),
-                    f"{short}_beats_reference": f.get("reference_beaten")}
-        rows.append(row)
-    return rows
-
-
-def _verdict_mark(beats: Any) -> str:
-    return {True: ">", False: "≤"}.get(beats, "?")
-
-
-def beating_counts(rows: list[dict[str, Any]], versus: str) -> dict[str, str]:
-    """``{figure: "k/n"}``: methods whose CI beats ``versus`` ("reference" or "random")."""
-    return {short: f"{sum(r.get(f'{short}_beats_{versus}') is True for r in rows)}/"
-                   f"{sum(short in r for r in rows)}"
-            for _, short in HEADLINE if any(short in r for r in rows)}
-
-
 def summary_text(summary: dict[str, Any], cards: dict[str, Any]) -> str:
     """The one-screen text summary printed at the end."""
     ir, tr = summary["image"]["retrieval"], summary["text"]["retrieval"]
-    explanations = summary["image"]["explanations"]
-    reference = explanations.get("reference") or {}
-    rows = headline(summary)
     lines = ["reid-explain demo: trained SynthPedes zoo models on held-out identities", "",
              f"image ReID   {IMAGE_MODEL:18s} R@1 {ir['R1']:5.1f}%  mAP {ir['mAP']:5.1f}%  "
              f"({ir['queries']} queries, {ir['gallery']} gallery; card test R@1 "
              f"{cards[IMAGE_MODEL]['test']['R1']:.1f}%)",
              f"text→image   {TEXT_MODEL:18s} R@1 {tr['R1']:5.1f}%  mAP {tr['mAP']:5.1f}%  "
              f"({tr['captions']} captions, {tr['images']} images; card test R@1 "
-             f"{cards[TEXT_MODEL]['test']['R1']:.1f}%)", "",
-             "methods beating the image-blind reference (95% CI): "
-             + ", ".join(f"{k} {v}" for k, v in beating_counts(rows, "reference").items())
-             + "; beating random maps: "
-             + ", ".join(f"{k} {v}" for k, v in beating_counts(rows, "random").items()),
-             f"image maps ({explanations['queries']} queries), each: value [95% CI], then "
-             f"> or ≤ the image-blind reference ({reference.get('name', '?')}) and its value:"]
-    lines.append(f"  {'method':22s}" + "".join(f" {short:>30s}" for _, short in HEADLINE))
-    for row in rows:
-        cells = []
-        for _, short in HEADLINE:
-            if short not in row:
-                cells.append(f" {'-':>30s}")
-                continue
-            ref = row[f"{short}_reference"]
-            cell = (f"{row[short]:.3f} [{row[f'{short}_low']:.3f},{row[f'{short}_high']:.3f}] "
-                    f"{_verdict_mark(row[f'{short}_beats_reference'])} "
-                    + ("-" if ref is None else f"{ref:.3f}"))
-            cells.append(f" {cell:>30s}")
-        lines.append(f"  {row['method']:22s}" + "".join(cells))
-    randomization = summary["image"]["randomization"]
-    passed = [m for m, r in randomization.items() if r["verdict"] == "passes"]
-    undetermined = [m for m, r in randomization.items() if r["verdict"] == "undetermined"]
-    lines.append(f"model randomisation: maps change with the weights for {len(passed)} of "
-                 f"{len(randomization)} methods ({', '.join(passed)})"
-                 + (f"; undetermined for {', '.join(undetermined)}" if undetermined else ""))
+             f"{cards[TEXT_MODEL]['test']['R1']:.1f}%)", ""]
+    lines += image_lines(summary["image"])
     grounding = summary["text"]["grounding"]
     g, verdicts = grounding["scores"], grounding.get("verdicts", {})
     methods = [k for k in g if k in verdicts] or [
@@ -256,48 +195,17 @@ def summary_text(summary: dict[str, Any], cards: dict[str, Any]) -> str:
                  f"{g[REFERENCE]['energy']:.3f}: {v['diff']:+.3f} [{v['diff_low']:+.3f}, "
                  f"{v['diff_high']:+.3f}], beats it on {v['parts_beaten']}/{v['parts']} parts")
     lines.append(line + f"; chance {chance:.3f}")
-    study = summary["attributes"]
-    groups = (study.get("rank_intervals") or {}).get("groups")
-    if "ranking" not in study:
-        lines.append(f"attribute study did not run: {study['error']}")
-    elif groups:
-        lines.append("attribute study, most relied-on first, tied groups (95% bootstrap over "
-                     "identities): " + " > ".join("{" + ", ".join(g) + "}" for g in groups))
-    else:
-        lines.append("attribute study, most relied-on first: " + ", ".join(study["ranking"][:5]))
-    lines.append("")
-    lines.append("times (s): " + ", ".join(f"{k} {v}" for k, v in summary["times"].items()))
+    lines.append(attribute_line(summary["attributes"]))
+    lines += ["", times_line(summary["times"])]
     return "\n".join(lines) + "\n"
 
 
 def overview_blocks(section: Section, summary: dict[str, Any], text: str) -> None:
-    from .evaluation.verdicts import verdict_text
-
     ir, tr = summary["image"]["retrieval"], summary["text"]["retrieval"]
-    rows = headline(summary)
-    versus_reference = beating_counts(rows, "reference")
-    versus_random = beating_counts(rows, "random")
-    section.kpis([("image R@1", f"{ir['R1']:.1f}%"), ("image mAP", f"{ir['mAP']:.1f}%"),
-                  ("text→image R@1", f"{tr['R1']:.1f}%"),
-                  *[(f"methods beating the image-blind reference ({k})", v)
-                    for k, v in versus_reference.items()],
-                  ("methods beating random maps (gap)", versus_random.get("gap", "-")),
-                  ("run time", f"{summary['times']['total']:.0f} s")])
-    reference = summary["image"]["explanations"].get("reference") or {}
-    section.para("What this page shows: two models trained on SynthPedes (a synthetic "
-                 "pedestrian benchmark that knows where every body part is) explained on "
-                 "identities they never saw. Because the ground truth is known, the maps are "
-                 "checked against true person and part masks, not against themselves. Every "
-                 "score stands beside the same score of the strongest map drawn without "
-                 f"looking at the image (<b>{reference.get('name', '?')}</b>, chosen on "
-                 "validation identities) and of random maps; a method beats one when the 95% "
-                 "CI of its paired difference excludes 0.")
-    section.table([{"method": r["method"],
-                    **{f"{short}": r.get(short) for _, short in HEADLINE},
-                    **{f"{short}, reference": r.get(f"{short}_reference")
-                       for _, short in HEADLINE},
-                    **{f"beats the reference ({short})":
-                       verdict_text(r.get(f"{short}_beats_reference")) for _, short in HEADLINE},
-                    "beats random maps (gap)": verdict_text(r.get("gap_beats_random"))}
-                   for r in rows])
-    section.code(text)
+    overview_section(section, summary["image"], text,
+                     [("image R@1", f"{ir['R1']:.1f}%"), ("image mAP", f"{ir['mAP']:.1f}%"),
+                      ("text→image R@1", f"{tr['R1']:.1f}%")], summary["times"]["total"],
+                     "two models trained on SynthPedes (a synthetic pedestrian benchmark that "
+                     "knows where every body part is) explained on identities they never saw. "
+                     "Because the ground truth is known, the maps are checked against true "
+                     "person and part masks, not against themselves.")

@@ -184,11 +184,24 @@ def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys)
                  "--data", str(tmp_path / "data"), "--attributes", str(mat), "--methods",
                  "gradcam", "--queries", "16", "--height", "128", "--width", "64",
                  "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
     page = _Page()
     page.feed((out / "index.html").read_text())
-    assert page.ids == ["image-retrieval", "image-explanations", "sanity", "attributes",
-                        "reproduce"]
+    # laid out as the demo: the overview first, its text the summary.txt printed at the end
+    assert page.ids == ["overview", "image-retrieval", "image-explanations", "sanity",
+                        "attributes", "reproduce"]
+    text = (out / "summary.txt").read_text()
+    assert text in printed.out and text.startswith("reid-explain report: OSNet on ")
+    assert re.search(r"image ReID\s+R@1\s+\d+\.\d%", text)
+    assert "methods beating the image-blind reference (95% CI): gap " in text
+    assert "attribute study" in text and "times (s): image retrieval" in text
+    # progress on stderr: each stage said as it starts and when it is done
+    for stage in ("image retrieval", "image explanations and metrics", "model randomisation",
+                  "attribute study"):
+        assert f"reid-explain: {stage} (" in printed.err
+        assert re.search(rf"reid-explain: {stage} done in \d+\.\d s", printed.err)
+    assert "Warning" not in printed.err  # no raw library warning reaches the terminal
     summary = strict_load(out / "summary.json")
     gap = summary["image"]["explanations"]["methods"]["gradcam"]["gap"]
     assert gap["n"] > 0 and np.isfinite(gap["method"])

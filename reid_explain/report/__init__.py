@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import plugin_manager
 from .html import Section, render
+from .overview import attribute_line, image_lines, overview_section, times_line
+from .stages import StageClock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,36 +38,30 @@ def image_sections(explainer: ExplainerLike, data: ReidEvalSet, out: Path,
     attribute study of an image ReID host, as report sections and a summary."""
     from . import image_section as img
 
-    times = {} if times is None else times
+    clock = StageClock(times)
     chosen = img.image_methods(explainer, methods)
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        times[name] = round(now - clock, 1)
-        clock = now
-
     retrieval = Section("Image ReID: retrieval", "image-retrieval")
-    got = img.retrieval_part(explainer, data, out, retrieval, top_k=top_k)
-    lap("image retrieval")
+    with clock.stage("image retrieval", f"{len(data.query_pids)} queries, "
+                                        f"{len(data.gallery_pids)} gallery"):
+        got = img.retrieval_part(explainer, data, out, retrieval, top_k=top_k)
     explanations = Section("Image ReID: explanations and faithfulness", "image-explanations")
     summary: dict[str, Any] = {"adapter": explainer.adapter.describe(),
                                "retrieval": got["retrieval"]}
-    summary["explanations"] = img.explanation_part(explainer, data, chosen, out, explanations,
-                                                   n_queries=n_queries)
-    lap("image explanations and metrics")
+    with clock.stage("image explanations and metrics",
+                     f"{len(chosen)} methods x {min(n_queries, len(data.query_pids))} queries"):
+        summary["explanations"] = img.explanation_part(explainer, data, chosen, out,
+                                                       explanations, n_queries=n_queries)
     sanity = Section("Sanity check", "sanity")
-    summary["randomization"] = img.sanity_part(explainer, data, chosen, out, sanity,
-                                               n_images=sanity_images)
-    lap("model randomisation")
+    with clock.stage("model randomisation", f"{len(chosen)} methods"):
+        summary["randomization"] = img.sanity_part(explainer, data, chosen, out, sanity,
+                                                   n_images=sanity_images)
     sections = [retrieval, explanations, sanity]
     if attributes is not None:
         study = Section("Attribute study", "attributes")
-        summary["attributes"] = img.attribute_part(got["outcomes"], attributes, out, study,
-                                                   n_estimators=trees)
+        with clock.stage("attribute study", f"{len(got['outcomes'])} queries, rank intervals"):
+            summary["attributes"] = img.attribute_part(got["outcomes"], attributes, out, study,
+                                                       n_estimators=trees)
         sections.append(study)
-        lap("attribute study")
     return sections, summary
 
 
@@ -79,19 +75,18 @@ def text_sections(explainer: ExplainerLike, data: Any, out: Path,
     from . import image_section as img
     from . import text_section as txt
 
-    times = {} if times is None else times
-    clock = time.perf_counter()
+    clock = StageClock(times)
     section = Section("Text-to-image ReID", "text")
-    summary: dict[str, Any] = {"adapter": explainer.adapter.describe(),
-                               "retrieval": txt.text_retrieval_part(explainer, data, out, section,
-                                                                    top_k=top_k)}
-    txt.caption_maps_part(explainer, data, img.image_methods(explainer, methods), out, section)
-    times["text retrieval and caption maps"] = round(time.perf_counter() - clock, 1)
+    with clock.stage("text retrieval and caption maps", f"{len(data)} captions"):
+        summary: dict[str, Any] = {
+            "adapter": explainer.adapter.describe(),
+            "retrieval": txt.text_retrieval_part(explainer, data, out, section, top_k=top_k)}
+        txt.caption_maps_part(explainer, data, img.image_methods(explainer, methods), out,
+                              section)
     if data.masks is not None and data.phrases:
-        clock = time.perf_counter()
-        summary["grounding"] = txt.grounding_part(explainer, data, reference, out, section,
-                                                  max_captions=max_captions)
-        times["phrase grounding"] = round(time.perf_counter() - clock, 1)
+        with clock.stage("phrase grounding", f"up to {max_captions} captions"):
+            summary["grounding"] = txt.grounding_part(explainer, data, reference, out, section,
+                                                      max_captions=max_captions)
     return [section], summary
 
 
@@ -153,9 +148,40 @@ def image_report(explainer: ExplainerLike, data: ReidEvalSet | None, out: str | 
                     "queries": n_queries, **(settings or {})}
         summary |= {"settings": settings, "times": times,
                     "plugins": plugin_manager.list_plugins()}
+        title = f"{type(explainer.model).__name__} on {' + '.join(names)}"
+        text = report_text(title, summary)
+        if "image" in summary:
+            overview = Section("Overview", "overview")
+            ir = summary["image"]["retrieval"]
+            tiles = [("image R@1", f"{ir['R1']:.1f}%"), ("image mAP", f"{ir['mAP']:.1f}%")]
+            if "text" in summary:
+                tiles.append(("text→image R@1", f"{summary['text']['retrieval']['R1']:.1f}%"))
+            overview_section(overview, summary["image"], text, tiles, times["total"],
+                             f"{type(explainer.model).__name__} explained on "
+                             f"{' + '.join(names)}.")
+            sections.insert(0, overview)
         sections.append(reproduce_section(command or "exp.report(...)", settings, times))
-        (tmp / "index.html").write_text(render(
-            "reid-explain report", f"{type(explainer.model).__name__} on {' + '.join(names)}",
-            sections, summary))
+        (tmp / "index.html").write_text(render("reid-explain report", title, sections, summary))
         (tmp / "summary.json").write_text(strict_json(summary))
+        (tmp / "summary.txt").write_text(text)
     return Path(out)
+
+
+def report_text(title: str, summary: dict[str, Any]) -> str:
+    """The report's one-screen ``summary.txt``, laid out as the demo's."""
+    lines = [f"reid-explain report: {title}", ""]
+    if "image" in summary:
+        ir = summary["image"]["retrieval"]
+        lines.append(f"image ReID   R@1 {ir['R1']:5.1f}%  mAP {ir['mAP']:5.1f}%  "
+                     f"({ir['queries']} queries, {ir['gallery']} gallery)")
+    if "text" in summary:
+        tr = summary["text"]["retrieval"]
+        lines.append(f"text→image   R@1 {tr['R1']:5.1f}%  mAP {tr['mAP']:5.1f}%  "
+                     f"({tr['captions']} captions, {tr['images']} images)")
+    lines.append("")
+    if "image" in summary:
+        lines += image_lines(summary["image"])
+        if "attributes" in summary["image"]:
+            lines.append(attribute_line(summary["image"]["attributes"]))
+    lines += ["", times_line(summary["times"])]
+    return "\n".join(lines) + "\n"
