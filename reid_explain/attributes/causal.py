@@ -1,0 +1,230 @@
+"""Causal attribute audit: the same person re-rendered with one attribute changed.
+
+The attribute study (:mod:`.study`) relates attribute values to per-query AP across people:
+observational, so an attribute that is rare, or that travels with another, can rank far from
+what the model actually uses. SynthPedes can answer the causal question directly. Each query
+image is re-rendered with one Market-1501 attribute set to another state, everything else kept
+(identity detail, camera, view, pose, crop, passer-by, noise seed: the plan's own draws), and
+the model embeds both. Per attribute:
+
+- **embedding shift**: 1 - cosine of the query's embedding before and after;
+- **AP drop**: the query's AP against the *unchanged* gallery, before minus after;
+- **rank-1 flips**: share of queries whose rank-1 hit turns into a miss.
+
+**Replacement states.** For each (query, attribute), one state drawn uniformly among the
+attribute's other states (binary attributes: the other one), from a generator seeded by the
+audit's ``seed``, the query's identity and its image; so the audit is deterministic. An
+attribute whose change does not alter the image (a backpack seen from the front, a hat on a
+head out of the crop) still counts: the model cannot rely on what it cannot see, and the
+reliance is measured on the images a data set holds.
+
+Intervals: each figure is the mean over identities of each identity's mean over its queries,
+with a 95% percentile bootstrap over identities (:func:`~reid_explain.evaluation.bootstrap.
+bootstrap_ci`). The **causal ranking** orders attributes by mean AP drop (ties: embedding
+shift). :func:`agreement` measures an observational ranking against it (Spearman ρ, top-k
+shared).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from reid_explain.data.schema import MARKET1501
+from reid_explain.data.synth_plan import render_sample
+from reid_explain.errors import InputError
+
+__all__ = ["ATTRIBUTE_PARTS", "CausalAudit", "agreement", "causal_audit", "change_attribute",
+           "changed_render"]
+
+#: the figures per attribute, in the table's order
+FIGURES = ("ap_drop", "shift", "flip")
+#: where the renderer draws each attribute that has a part of its own: a change of it can only
+#: alter pixels labelled with these parts in the original or the changed image (gender, age,
+#: clothes, sleeve and lower length reshape the body, so they have no such bound)
+ATTRIBUTE_PARTS: dict[str, tuple[str, ...]] = {
+    "hat": ("hat",), "backpack": ("backpack",), "bag": ("bag",), "handbag": ("handbag",),
+    "upper_color": ("upper_body",), "lower_color": ("lower_body",), "hair": ("hair",),
+}
+
+
+def change_attribute(identity: Any, attribute: str, rng: np.random.Generator) -> tuple[Any, str]:
+    """``identity`` with ``attribute`` set to another of its states (uniform), and that state."""
+    if attribute not in MARKET1501.names:
+        raise InputError(f"unknown attribute {attribute!r}; Market-1501 has "
+                         f"{list(MARKET1501.names)}")
+    old = identity.get(attribute)
+    others = [s for s in MARKET1501[attribute].states if s != old]
+    new = others[int(rng.integers(len(others)))]
+    attributes = tuple((k, new if k == attribute else v) for k, v in identity.attributes)
+    return replace(identity, attributes=attributes), new
+
+
+def changed_render(synth: Any, spec: Any, attribute: str, seed: int = 0) -> tuple[Any, str]:
+    """``spec``'s image re-rendered with ``attribute`` changed (the audit's own draw of the
+    new state), everything else as the plan has it; returns the render and the new state."""
+    rng = np.random.default_rng(_seed(seed, attribute, spec.pid, spec.name))
+    identity, new = change_attribute(synth.identity_of(spec), attribute, rng)
+    people = [identity if p.pid == spec.pid else p for p in synth.identities]
+    return render_sample(replace(synth, identities=people), spec,
+                         with_captions=False).rendered, new
+
+
+def _seed(*words: Any) -> int:
+    return zlib.crc32(repr(words).encode())
+
+
+@dataclass
+class CausalAudit:
+    """Per-query rows (one per query and attribute) and the per-attribute table."""
+
+    per_query: pd.DataFrame
+    table: pd.DataFrame
+    config: dict[str, Any]
+
+    @property
+    def ranking(self) -> list[str]:
+        """Attributes from most to least relied on (mean AP drop, then shift)."""
+        return list(self.table["attribute"])
+
+    def to_json(self) -> dict[str, Any]:
+        rows = self.table.to_dict(orient="records")
+        return {"ranking": self.ranking, "config": self.config,
+                "queries": int(self.per_query["query"].nunique()),
+                "identities": int(self.per_query["pid"].nunique()),
+                "attributes": [{k: (float(v) if isinstance(v, (float, np.floating)) else v)
+                                for k, v in r.items()} for r in rows]}
+
+
+def _identity_ci(frame: pd.DataFrame, column: str, n_boot: int, seed: int) -> tuple[float, ...]:
+    from reid_explain.evaluation.bootstrap import bootstrap_ci
+
+    per_identity = frame.groupby("pid")[column].mean().to_numpy()
+    ci = bootstrap_ci(per_identity, n_boot=n_boot, seed=seed)
+    return ci.estimate, ci.low, ci.high
+
+
+def summarise(per_query: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The per-attribute table (causal order) from per-query rows."""
+    rows = []
+    for attribute, frame in per_query.groupby("attribute", sort=False):
+        row: dict[str, Any] = {"attribute": attribute, "queries": len(frame),
+                               "identities": int(frame["pid"].nunique()),
+                               "changed_pixels": float(frame["changed_pixels"].mean())}
+        for figure in FIGURES:
+            mean, low, high = _identity_ci(frame, figure, n_boot, seed)
+            row |= {figure: mean, f"{figure}_low": low, f"{figure}_high": high}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table = table.sort_values(["ap_drop", "shift"], ascending=False, kind="stable")
+    table.insert(1, "rank", np.arange(1, len(table) + 1))
+    return table.reset_index(drop=True)
+
+
+def _tensor(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
+                 mean: Sequence[float], std: Sequence[float], max_ids: int | None = None,
+                 attributes: Sequence[str] | None = None, seed: int = 0,
+                 batch_size: int = 128, n_boot: int = 1000) -> CausalAudit:
+    """Re-render every query of the SynthPedes test split ``config`` (a ``SynthConfig`` or its
+    fields) with each attribute changed and measure what the model ``embed`` loses.
+
+    ``embed`` maps normalised ``(B, 3, H, W)`` images (``mean``/``std``, the host's) to
+    embeddings (e.g. ``explainer.embed``); ``max_ids`` keeps the first test identities (their
+    queries, and the gallery of every test identity and distractor stays whole).
+    """
+    from reid_explain.attributes.outcomes import per_query_outcomes
+    from reid_explain.data.synth_plan import SynthConfig, plan
+
+    synth = plan(config if isinstance(config, SynthConfig) else SynthConfig(**config))
+    names = list(attributes) if attributes is not None else list(MARKET1501.names)
+    unknown = [a for a in names if a not in MARKET1501.names]
+    if unknown:
+        raise InputError(f"unknown attributes {unknown}; Market-1501 has "
+                         f"{list(MARKET1501.names)}")
+    test_ids = sorted(synth.test_pids)[:max_ids] if max_ids else sorted(synth.test_pids)
+    keep = set(test_ids)
+    queries = [s for s in synth.samples if s.split == "query" and s.pid in keep]
+    gallery = [s for s in synth.samples if s.split == "gallery"]
+    if not queries:
+        raise InputError("the SynthPedes plan has no query images to audit")
+
+    def embed_all(images: list[np.ndarray]) -> torch.Tensor:
+        parts = []
+        for start in range(0, len(images), batch_size):
+            with torch.no_grad():
+                out = embed(_tensor(np.stack(images[start:start + batch_size]), mean, std))
+            parts.append(torch.nn.functional.normalize(out.float(), dim=1))
+        return torch.cat(parts)
+
+    original = [render_sample(synth, s, with_captions=False).rendered for s in queries]
+    g_feats = embed_all([render_sample(synth, s, with_captions=False).rendered.image
+                         for s in gallery])
+    q_feats = embed_all([r.image for r in original])
+    q_pids = np.array([s.pid for s in queries])
+    q_cams = np.array([s.cam for s in queries])
+    g_pids = np.array([s.pid for s in gallery])
+    g_cams = np.array([s.cam for s in gallery])
+    before = per_query_outcomes(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams)
+    ap0 = dict(zip(before["query"], before["ap"], strict=True))
+    hit0 = dict(zip(before["query"], before["hit"], strict=True))
+    rows = []
+    for attribute in names:
+        changed, new_states = [], []
+        for spec in queries:
+            rendered, new = changed_render(synth, spec, attribute, seed)
+            changed.append(rendered)
+            new_states.append(new)
+        c_feats = embed_all([r.image for r in changed])
+        after = per_query_outcomes(c_feats, g_feats, q_pids, g_pids, q_cams, g_cams)
+        ap1 = dict(zip(after["query"], after["ap"], strict=True))
+        hit1 = dict(zip(after["query"], after["hit"], strict=True))
+        shift = 1.0 - (q_feats * c_feats).sum(dim=1).numpy()
+        for q, spec in enumerate(queries):
+            if q not in ap0:  # no true match from another camera
+                continue
+            rows.append({"query": q, "pid": spec.pid, "image": spec.name,
+                         "attribute": attribute,
+                         "old": synth.identity_of(spec).get(attribute), "new": new_states[q],
+                         "changed_pixels": int((original[q].image != changed[q].image)
+                                               .any(axis=-1).sum()),
+                         "shift": float(shift[q]), "ap": float(ap0[q]),
+                         "ap_changed": float(ap1[q]), "ap_drop": float(ap0[q] - ap1[q]),
+                         "hit": int(hit0[q]), "hit_changed": int(hit1[q]),
+                         "flip": float(hit0[q] == 1 and hit1[q] == 0)})
+    per_query = pd.DataFrame(rows)
+    if per_query.empty:
+        raise InputError("no audited query has a true match in the gallery")
+    cfg = {"seed": seed, "max_ids": max_ids, "attributes": names, "n_boot": n_boot,
+           "replacement": "uniform among the attribute's other states, per query",
+           "gallery": len(gallery), "data_seed": synth.config.seed}
+    return CausalAudit(per_query=per_query, table=summarise(per_query, n_boot, seed),
+                       config=cfg)
+
+
+def agreement(causal: Sequence[str], observed: Sequence[str], k: int = 3) -> dict[str, Any]:
+    """How far an observational ranking agrees with the causal one: Spearman ρ over the
+    attributes both rank (scipy), and how many of the causal top ``k`` it also ranks top ``k``."""
+    from scipy.stats import spearmanr
+
+    shared = [a for a in causal if a in set(observed)]
+    if len(shared) < 3:
+        raise InputError(f"agreement needs at least 3 attributes in both rankings, got "
+                         f"{shared}")
+    causal_rank = [shared.index(a) for a in shared]
+    observed_order = [a for a in observed if a in set(shared)]
+    observed_rank = [observed_order.index(a) for a in shared]
+    rho = float(spearmanr(causal_rank, observed_rank).statistic)
+    top = len(set(shared[:k]) & set(observed_order[:k]))
+    return {"spearman": rho, f"top{k}_shared": top, "k": k, "attributes": len(shared),
+            "causal_top": shared[:k], "observed_top": observed_order[:k]}
