@@ -140,8 +140,10 @@ def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
     fields) with each attribute changed and measure what the model ``embed`` loses.
 
     ``embed`` maps normalised ``(B, 3, H, W)`` images (``mean``/``std``, the host's) to
-    embeddings (e.g. ``explainer.embed``); ``max_ids`` keeps the first test identities (their
-    queries, and the gallery of every test identity and distractor stays whole).
+    embeddings (e.g. ``explainer.embed``); ``max_ids`` keeps the first test identities: their
+    queries against their own gallery images, as ``zoo.data.render_splits(max_ids=...)`` gives
+    the demo's test split (without it: every test query against the whole gallery, distractors
+    included).
     """
     from reid_explain.attributes.outcomes import per_query_outcomes
     from reid_explain.data.synth_plan import SynthConfig, plan
@@ -155,7 +157,8 @@ def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
     test_ids = sorted(synth.test_pids)[:max_ids] if max_ids else sorted(synth.test_pids)
     keep = set(test_ids)
     queries = [s for s in synth.samples if s.split == "query" and s.pid in keep]
-    gallery = [s for s in synth.samples if s.split == "gallery"]
+    gallery = [s for s in synth.samples if s.split == "gallery"
+               and (not max_ids or s.pid in keep)]
     if not queries:
         raise InputError("the SynthPedes plan has no query images to audit")
 

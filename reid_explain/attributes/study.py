@@ -454,8 +454,11 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
                         f"seen in fewer than {min_identities} identities ("
                         + ", ".join(f"{a} {n}" for a, n in thin.items())
                         + "); read the ranking as a lead, not a finding")
-    if notes:  # listed once here and in study.notes, not one terminal line per fit
-        warnings.warn("attribute study: " + " | ".join(notes), UserWarning, stacklevel=2)
+    if notes:  # one short line on the terminal; every note, once each, in study.notes
+        more = len(notes) - 1
+        warnings.warn("attribute study: " + notes[0][:300]
+                      + (f" (+{more} more note{'s' * (more > 1)} from the fits in study.notes "
+                         "and summary.json)" if more else ""), UserWarning, stacklevel=2)
 
     ranks = pd.concat({r: analyses[r].ranks for r in consensus_responses}, axis=1)
     ranks.columns = [f"{r}.{m}" for r, m in ranks.columns]

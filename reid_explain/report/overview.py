@@ -92,9 +92,19 @@ def attribute_line(study: dict[str, Any]) -> str:
     prefix = "attribute study" + (" (EXPLORATORY: too few identities per level)"
                                   if study.get("exploratory") else "")
     if groups:
-        return (f"{prefix}, most relied-on first, tied groups (95% bootstrap over "
+        line = (f"{prefix}, most relied-on first, tied groups (95% bootstrap over "
                 "identities): " + " > ".join("{" + ", ".join(g) + "}" for g in groups))
-    return f"{prefix}, most relied-on first: " + ", ".join(study["ranking"][:5])
+    else:
+        line = f"{prefix}, most relied-on first: " + ", ".join(study["ranking"][:5])
+    causal = study.get("causal")
+    if causal:
+        line += ("\ncausal reliance (same person re-rendered, AP drop): " + ", ".join(
+            f"{r['attribute']} {r['ap_drop']:.2f}" for r in causal["attributes"][:5]))
+        a = causal.get("agreement")
+        if a:
+            line += (f"; the study agrees at Spearman ρ {a['spearman']:.2f}, top-3 "
+                     f"{a['top3_shared']}/3")
+    return line
 
 
 def times_line(times: dict[str, float]) -> str:
