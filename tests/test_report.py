@@ -123,6 +123,13 @@ def test_demo_writes_a_complete_report(demo, capsys):
     assert sorted(a for g in intervals["groups"] for a in g) == sorted(
         summary["attributes"]["ranking"])
     assert "tied groups" in text
+    causal = summary["attributes"]["causal"]  # the same people re-rendered, issue 28
+    assert sorted(causal["ranking"]) == sorted(summary["attributes"]["ranking"])
+    drops = [r["ap_drop"] for r in causal["attributes"]]
+    assert drops == sorted(drops, reverse=True)
+    assert all(r["ap_drop_low"] <= r["ap_drop"] <= r["ap_drop_high"] for r in causal["attributes"])
+    assert -1 <= causal["agreement"]["spearman"] <= 1
+    assert "causal reliance (same person re-rendered" in text
     assert {p["name"] for p in summary["plugins"]} >= {"gradcam", "counterfactual_masking"}
 
 
