@@ -297,8 +297,14 @@ def cmd_report(args: argparse.Namespace) -> int:
                 raise InputError(f"--captions needs a host with a text tower (CLIP-style); "
                                  f"{args.model} has none")
             captions = cuhk_text_image(args.captions, args.split, size)
+        causal = None
+        if data is not None and attributes is not None:
+            from .attributes.causal import synth_config_of
+
+            config = synth_config_of(args.data)  # a SynthPedes export can be re-rendered
+            causal = None if config is None else {"config": config}
         exp.report(data, args.out, methods=args.methods, n_queries=args.queries,
-                   attributes=attributes, captions=captions,
+                   attributes=attributes, captions=captions, causal=causal,
                    command="reid-explain " + " ".join(args.argv),
                    settings={"model": args.model, "weights": args.weights,
                              "image_size": list(size), "layer": args.layer})
@@ -307,7 +313,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """What the model loses when one attribute of the same person changes, per attribute."""
+    from .attributes.causal import synth_config_of
+    from .errors import InputError
+    from .explainer import explainify
+    from .hosts import build_host
+    from .report import audit_host
+    from .report.stages import StageClock
+
+    config = synth_config_of(args.data)
+    if config is None:
+        raise InputError(f"--data {args.data}: not a SynthPedes export (no "
+                         "synthpedes/annotations.json); the audit re-renders its images")
+    size = (args.height, args.width)
+    model = build_host(args.model, args.weights, image_size=size, num_classes=args.num_classes)
+    with explainify(model) as exp:
+        data = _eval_data(exp, args.data, size)
+        with StageClock().stage("causal attribute audit", f"{args.data}, 12 attributes"):
+            audit = audit_host(exp, data, {"config": config, "max_ids": args.ids})
+    audit.save(args.out)
+    shown = audit.table[["rank", "attribute", "ap_drop", "ap_drop_low", "ap_drop_high",
+                         "shift", "flip"]]
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"{audit.per_query['query'].nunique()} queries of {audit.per_query['pid'].nunique()} "
+          f"identities; wrote {args.out}/table.csv, per_query.csv, summary.json")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "audit": cmd_audit,
     "evaluate": cmd_evaluate,
     "report": cmd_report,
     "plugins": cmd_plugins,
@@ -390,6 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--out", default="reid_explain_output/report")
+    p = sub.add_parser("audit", help="causal attribute audit: re-render each query of a "
+                                     "SynthPedes export with one attribute changed")
+    p.add_argument("--data", required=True, help="root of a SynthPedes export (reid-explain "
+                                                 "synth): its config is re-rendered")
+    p.add_argument("--model", required=True,
+                   help="family:name, e.g. torchreid:osnet_x1_0, zoo:osnet-synthpedes")
+    p.add_argument("--weights", default=None, help="local checkpoint file")
+    p.add_argument("--num-classes", type=int, default=1)
+    p.add_argument("--ids", type=int, default=None,
+                   help="first test identities only (default: every query, whole gallery)")
+    p.add_argument("--seed", type=int, default=0, help="draws of the replacement states")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--out", default="reid_explain_output/audit")
     sub.add_parser("train", add_help=False,
                    help="reference training loops: --task text-image (InterPartAbility "
                         "plugins) or --task image --moe (MoSAIC experts)")

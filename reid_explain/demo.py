@@ -108,11 +108,8 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
              seed: int | None = None, quick: bool = False, top_k: int = 5,
              crops: str = "aligned") -> int:
     from . import plugin_manager
-    from .attributes.causal import causal_audit
     from .explainer import explainify
     from .report import image_sections, reproduce_section, text_sections
-    from .report.image_section import causal_part
-    from .report.stages import StageClock
     from .zoo import load
     from .zoo.data import text_image_data
 
@@ -141,15 +138,9 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
             image_parts, summary["image"] = image_sections(
                 exp, evalset, tmp, methods, n_queries=size["queries"],
                 attributes=data["attributes"], sanity_images=size["sanity"],
-                trees=size["trees"], top_k=top_k, times=times)
+                trees=size["trees"], top_k=top_k, times=times,
+                causal={"config": data["config"], "max_ids": size["ids"]})
             summary["image"]["model"] = IMAGE_MODEL
-            with StageClock(times).stage("causal attribute audit",
-                                         f"{size['ids']} identities x 12 attributes"):
-                audit = causal_audit(exp.embed, data["config"], mean=exp.adapter.pixel_mean,
-                                     std=exp.adapter.pixel_std, max_ids=size["ids"])
-                attribute_section = next(p for p in image_parts if p.anchor == "attributes")
-                summary["image"]["attributes"]["causal"] = causal_part(
-                    audit, summary["image"]["attributes"], attribute_section)
         with explainify(text_model) as exp:
             text_data = text_image_data(test, exp.adapter.pixel_mean, exp.adapter.pixel_std)
             reference = text_image_data(val, exp.adapter.pixel_mean, exp.adapter.pixel_std)

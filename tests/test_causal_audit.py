@@ -94,3 +94,33 @@ def test_agreement_is_spearman_over_shared_attributes_and_top_k():
     assert agreement(causal, causal)["spearman"] == pytest.approx(1.0)
     with pytest.raises(InputError, match="at least 3"):
         agreement(["a", "b"], ["a", "b"])
+
+
+def test_audit_command_on_a_synthpedes_export(tmp_path, capsys):
+    """``reid-explain audit`` re-renders an export's own config: the same queries, the same
+    table as the library gives, written whole; a folder that is not an export is refused."""
+    import json
+
+    import pandas as pd
+
+    from reid_explain import zoo
+    from reid_explain.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "data"), "--ids", "24", "--seed", "8"]) == 0
+    weights = tmp_path / "osnet.pth"
+    torch.save(zoo.load("osnet-synthpedes").state_dict(), weights)
+    capsys.readouterr()
+    code = main(["audit", "--data", str(tmp_path / "data"), "--model", "torchreid:osnet_x0_25",
+                 "--weights", str(weights), "--height", "128", "--width", "64",
+                 "--out", str(tmp_path / "audit")])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    table = pd.read_csv(tmp_path / "audit" / "table.csv")
+    summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
+    assert list(table["attribute"]) == summary["ranking"] and len(table) == 12
+    assert summary["config"]["data_seed"] == 8
+    assert "causal attribute audit done in" in printed.err and "ap_drop" in printed.out
+    assert main(["audit", "--data", str(tmp_path), "--model", "torchreid:osnet_x0_25",
+                 "--out", str(tmp_path / "no")]) == 2
+    assert "not a SynthPedes export" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()

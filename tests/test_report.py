@@ -218,6 +218,10 @@ def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys)
     assert "bounding_box_train" in reference["source"] and reference["images"] > 0
     assert "beats the reference" in (out / "index.html").read_text()
     assert summary["image"]["attributes"]["ranking"]  # from the export's market_attribute.mat
+    # a SynthPedes export can be re-rendered: the causal audit stands beside the study
+    causal = summary["image"]["attributes"]["causal"]
+    assert causal["config"]["data_seed"] == 5 and len(causal["ranking"]) == 12
+    assert "causal attribute audit done in" in printed.err
     assert "reid-explain report --model torchreid:osnet_x0_25" in (out / "index.html").read_text()
 
 

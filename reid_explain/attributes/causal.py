@@ -41,7 +41,7 @@ from reid_explain.data.synth_plan import render_sample
 from reid_explain.errors import InputError
 
 __all__ = ["ATTRIBUTE_PARTS", "CausalAudit", "agreement", "causal_audit", "change_attribute",
-           "changed_render"]
+           "changed_render", "synth_config_of"]
 
 #: the figures per attribute, in the table's order
 FIGURES = ("ap_drop", "shift", "flip")
@@ -92,6 +92,19 @@ class CausalAudit:
     def ranking(self) -> list[str]:
         """Attributes from most to least relied on (mean AP drop, then shift)."""
         return list(self.table["attribute"])
+
+    def save(self, directory: Any) -> Any:
+        """Write ``per_query.csv``, ``table.csv`` and ``summary.json`` (all or nothing)."""
+        from pathlib import Path
+
+        from reid_explain._io import atomic_path, strict_json
+
+        with atomic_path(directory) as tmp:
+            tmp.mkdir(parents=True)
+            self.per_query.to_csv(tmp / "per_query.csv", index=False)
+            self.table.to_csv(tmp / "table.csv", index=False)
+            (tmp / "summary.json").write_text(strict_json(self.to_json()))
+        return Path(directory)
 
     def to_json(self) -> dict[str, Any]:
         rows = self.table.to_dict(orient="records")
@@ -213,6 +226,21 @@ def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
            "gallery": len(gallery), "data_seed": synth.config.seed}
     return CausalAudit(per_query=per_query, table=summarise(per_query, n_boot, seed),
                        config=cfg)
+
+
+def synth_config_of(root: Any) -> dict[str, Any] | None:
+    """The ``SynthConfig`` fields of a SynthPedes export at ``root`` (its
+    ``synthpedes/annotations.json``), or None when ``root`` is not one."""
+    import json
+    from pathlib import Path
+
+    path = Path(root) / "synthpedes" / "annotations.json"
+    if not path.is_file():
+        return None
+    try:
+        return dict(json.loads(path.read_text())["config"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a SynthPedes annotation file ({exc})") from None
 
 
 def agreement(causal: Sequence[str], observed: Sequence[str], k: int = 3) -> dict[str, Any]:

@@ -32,10 +32,13 @@ __all__ = ["Section", "image_report", "image_sections", "reproduce_section", "re
 def image_sections(explainer: ExplainerLike, data: ReidEvalSet, out: Path,
                    methods: Sequence[str] | None = None, n_queries: int = 100,
                    attributes: pd.DataFrame | None = None, sanity_images: int = 8,
-                   trees: int = 100, top_k: int = 5, times: dict[str, float] | None = None
+                   trees: int = 100, top_k: int = 5, times: dict[str, float] | None = None,
+                   causal: dict[str, Any] | None = None
                    ) -> tuple[list[Section], dict[str, Any]]:
     """Retrieval, explanations + faithfulness, sanity check and (with ``attributes``) the
-    attribute study of an image ReID host, as report sections and a summary."""
+    attribute study of an image ReID host, as report sections and a summary. ``causal``
+    (``{"config": SynthConfig fields, "max_ids": int | None}``, a SynthPedes data set) adds
+    the causal attribute audit beside the study (:mod:`reid_explain.attributes.causal`)."""
     from . import image_section as img
 
     clock = StageClock(times)
@@ -61,8 +64,31 @@ def image_sections(explainer: ExplainerLike, data: ReidEvalSet, out: Path,
         with clock.stage("attribute study", f"{len(got['outcomes'])} queries, rank intervals"):
             summary["attributes"] = img.attribute_part(got["outcomes"], attributes, out, study,
                                                        n_estimators=trees)
+        if causal is not None:
+            with clock.stage("causal attribute audit", "each query re-rendered 12 times"):
+                summary["attributes"]["causal"] = img.causal_part(
+                    audit_host(explainer, data, causal), summary["attributes"], study)
         sections.append(study)
     return sections, summary
+
+
+def audit_host(explainer: ExplainerLike, data: ReidEvalSet, causal: dict[str, Any]) -> Any:
+    """The causal audit of the host on the SynthPedes set ``causal["config"]``, its renders
+    resized to the scored images' size as the data set's transform resizes them."""
+    import torch.nn.functional as F
+
+    from ..attributes.causal import causal_audit
+    from ..evaluation.protocol import ImageSource
+
+    size = tuple(int(v) for v in ImageSource(data.query, "query").get([0]).shape[-2:])
+
+    def embed(images: Any) -> Any:
+        if tuple(images.shape[-2:]) != size:
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        return explainer.embed(images)
+
+    return causal_audit(embed, causal["config"], mean=explainer.adapter.pixel_mean,
+                        std=explainer.adapter.pixel_std, max_ids=causal.get("max_ids"))
 
 
 def text_sections(explainer: ExplainerLike, data: Any, out: Path,
