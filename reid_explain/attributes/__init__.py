@@ -17,6 +17,7 @@ the outcome table. See ``docs/attribute_study.md``.
 
 from __future__ import annotations
 
+from .causal import CausalAudit, agreement, causal_audit
 from .consensus import consensus_ranking, method_ranks
 from .design import (
     DELTA_PREFIX,
@@ -28,6 +29,7 @@ from .design import (
 from .forest import ForestFit, forest_importance
 from .glm import GlmFit, fit_glm, glm_exog
 from .outcomes import per_query_outcomes
+from .rank_intervals import RankIntervals, rank_intervals
 from .shap_values import ShapFit, tree_shap
 from .study import AttributeStudy, ResponseAnalysis, delta_ranking, run_study
 from .tests_stats import FDR_METHOD, contingency_tests, continuous_tests
@@ -37,10 +39,14 @@ __all__ = [
     "FDR_METHOD",
     "AttributeDesign",
     "AttributeStudy",
+    "CausalAudit",
     "ForestFit",
     "GlmFit",
+    "RankIntervals",
     "ResponseAnalysis",
     "ShapFit",
+    "agreement",
+    "causal_audit",
     "consensus_ranking",
     "contingency_tests",
     "continuous_tests",
@@ -51,6 +57,7 @@ __all__ = [
     "glm_exog",
     "method_ranks",
     "per_query_outcomes",
+    "rank_intervals",
     "prepare_outcomes",
     "query_attributes",
     "run_study",
