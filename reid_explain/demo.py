@@ -24,8 +24,10 @@ from .report.html import Section, render
 from .report.overview import attribute_line, image_lines, overview_section, times_line
 
 #: sizes of the run: (test identities, image queries explained, captions scored)
-SIZES = {"quick": {"ids": 30, "queries": 40, "captions": 48, "sanity": 4, "trees": 50},
-         "full": {"ids": 100, "queries": 100, "captions": 300, "sanity": 8, "trees": 100}}
+SIZES = {"quick": {"ids": 30, "queries": 40, "captions": 48, "sanity": 4, "trees": 50,
+                   "audit_ids": 30},
+         "full": {"ids": 100, "queries": 100, "captions": 300, "sanity": 8, "trees": 100,
+                  "audit_ids": 50}}
 IMAGE_MODEL, TEXT_MODEL = "osnet-synthpedes", "clip-synthpedes"
 
 
@@ -139,7 +141,7 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
                 exp, evalset, tmp, methods, n_queries=size["queries"],
                 attributes=data["attributes"], sanity_images=size["sanity"],
                 trees=size["trees"], top_k=top_k, times=times,
-                causal={"config": data["config"], "max_ids": size["ids"]})
+                causal={"config": data["config"], "max_ids": size["audit_ids"]})
             summary["image"]["model"] = IMAGE_MODEL
         with explainify(text_model) as exp:
             text_data = text_image_data(test, exp.adapter.pixel_mean, exp.adapter.pixel_std)
