@@ -180,12 +180,17 @@ class CNNAdapter(Adapter):
 
     #: maps are (B, h, w, C) (timm's NHWC stages): the tap transposes them
     channels_last: bool = False
-    #: "stages": real (B, C, h, w) modules before the spatial layer (multi-stage LayerCAM)
+    #: "stages": real (B, C, h, w) modules before the spatial layer (multi-stage LayerCAM);
+    #: "relu": the host's activations include ``nn.ReLU`` modules (guided backpropagation
+    #: rewrites their gradients; ReLU6, GELU, SiLU and functional ReLUs it cannot), added per
+    #: host when it has them
     capabilities = frozenset({"stages"})
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
                  image_size: tuple[int, int] | None = None, **options: Any) -> None:
         super().__init__(model, **options)
+        if any(isinstance(m, nn.ReLU) for m in model.modules()):
+            self.capabilities = self.capabilities | {"relu"}
         declared = self.input_size()
         if image_size is not None:
             self.probe_size: tuple[int, int] = (int(image_size[0]), int(image_size[1]))

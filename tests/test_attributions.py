@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
 from conftest import images, make_osnet, make_timm_vit, make_tiny_clip, manual_timm_forward
 
-from reid_explain import InputError, PluginError, explainify
+from reid_explain import AdapterError, InputError, explainify
 
 
 def _cos_forward(embed, reference):
@@ -378,8 +378,18 @@ class _FunctionalReluNet(torch.nn.Module):
 
 
 def test_guided_gradcam_refuses_a_host_without_relu_modules():
-    """Guided backpropagation rewrites nn.ReLU gradients only: on functional ReLUs it would be
-    plain gradients under the guided name."""
+    """Guided backpropagation rewrites nn.ReLU gradients only: on functional ReLUs (or ReLU6,
+    GELU) it would be plain gradients under the guided name. Such a host lacks the adapter's
+    "relu" capability, so reports leave the method out and a direct call is refused; the
+    plugin refuses too when called on a host by hand."""
+    from reid_explain.plugin_manager import get
+
     with explainify(_FunctionalReluNet(), layer="head") as exp:
-        with pytest.raises(PluginError, match="no nn.ReLU module"):
+        assert "stages" in exp.adapter.capabilities and "relu" not in exp.adapter.capabilities
+        with pytest.raises(AdapterError, match="needs \\['relu'\\]"):
             exp.explain(images(1), images(1, seed=1), method="guided_gradcam", top_k=1)
+        plugin = get("attributions", "guided_gradcam").obj(exp.adapter)
+        with pytest.raises(ValueError, match="no nn.ReLU module"):
+            plugin.attribute(images(1), lambda e: e.sum(dim=1))
+    with explainify(make_osnet()) as exp:
+        assert "relu" in exp.adapter.capabilities

@@ -11,8 +11,9 @@ product summed over colour channels.
 Guided backpropagation alone barely depends on the weights (Adebayo et al. 2018); the Grad-CAM
 factor is what carries the model here, and the randomisation check (``sanity``) is the place to
 see how much. It overrides the gradient of ``nn.ReLU`` modules only, so it is offered for CNN
-hosts (capability ``stages``) and refuses a host without any ``nn.ReLU`` module (functional
-ReLUs, GELU), where it would silently be plain gradients times Grad-CAM.
+hosts that have them (capabilities ``stages`` and ``relu``: not MobileNetV2's ReLU6, ConvNeXt's
+GELU, EfficientNet's SiLU) and refuses a host without any ``nn.ReLU`` module, where it would
+silently be plain gradients times Grad-CAM.
 
 Options: ``interpolate_mode`` (how the Grad-CAM map is upsampled, Captum's; default
 ``"bilinear"``), ``absolute`` (True: magnitude; False: the signed sum),
@@ -49,7 +50,7 @@ class GuidedGradCAM(Attribution):
 
     name = "guided_gradcam"
     needs_parameter_gradients = False
-    requires = frozenset({"stages"})
+    requires = frozenset({"stages", "relu"})
 
     def attribute(self, inputs: Tensor, target: Target, baselines: Any = None,
                   interpolate_mode: str = "bilinear", absolute: bool = True,
