@@ -238,7 +238,7 @@ def test_open_clip_cnn_tower_explains_images_and_captions():
     captions = ["a man in a red shirt", "a woman with a black bag"]
     with explainify(clip) as exp:
         assert exp.adapter.name == "open_clip_cnn"
-        assert exp.adapter.capabilities == {"text", "stages"}
+        assert exp.adapter.capabilities == {"text", "stages", "relu"}  # ModifiedResNet
         assert exp.adapter.layer_name == "visual.layer4"
         assert exp.adapter.input_size() == (64, 64)  # the attention pool's positions are fixed
         texts = exp.embed_text(captions)

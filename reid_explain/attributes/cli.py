@@ -95,6 +95,7 @@ def attributes_main(argv: list[str] | None = None) -> int:
     try:
         from reid_explain.data.attributes import load_attributes
 
+        from .rank_intervals import add_rank_intervals
         from .study import run_study
 
         attributes = load_attributes(args.attributes, args.schema)
@@ -108,8 +109,8 @@ def attributes_main(argv: list[str] | None = None) -> int:
                           **({} if args.min_identities is None
                              else {"min_identities": args.min_identities}))
         if args.rank_bootstrap:
-            study.add_rank_intervals(outcomes, attributes, n_boot=args.rank_bootstrap,
-                                     seed=args.seed)
+            add_rank_intervals(study, outcomes, attributes, n_boot=args.rank_bootstrap,
+                               seed=args.seed)
         study.save(args.out, plots=not args.no_plots)
     except ReidExplainError as exc:
         print(f"reid-explain attributes: error: {exc}", file=sys.stderr)

@@ -63,11 +63,6 @@ METHODS = {
 #: of its weight (docs/attribute_study.md, "Sample size")
 MIN_IDENTITIES = 10
 
-#: caps on each bootstrap draw's options (``add_rank_intervals``) over the study's own:
-#: 25 trees, 3 folds, one permutation repeat take a seventh of the default study's time; the
-#: forest's extra noise can only widen the intervals (more ties, never false certainty)
-LEAN_DRAWS: dict = {"n_estimators": 25, "n_splits": 3, "n_repeats": 1}
-
 #: ``run_study(consensus=...)``: "auto" = "ablation" when ΔAP columns cover every attribute
 Consensus = Literal["auto", "responses", "ablation"]
 
@@ -113,30 +108,10 @@ class AttributeStudy:
     #: warnings of the fits (statsmodels, scipy, sklearn and the study's own), each once
     notes: list[str] = field(default_factory=list)
     #: bootstrap intervals of the consensus ranks over identities, once
-    #: :meth:`add_rank_intervals` ran (:mod:`.rank_intervals`)
+    #: :func:`.rank_intervals.add_rank_intervals` ran
     rank_intervals: Any = None
     #: the keyword arguments ``run_study`` was called with (bootstrap draws repeat them)
     options: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def add_rank_intervals(self, outcomes: pd.DataFrame, attributes: pd.DataFrame,
-                           n_boot: int = 20, seed: int = 0, level: float = 0.95,
-                           draw_options: dict[str, Any] | None = LEAN_DRAWS) -> Any:
-        """Identity-clustered bootstrap intervals of every consensus rank and the tied groups
-        (:func:`.rank_intervals.rank_intervals`): ``outcomes`` and ``attributes`` as given to
-        ``run_study`` (only the identities it analysed are resampled), each draw rerun with
-        the same options updated by ``draw_options`` (default :data:`LEAN_DRAWS`: a lighter
-        forest, whose extra noise can only widen the intervals; None: the study's own);
-        kept on the study, written by :meth:`save` and ``summary()``."""
-        from .rank_intervals import rank_intervals
-
-        used = outcomes[outcomes["pid"].isin(self.outcomes["pid"].unique())]
-        # a draw is never heavier than the study itself
-        options = self.options | {k: min(v, self.options.get(k, v))
-                                  for k, v in (draw_options or {}).items()}
-        self.rank_intervals = rank_intervals(used, attributes, study=self, n_boot=n_boot,
-                                             seed=seed, level=level, **options)
-        self.rank_intervals.draw_options = options
-        return self.rank_intervals
 
     @property
     def thin(self) -> dict[str, int]:

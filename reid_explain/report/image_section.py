@@ -397,6 +397,7 @@ def attribute_part(outcomes: pd.DataFrame, attributes: pd.DataFrame, out: Path,
                    rank_bootstrap: int = 20) -> dict[str, Any]:
     """Which attributes the model's per-query AP and rank-1 hits depend on, with bootstrap
     intervals of the ranks over identities (``rank_bootstrap`` draws; 0: none)."""
+    from ..attributes.rank_intervals import add_rank_intervals
     from ..attributes.study import run_study
     from ..errors import ReidExplainError
 
@@ -413,7 +414,7 @@ def attribute_part(outcomes: pd.DataFrame, attributes: pd.DataFrame, out: Path,
         return {"error": reason, "n_queries": len(outcomes)}
     if rank_bootstrap:
         try:
-            study.add_rank_intervals(outcomes, attributes, n_boot=rank_bootstrap)
+            add_rank_intervals(study, outcomes, attributes, n_boot=rank_bootstrap)
         except ReidExplainError as exc:  # too few draws analysable: said, not fatal
             study.notes.append(f"rank intervals: {exc}")
     folder = study.save(out / "attribute_study")
