@@ -301,3 +301,82 @@ def test_signed_maps_are_drawn_as_captum_normalises_them_not_as_a_wash():
     assert figures.signed_methods(["gradcam", "integrated_gradients", "nope"]) == [
         "integrated_gradients"]
     assert "2 %" in figures.signed_legend()
+
+
+def _photo_like(h: int = 128, w: int = 64, seed: int = 0) -> np.ndarray:
+    """A street-photo-like crop: a smooth random background, a textured figure, sensor
+    noise (not the flat colours of a SynthPedes render)."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.uniform(40, 210, (1, 3, 6, 3)))
+    image = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)[0]
+    image = image.permute(1, 2, 0).numpy()
+    yy, xx = np.mgrid[0:h, 0:w]
+    body = ((yy - 0.55 * h) / (0.38 * h)) ** 2 + ((xx - 0.5 * w) / (0.2 * w)) ** 2 < 1
+    stripes = 60 * np.sin(yy / 2.5)[..., None] * np.array([0.8, 0.3, 0.5])
+    image[body] = (np.array([150.0, 60.0, 70.0]) + stripes)[body]
+    image += rng.normal(0, 8, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_signed_maps_on_a_photo_read_in_chromium(tmp_path):
+    """Issue 27: integrated gradients drawn over a photo-like image, as Chromium shows the
+    report's figure. Pixels the attribution leaves at ~0 must show the photo: against the same
+    figure drawn with an all-zero map, the signed drawing changes about as many pixels as the
+    attributed region covers, where a map attributing every pixel changes the whole panel
+    (the min-max drawing it replaced tinted the whole panel for any map: the unit test above).
+    The browser decodes the PNGs and counts the changed pixels itself."""
+    import base64
+
+    from reid_explain.report import figures
+
+    if BROWSER is None:
+        if os.environ.get("REID_EXPLAIN_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required here (REID_EXPLAIN_REQUIRE_BROWSER) but missing")
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
+    photo = _photo_like()
+    rng = np.random.default_rng(1)
+    attr = rng.normal(0, 0.01, photo.shape[:2])
+    attr[50:70, 26:38] += rng.choice([-1.0, 1.0], (20, 12))  # what the match rests on
+    attr[3, 3] = 3.0  # one outlier, clipped by the percentile
+    method = ["integrated_gradients"]
+
+    def drawn(name: str, heat: np.ndarray, signed: bool) -> str:
+        path = figures.map_grid([{"label": "photo", "image": photo, "masks": None,
+                                  "maps": {method[0]: heat}}], method, tmp_path / name,
+                                signed=method if signed else ())
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+    images = {"signed": drawn("signed.png", attr, True),
+              "blank": drawn("blank.png", np.zeros_like(attr), True),
+              "full": drawn("full.png", np.ones_like(attr), True)}
+    script = ("<script>function px(id){const i=document.getElementById(id);"
+              "const c=document.createElement('canvas');c.width=i.naturalWidth;"
+              "c.height=i.naturalHeight;const x=c.getContext('2d');x.drawImage(i,0,0);"
+              "return x.getImageData(0,0,c.width,c.height).data;}"
+              "function changed(a,b){let n=0;for(let k=0;k<a.length;k+=4){"
+              "if(Math.abs(a[k]-b[k])+Math.abs(a[k+1]-b[k+1])+Math.abs(a[k+2]-b[k+2])>60)n++;}"
+              "return n;}"
+              "window.addEventListener('load',()=>{const s=px('signed'),b=px('blank'),"
+              "f=px('full');document.title=['signed',changed(s,b),'full',changed(f,b),"
+              "'pixels',b.length/4,'same_size',+(s.length===b.length&&f.length===b.length)]"
+              ".join(' ');});</script>")
+    page = tmp_path / "photo.html"
+    page.write_text("<!doctype html><html><head><title>x</title></head><body>"
+                    + "".join(f'<img id="{k}" src="{v}">' for k, v in images.items())
+                    + script + "</body></html>")
+    flags = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    title = re.search(r"<title>(.*?)</title>", dom).group(1)
+    counts = dict(zip(title.split()[::2], map(int, title.split()[1::2]), strict=True))
+    assert counts["same_size"] == 1 and counts["pixels"] > 10_000
+    region_share = (20 * 12) / attr.size  # where the attribution is
+    panel = counts["full"]  # every pixel attributed: the whole map panel is tinted
+    assert panel > 0.1 * counts["pixels"]  # one of the figure's two image panels
+    assert 0.3 * region_share * panel < counts["signed"] < 3 * region_share * panel
