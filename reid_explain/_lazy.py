@@ -25,3 +25,15 @@ def lazy_exports(package: str, exports: Mapping[str, str], namespace: dict[str, 
         return sorted(set(namespace) | set(exports))
 
     return __getattr__, __dir__
+
+
+def import_torchreid() -> Any:
+    """torchreid, imported without its warning that its Cython evaluator is not compiled: this
+    package ranks with its own vectorised code (``evaluation.retrieval``, checked against
+    torchreid's ``evaluate_rank``), so the warning would be noise on a user's terminal."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarning)
+        import torchreid
+    return torchreid

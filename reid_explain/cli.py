@@ -305,6 +305,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             causal = None if config is None else {"config": config}
         exp.report(data, args.out, methods=args.methods, n_queries=args.queries,
                    attributes=attributes, captions=captions, causal=causal,
+                   **({"sanity_images": args.sanity_images} if data is not None else {}),
                    command="reid-explain " + " ".join(args.argv),
                    settings={"model": args.model, "weights": args.weights,
                              "image_size": list(size), "layer": args.layer})
@@ -422,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None,
                    help="attribution methods (default: every one the host supports)")
     p.add_argument("--queries", type=int, default=100, help="queries explained and scored")
+    p.add_argument("--sanity-images", type=int, default=8,
+                   help="queries whose maps the model-randomisation check recomputes")
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--out", default="reid_explain_output/report")

@@ -58,8 +58,9 @@ def build_host(spec: str, weights: str | os.PathLike | None = None,
         return load(name)
     path = _weights_file(weights)
     if family == "torchreid":
-        import torchreid
+        from ._lazy import import_torchreid
 
+        torchreid = import_torchreid()
         try:
             model = torchreid.models.build_model(name, num_classes=num_classes, pretrained=False)
         except KeyError as exc:

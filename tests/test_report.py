@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -380,3 +381,51 @@ def test_signed_maps_on_a_photo_read_in_chromium(tmp_path):
     panel = counts["full"]  # every pixel attributed: the whole map panel is tinted
     assert panel > 0.1 * counts["pixels"]  # one of the figure's two image panels
     assert 0.3 * region_share * panel < counts["signed"] < 3 * region_share * panel
+
+
+@pytest.mark.slow
+def test_report_on_photo_like_crops_and_a_751_class_legacy_checkpoint(tmp_path):
+    """Issue 27's acceptance run, as a user's shell sees it (a subprocess, real stderr): a
+    torchreid checkpoint in torch.save's legacy format with DataParallel's ``module.`` prefix
+    and a 751-class Market-1501 classifier, on photo-like Market-1501 crops without masks.
+    No NaN in any JSON, no raw library warning on stderr, and no sanity verdict 'passes' on an
+    undefined step."""
+    import torch
+
+    from reid_explain import zoo
+
+    weights = zoo.load("osnet-synthpedes").state_dict()
+    generator = torch.Generator().manual_seed(0)
+    weights["classifier.weight"] = torch.randn(751, weights["classifier.weight"].shape[1],
+                                               generator=generator) * 0.01
+    weights["classifier.bias"] = torch.zeros(751)
+    checkpoint = tmp_path / "market751.pth.tar"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in weights.items()}, "epoch": 60},
+               checkpoint, _use_new_zipfile_serialization=False)
+    data = tmp_path / "Market-1501-v15.09.15"
+    for folder in ("query", "bounding_box_test", "bounding_box_train"):
+        (data / folder).mkdir(parents=True)
+    for pid in range(1, 13):
+        for k, (folder, cam) in enumerate((("query", 1), ("bounding_box_test", 2),
+                                           ("bounding_box_test", 3))):
+            crop = _photo_like(seed=pid * 10 + (k > 0))  # the gallery shares the identity's look
+            Image.fromarray(crop).save(data / folder / f"{pid:04d}_c{cam}s1_{k:06d}_00.jpg")
+    out = tmp_path / "report"
+    run = subprocess.run([sys.executable, "-m", "reid_explain", "report", "--model",
+                          "torchreid:osnet_x0_25", "--weights", str(checkpoint),
+                          "--num-classes", "751", "--data", str(data), "--methods",
+                          "integrated_gradients", "--queries", "4", "--sanity-images", "3",
+                          "--height", "128",
+                          "--width", "64", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Warning" not in run.stderr, run.stderr[-3000:]
+    for path in out.rglob("*.json"):
+        strict_load(path)  # NaN or Infinity would not parse
+    summary = strict_load(out / "summary.json")
+    reference = summary["image"]["explanations"]["reference"]
+    assert reference["kind"] == "centred"  # no masks: the centred prior, masked on the model
+    for method, result in summary["image"]["randomization"].items():
+        if any(result["undefined"]):
+            assert result["verdict"] == "undetermined" and not result["passes"], method
+    assert (out / "summary.txt").read_text() in run.stdout

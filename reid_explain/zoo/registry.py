@@ -127,8 +127,9 @@ def build(name: str, card_data: dict[str, Any]) -> nn.Module:
     """The untrained architecture a card describes (random init, nothing downloaded)."""
     arch = card_data["architecture"]
     if card_data["family"] == "torchreid":
-        import torchreid
+        from .._lazy import import_torchreid
 
+        torchreid = import_torchreid()
         return torchreid.models.build_model(arch["name"], num_classes=card_data["num_classes"],
                                             loss=arch.get("loss", "softmax"), pretrained=False)
     if card_data["family"] == "open_clip":

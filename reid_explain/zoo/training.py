@@ -98,8 +98,9 @@ def train_image_model(zoo: ZooSpec, splits: dict[str, ZooSplit], device: torch.d
                       steps: int, log: Callable[[dict[str, Any]], None]
                       ) -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
     """A torchreid model trained with torchreid's softmax + triplet losses; the curve."""
-    import torchreid
+    from .._lazy import import_torchreid
 
+    torchreid = import_torchreid()
     from ..moe.train import pk_batches
 
     cfg = zoo.training
