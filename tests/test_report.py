@@ -429,3 +429,6 @@ def test_report_on_photo_like_crops_and_a_751_class_legacy_checkpoint(tmp_path):
         if any(result["undefined"]):
             assert result["verdict"] == "undetermined" and not result["passes"], method
     assert (out / "summary.txt").read_text() in run.stdout
+    html = (out / "index.html").read_text()  # the overview's model and data facts
+    for fact in ("OSNet", "spatial layer", "conv5", "part masks", "centred prior"):
+        assert fact in html, fact

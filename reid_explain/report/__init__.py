@@ -185,12 +185,29 @@ def image_report(explainer: ExplainerLike, data: ReidEvalSet | None, out: str | 
             overview_section(overview, summary["image"], text, tiles, times["total"],
                              f"{type(explainer.model).__name__} explained on "
                              f"{' + '.join(names)}.")
+            overview.table([facts(explainer, data, summary)])
             sections.insert(0, overview)
         sections.append(reproduce_section(command or "exp.report(...)", settings, times))
         (tmp / "index.html").write_text(render("reid-explain report", title, sections, summary))
         (tmp / "summary.json").write_text(strict_json(summary))
         (tmp / "summary.txt").write_text(text)
     return Path(out)
+
+
+def facts(explainer: ExplainerLike, data: ReidEvalSet, summary: dict[str, Any]
+          ) -> dict[str, Any]:
+    """The model and the data in one row: what was explained, on what, against what."""
+    adapter = summary["image"]["adapter"]
+    model = explainer.model
+    reference = summary["image"]["explanations"].get("reference") or {}
+    return {"model": type(model).__name__, "adapter": adapter.get("adapter"),
+            "spatial layer": adapter.get("layer", "-"), "grid": adapter.get("grid", "-"),
+            "parameters (M)": sum(p.numel() for p in model.parameters()) / 1e6,
+            "data": data.name, "queries": len(data.query_pids),
+            "gallery": len(data.gallery_pids),
+            "identities": len(set(data.query_pids.tolist()) | set(data.gallery_pids.tolist())),
+            "part masks": "yes" if data.query_masks is not None else "no",
+            "image-blind reference": reference.get("name", "-")}
 
 
 def report_text(title: str, summary: dict[str, Any]) -> str:
