@@ -54,8 +54,11 @@ def validation_pairs(explainer: ExplainerLike, validation: ReidEvalSet, limit: i
                          "the validation queries")
     query, gallery = ImageSource(validation.query, "query"), ImageSource(validation.gallery,
                                                                          "gallery")
-    q_emb = explainer.embed(query.get(range(len(query))))
-    g_emb = explainer.embed(gallery.get(range(len(gallery))))
+    def embed(source: ImageSource) -> torch.Tensor:  # in chunks: a gallery can be large
+        return torch.cat([explainer.embed(source.get(range(s, min(s + 256, len(source)))))
+                          for s in range(0, len(source), 256)])
+
+    q_emb, g_emb = embed(query), embed(gallery)
     match = true_matches(q_emb, g_emb, validation.query_pids, validation.query_camids,
                          validation.gallery_pids, validation.gallery_camids)
     keep = np.flatnonzero(match >= 0)[:limit]
