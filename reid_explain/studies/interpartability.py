@@ -416,6 +416,8 @@ def markdown_tables(result: dict[str, Any]) -> str:
     ref_test = refs["test"][strongest]
 
     def ci(item: dict[str, float], scale: float = 100.0) -> str:
+        if not (np.isfinite(item["low"]) and np.isfinite(item["high"])):  # one seed: no interval
+            return f"{scale * item['mean']:+.1f} [no CI: one seed]"
         return (f"{scale * item['mean']:+.1f} [{scale * item['low']:+.1f}, "
                 f"{scale * item['high']:+.1f}]")
 
