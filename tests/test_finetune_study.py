@@ -106,6 +106,7 @@ def test_finetuning_from_the_zoo_runs_end_to_end_on_two_seeds(tmp_path):
                                            "backpack", "bag", "handbag"))
     tables = markdown_tables(result)
     assert "| ppim+constraint |" in tables and "| chance |" in tables
+    assert "nan" not in tables  # an interval that cannot exist is said so, not printed as NaN
     saved = json.loads(out.read_text())
     assert len(saved["runs"]) == 5 and saved["summary"] is not None
     lines.clear()
