@@ -239,12 +239,16 @@ def test_guided_gradcam_is_upsampled_gradcam_times_guided_backprop_by_hand():
 
     model = make_osnet()
     q, g = images(2, (128, 64)), images(2, (128, 64), seed=1)
-    with explainify(model) as exp:
+    import warnings
+
+    with explainify(model) as exp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         layer_name = exp.adapter.layer_name
         result = exp.explain(q, g, method="guided_gradcam", pairs=[(0, 1), (1, 0)], side="query")
         signed = exp.explain(q, g, method="guided_gradcam", pairs=[(0, 1)], side="query",
                              absolute=False).query.maps
     assert result.query.maps.shape == (2, 128, 64)
+    assert not [str(w.message) for w in caught]  # nothing for a user's terminal
     guided = copy.deepcopy(model)
     for module in list(guided.modules()):
         for child_name, child in list(module.named_children()):

@@ -71,8 +71,9 @@ class GuidedGradCAM(Attribution):
         with warnings.catch_warnings():
             # Captum announces the ReLU hooks it sets (and removes) on every call
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+            # inputs that already require grad: Captum would say it set the flag itself
             guided = GuidedBackprop(_Score(host, forward)).attribute(
-                inputs, additional_forward_args=target.args)
+                inputs.detach().requires_grad_(True), additional_forward_args=target.args)
         cam = LayerAttribution.interpolate(cam, tuple(inputs.shape[-2:]),
                                            interpolate_mode=interpolate_mode)
         maps = guided * cam  # as Captum's GuidedGradCam, with Grad-CAM's ReLU an option
