@@ -414,7 +414,7 @@ def test_report_on_photo_like_crops_and_a_751_class_legacy_checkpoint(tmp_path):
     run = subprocess.run([sys.executable, "-m", "reid_explain", "report", "--model",
                           "torchreid:osnet_x0_25", "--weights", str(checkpoint),
                           "--num-classes", "751", "--data", str(data), "--methods",
-                          "integrated_gradients", "--queries", "4", "--sanity-images", "3",
+                          "gradcam", "--queries", "4", "--sanity-images", "3",
                           "--height", "128",
                           "--width", "64", "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
