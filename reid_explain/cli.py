@@ -316,11 +316,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """What the model loses when one attribute of the same person changes, per attribute."""
-    from .attributes.causal import synth_config_of
+    from .attributes.causal import audit_explainer, synth_config_of
     from .errors import InputError
     from .explainer import explainify
     from .hosts import build_host
-    from .report import audit_host
     from .report.stages import StageClock
 
     config = synth_config_of(args.data)
@@ -332,7 +331,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     with explainify(model) as exp:
         data = _eval_data(exp, args.data, size)
         with StageClock().stage("causal attribute audit", f"{args.data}, 12 attributes"):
-            audit = audit_host(exp, data, {"config": config, "max_ids": args.ids})
+            audit = audit_explainer(exp, data, {"config": config, "max_ids": args.ids})
     audit.save(args.out)
     shown = audit.table[["rank", "attribute", "ap_drop", "ap_drop_low", "ap_drop_high",
                          "shift", "flip"]]

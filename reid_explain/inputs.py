@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -133,3 +134,12 @@ def select_pairs(scores: Tensor, pairs: Tensor | Sequence[tuple[int, int]] | Non
         return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
     rows, cols = torch.meshgrid(torch.arange(n_rows), torch.arange(n_cols), indexing="ij")
     return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
+
+
+def normalised_images(images: Sequence | np.ndarray, mean: Sequence[float],
+                      std: Sequence[float]) -> Tensor:
+    """``(N, H, W, 3)`` uint8 images (an array, or a sequence of them) as the ``(N, 3, H, W)``
+    float tensor a host takes: scaled to [0, 1], then ``(x - mean) / std`` per channel."""
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(images) if not isinstance(
+        images, np.ndarray) else images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)

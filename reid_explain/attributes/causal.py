@@ -37,10 +37,13 @@ import pandas as pd
 import torch
 
 from reid_explain.data.schema import MARKET1501
+from reid_explain.data.synth_pairs import render_as
 from reid_explain.data.synth_plan import render_sample
 from reid_explain.errors import InputError
+from reid_explain.inputs import normalised_images
 
-__all__ = ["ATTRIBUTE_PARTS", "CausalAudit", "agreement", "causal_audit", "change_attribute",
+__all__ = ["ATTRIBUTE_PARTS", "CausalAudit", "agreement", "audit_explainer", "causal_audit",
+           "change_attribute",
            "changed_render", "synth_config_of"]
 
 #: the figures per attribute, in the table's order
@@ -71,9 +74,7 @@ def changed_render(synth: Any, spec: Any, attribute: str, seed: int = 0) -> tupl
     new state), everything else as the plan has it; returns the render and the new state."""
     rng = np.random.default_rng(_seed(seed, attribute, spec.pid, spec.name))
     identity, new = change_attribute(synth.identity_of(spec), attribute, rng)
-    people = [identity if p.pid == spec.pid else p for p in synth.identities]
-    return render_sample(replace(synth, identities=people), spec,
-                         with_captions=False).rendered, new
+    return render_as(synth, spec, identity), new
 
 
 def _seed(*words: Any) -> int:
@@ -140,11 +141,6 @@ def summarise(per_query: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.
     return table.reset_index(drop=True)
 
 
-def _tensor(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
 def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
                  mean: Sequence[float], std: Sequence[float], max_ids: int | None = None,
                  attributes: Sequence[str] | None = None, seed: int = 0,
@@ -179,7 +175,7 @@ def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
         parts = []
         for start in range(0, len(images), batch_size):
             with torch.no_grad():
-                out = embed(_tensor(np.stack(images[start:start + batch_size]), mean, std))
+                out = embed(normalised_images(images[start:start + batch_size], mean, std))
             parts.append(torch.nn.functional.normalize(out.float(), dim=1))
         return torch.cat(parts)
 
@@ -226,6 +222,24 @@ def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
            "gallery": len(gallery), "data_seed": synth.config.seed}
     return CausalAudit(per_query=per_query, table=summarise(per_query, n_boot, seed),
                        config=cfg)
+
+
+def audit_explainer(explainer: Any, data: Any, causal: dict[str, Any]) -> CausalAudit:
+    """The causal audit of the host on the SynthPedes set ``causal["config"]``, its renders
+    resized to the scored images' size as the data set's transform resizes them."""
+    import torch.nn.functional as F
+
+    from reid_explain.evaluation.protocol import ImageSource
+
+    size = tuple(int(v) for v in ImageSource(data.query, "query").get([0]).shape[-2:])
+
+    def embed(images: Any) -> Any:
+        if tuple(images.shape[-2:]) != size:
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        return explainer.embed(images)
+
+    return causal_audit(embed, causal["config"], mean=explainer.adapter.pixel_mean,
+                        std=explainer.adapter.pixel_std, max_ids=causal.get("max_ids"))
 
 
 def synth_config_of(root: Any) -> dict[str, Any] | None:

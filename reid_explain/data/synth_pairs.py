@@ -132,7 +132,7 @@ def change_part(identity: Identity, part: str, rng: np.random.Generator,
     return changed, f"{part}: {old} -> {new}"
 
 
-def _render_as(synth_plan: SynthPlan, spec: SampleSpec, identity: Identity) -> Rendered:
+def render_as(synth_plan: SynthPlan, spec: SampleSpec, identity: Identity) -> Rendered:
     """``spec``'s image with ``identity`` in place of its own: same seed, view, crop, noise."""
     people = [identity if p.pid == spec.pid else p for p in synth_plan.identities]
     return render_sample(replace(synth_plan, identities=people), spec,
@@ -162,7 +162,7 @@ def _pair(synth_plan: SynthPlan, spec: SampleSpec, part: str, rng: np.random.Gen
     changed, change = change_part(identity, part, rng, kind)
     if first is None:
         first = render_sample(synth_plan, spec, with_captions=False).rendered
-    second = _render_as(synth_plan, spec, changed)
+    second = render_as(synth_plan, spec, changed)
     check_pair(first, second, part)
     return first, second, change
 

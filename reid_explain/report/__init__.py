@@ -65,30 +65,13 @@ def image_sections(explainer: ExplainerLike, data: ReidEvalSet, out: Path,
             summary["attributes"] = img.attribute_part(got["outcomes"], attributes, out, study,
                                                        n_estimators=trees)
         if causal is not None:
+            from ..attributes.causal import audit_explainer
+
             with clock.stage("causal attribute audit", "each query re-rendered 12 times"):
                 summary["attributes"]["causal"] = img.causal_part(
-                    audit_host(explainer, data, causal), summary["attributes"], study)
+                    audit_explainer(explainer, data, causal), summary["attributes"], study)
         sections.append(study)
     return sections, summary
-
-
-def audit_host(explainer: ExplainerLike, data: ReidEvalSet, causal: dict[str, Any]) -> Any:
-    """The causal audit of the host on the SynthPedes set ``causal["config"]``, its renders
-    resized to the scored images' size as the data set's transform resizes them."""
-    import torch.nn.functional as F
-
-    from ..attributes.causal import causal_audit
-    from ..evaluation.protocol import ImageSource
-
-    size = tuple(int(v) for v in ImageSource(data.query, "query").get([0]).shape[-2:])
-
-    def embed(images: Any) -> Any:
-        if tuple(images.shape[-2:]) != size:
-            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        return explainer.embed(images)
-
-    return causal_audit(embed, causal["config"], mean=explainer.adapter.pixel_mean,
-                        std=explainer.adapter.pixel_std, max_ids=causal.get("max_ids"))
 
 
 def text_sections(explainer: ExplainerLike, data: Any, out: Path,

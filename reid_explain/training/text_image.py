@@ -91,8 +91,9 @@ class TextImageData:
 
 def _to_tensor(images: Sequence[np.ndarray], mean: Sequence[float],
                std: Sequence[float]) -> Tensor:
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    from ..inputs import normalised_images
+
+    return normalised_images(images, mean, std)
 
 
 def synthpedes_text_image(n_ids: int = 120, images_per_id: int = 6, seed: int = 0,

@@ -43,9 +43,10 @@ class ZooSplit:
     def tensor(self, mean: Sequence[float], std: Sequence[float],
                rows: Sequence[int] | Tensor | None = None) -> Tensor:
         """Normalised ``(N, 3, H, W)`` float images (all, or ``rows``)."""
+        from ..inputs import normalised_images
+
         images = self.images if rows is None else self.images[np.asarray(rows)]
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-        return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        return normalised_images(images, mean, std)
 
 
 def render_splits(data: dict[str, Any], with_masks: bool = False,
