@@ -183,13 +183,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bars = not args.no_progress and sys.stderr.isatty() and shard.is_main
 
     from .explainer import explainify
-    from .hosts import build_host
 
-    size = (args.height, args.width)
     log(f"building host {args.model}" + (f" from {args.weights}" if args.weights else "")
         + (f" on {shard.world_size} processes" if shard.active else "")
         + (f" ({device})" if device.type != "cpu" else ""))
-    model = build_host(args.model, args.weights, image_size=size).to(device)
+    host, size = _host_and_size(args)
+    model = host.model.to(device)
     partial = f"{args.out.rstrip('/')}.partial"  # completed batches, for --resume
     try:
         with explainify(model, layer=args.layer) as exp:
@@ -255,6 +254,29 @@ def comparison_text(result: Any) -> str:
     return "\n".join(lines)
 
 
+#: image size of hosts whose spec records none (torchreid's Market-1501 default)
+DEFAULT_SIZE = (256, 128)
+
+
+def _host_and_size(args: argparse.Namespace, num_classes: int = 1) -> tuple[Any, tuple[int, int]]:
+    """The host of ``--model``/``--weights`` and the (height, width) to read data at:
+    ``--height``/``--width``, else the size the model was trained at where its spec records
+    it (zoo models, ``train:`` checkpoints), else 256x128."""
+    from .errors import InputError
+    from .hosts import load_host
+
+    given = (args.height, args.width)
+    wanted = tuple(g if g is not None else d for g, d in zip(given, DEFAULT_SIZE, strict=True))
+    host = load_host(args.model, args.weights, image_size=wanted, num_classes=num_classes)
+    native = host.image_size or DEFAULT_SIZE
+    wanted = tuple(g if g is not None else n for g, n in zip(given, native, strict=True))
+    if args.model.startswith("train:") and wanted != host.image_size:
+        raise InputError(f"--height/--width {wanted[0]}x{wanted[1]}: {args.weights} was trained "
+                         f"at {host.image_size[0]}x{host.image_size[1]} and its position "
+                         "embeddings admit no other size; drop --height/--width")
+    return host, (int(wanted[0]), int(wanted[1]))
+
+
 def _device(name: str) -> Any:
     """``--device``: a torch device that exists on this machine."""
     import torch
@@ -275,7 +297,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     folder, text-to-image ReID (CLIP hosts) on a CUHK-PEDES-style JSON, or both."""
     from .errors import InputError
     from .explainer import explainify
-    from .hosts import build_host
 
     if args.data is None and args.captions is None:
         raise InputError("give --data (a Market-1501-style folder), --captions (a "
@@ -285,9 +306,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         from .data.attributes import load_attribute_mat
 
         attributes = load_attribute_mat(args.attributes)
-    size = (args.height, args.width)
-    model = build_host(args.model, args.weights, image_size=size, num_classes=args.num_classes)
-    with explainify(model, layer=args.layer) as exp:
+    host, size = _host_and_size(args, args.num_classes)
+    with explainify(host.model, layer=args.layer, ppim=host.ppim) as exp:
         data = None if args.data is None else _eval_data(exp, args.data, size)
         captions = None
         if args.captions is not None:
@@ -319,16 +339,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .attributes.causal import audit_explainer, synth_config_of
     from .errors import InputError
     from .explainer import explainify
-    from .hosts import build_host
     from .report.stages import StageClock
 
     config = synth_config_of(args.data)
     if config is None:
         raise InputError(f"--data {args.data}: not a SynthPedes export (no "
                          "synthpedes/annotations.json); the audit re-renders its images")
-    size = (args.height, args.width)
-    model = build_host(args.model, args.weights, image_size=size, num_classes=args.num_classes)
-    with explainify(model) as exp:
+    host, size = _host_and_size(args, args.num_classes)
+    with explainify(host.model) as exp:
         data = _eval_data(exp, args.data, size)
         with StageClock().stage("causal attribute audit", f"{args.data}, 12 attributes"):
             audit = audit_explainer(exp, data, {"config": config, "max_ids": args.ids})
@@ -381,8 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="gradcam")
     p.add_argument("--metrics", nargs="+", default=["counterfactual_masking"])
     p.add_argument("--masker", default="mean")
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--height", type=int, default=None,
+                   help="image height (default: the size the model was trained at where its "
+                        "spec records it, zoo: and train:, else 256)")
+    p.add_argument("--width", type=int, default=None,
+                   help="image width (default: as --height, else 128)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-queries", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -411,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "text-to-image retrieval, caption maps and word relevance")
     p.add_argument("--split", default="test", help="split of --captions to report on")
     p.add_argument("--model", required=True,
-                   help="family:name, e.g. torchreid:osnet_x1_0, zoo:osnet-synthpedes")
+                   help="family:name, e.g. torchreid:osnet_x1_0, zoo:osnet-synthpedes, or "
+                        "train:text-image (a 'reid-explain train' checkpoint as --weights: "
+                        "the report then shows its PPIM head's own phrase maps)")
     p.add_argument("--weights", default=None, help="local checkpoint file")
     p.add_argument("--num-classes", type=int, default=1,
                    help="classifier size of a torchreid checkpoint (its classifier is "
@@ -424,8 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=100, help="queries explained and scored")
     p.add_argument("--sanity-images", type=int, default=8,
                    help="queries whose maps the model-randomisation check recomputes")
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--height", type=int, default=None,
+                   help="image height (default: the size the model was trained at where its "
+                        "spec records it, zoo: and train:, else 256)")
+    p.add_argument("--width", type=int, default=None,
+                   help="image width (default: as --height, else 128)")
     p.add_argument("--out", default="reid_explain_output/report")
     p = sub.add_parser("audit", help="causal attribute audit: re-render each query of a "
                                      "SynthPedes export with one attribute changed")
@@ -438,8 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids", type=int, default=None,
                    help="first test identities only (default: every query, whole gallery)")
     p.add_argument("--seed", type=int, default=0, help="draws of the replacement states")
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--height", type=int, default=None,
+                   help="image height (default: the size the model was trained at where its "
+                        "spec records it, zoo: and train:, else 256)")
+    p.add_argument("--width", type=int, default=None,
+                   help="image width (default: as --height, else 128)")
     p.add_argument("--out", default="reid_explain_output/audit")
     sub.add_parser("train", add_help=False,
                    help="reference training loops: --task text-image (InterPartAbility "

@@ -2,21 +2,38 @@
 
 ``family:name`` with family ``torchreid`` (``build_model`` + ``load_pretrained_weights``),
 ``open_clip`` (``create_model(name, pretrained=<file>, force_image_size=...)``), ``timm``
-(``create_model(name, pretrained_cfg_overlay=dict(file=<file>))``), or ``zoo`` (a model trained
-on SynthPedes and shipped in the package, :func:`reid_explain.zoo.load`). Weights are always a
+(``create_model(name, pretrained_cfg_overlay=dict(file=<file>))``), ``zoo`` (a model trained
+on SynthPedes and shipped in the package, :func:`reid_explain.zoo.load`), or ``train`` (a
+checkpoint of ``reid-explain train --task text-image``: the CLIP and the plugin heads it was
+trained with, so the report can show the PPIM head's own phrase maps). Weights are always a
 local file: nothing is fetched from a hub.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from .errors import DataFormatError, InputError
 
-FAMILIES = ("torchreid", "open_clip", "timm", "zoo")
+FAMILIES = ("torchreid", "open_clip", "timm", "zoo", "train")
+#: ``train:NAME``: the tasks whose checkpoints carry a host (``reid-explain train --task``)
+TRAIN_TASKS = ("text-image",)
+
+
+@dataclass
+class Host:
+    """A built host and what its checkpoint says beyond the weights."""
+
+    model: nn.Module
+    #: (height, width) the model was trained at, where the spec knows it (zoo, train)
+    image_size: tuple[int, int] | None = None
+    #: the trained PPIM of a ``train:`` checkpoint (``explainify(model, ppim=...)``), or None
+    ppim: Any = None
 
 
 def _weights_file(weights: str | os.PathLike | None) -> str | None:
@@ -36,7 +53,14 @@ def check_spec(spec: str, weights: str | os.PathLike | None = None) -> tuple[str
     if family not in FAMILIES or not name:
         raise InputError(f"model spec {spec!r} must be family:name with family one of "
                          f"{FAMILIES}, e.g. torchreid:osnet_x1_0, open_clip:ViT-B-16, "
-                         "timm:vit_base_patch16_224, zoo:osnet-synthpedes")
+                         "timm:vit_base_patch16_224, zoo:osnet-synthpedes, train:text-image")
+    if family == "train":
+        if name not in TRAIN_TASKS:
+            raise InputError(f"model spec {spec!r}: train checkpoints are of the tasks "
+                             f"{TRAIN_TASKS}, e.g. train:text-image")
+        if weights is None:
+            raise InputError(f"{spec}: give the checkpoint of 'reid-explain train --task "
+                             f"{name}' as --weights")
     if family == "zoo":
         if weights is not None:
             raise InputError(f"{spec}: zoo models carry their own weights; drop --weights")
@@ -48,10 +72,46 @@ def check_spec(spec: str, weights: str | os.PathLike | None = None) -> tuple[str
     return family, name
 
 
+def native_image_size(spec: str, weights: str | os.PathLike | None = None
+                      ) -> tuple[int, int] | None:
+    """(height, width) a host was trained at, where its spec records it (zoo models, ``train:``
+    checkpoints), else None: explaining a model at its own input size avoids a resolution
+    shift, and a CLIP's position embeddings admit no other."""
+    family, name = check_spec(spec, weights)
+    if family == "zoo":
+        from .zoo.registry import ZOO_DATA
+        from .zoo.registry import spec as zoo_spec
+
+        size = zoo_spec(name).architecture.get("image_size",
+                                               (ZOO_DATA["height"], ZOO_DATA["width"]))
+        return (int(size[0]), int(size[1]))
+    if family == "train":
+        return load_host(spec, weights).image_size
+    return None
+
+
+def load_host(spec: str, weights: str | os.PathLike | None = None,
+              image_size: tuple[int, int] = (256, 128), num_classes: int = 1) -> Host:
+    """The host of ``family:name`` in eval mode, its training size and, for a ``train:``
+    checkpoint, the trained PPIM."""
+    family, name = check_spec(spec, weights)
+    if family == "train":
+        from .training.text_image import load_checkpoint
+
+        model, session, payload = load_checkpoint(_weights_file(weights))
+        ppim = session.losses.get("ppim") if session is not None else None
+        size = tuple(payload["clip_config"]["image_size"])
+        return Host(model.eval(), (int(size[0]), int(size[1])), ppim)
+    native = native_image_size(spec, weights) if family == "zoo" else None
+    return Host(build_host(spec, weights, image_size, num_classes), native)
+
+
 def build_host(spec: str, weights: str | os.PathLike | None = None,
                image_size: tuple[int, int] = (256, 128), num_classes: int = 1) -> nn.Module:
     """A host model in eval mode from ``family:name`` and an optional local weights file."""
     family, name = check_spec(spec, weights)
+    if family == "train":
+        return load_host(spec, weights).model
     if family == "zoo":
         from .zoo import load
 

@@ -14,7 +14,7 @@ from hygiene import host_state
 
 from reid_explain import explainify, training
 from reid_explain.cli import main as cli_main
-from reid_explain.errors import InputError
+from reid_explain.errors import DataFormatError, InputError
 from reid_explain.evaluation.grounding_scores import energy_pointing_game
 from reid_explain.evaluation.phrase_grounding import (
     location_prior_scores,
@@ -559,3 +559,45 @@ def test_explainify_with_the_trained_ppim_offers_its_head_as_a_phrase_method(syn
     constraint_only = training.TrainingSession(model, ("attention_constraint",))
     with pytest.raises(InputError, match="not 'ppim'"):
         explainify(model, ppim=constraint_only)
+
+
+@pytest.mark.slow
+def test_report_shows_the_ppim_head_of_a_train_checkpoint(synth_splits, tmp_path, capsys):
+    """``report --model train:text-image --weights CKPT``: the CLIP and the PPIM head it was
+    trained with come back from the checkpoint, and the caption maps add the head's own phrase
+    maps (phrases found by the rule extractor: a CUHK-PEDES JSON has no spans)."""
+    from reid_explain.hosts import load_host
+
+    model = tiny_clip(SMALL)
+    config = TrainConfig(epochs=1, batch_size=16, lr=2e-3, losses=("ppim",), max_steps=2)
+    _, session = train_text_image(model, synth_splits["train"], config)
+    ckpt = save_checkpoint(tmp_path / "ckpt.pt", model, SMALL, session, config)
+    host = load_host("train:text-image", ckpt)
+    assert host.image_size == SMALL.image_size
+    for key, value in session.losses["ppim"].state_dict().items():
+        assert torch.equal(host.ppim.state_dict()[key], value)
+    assert cli_main(["synth", "--out", str(tmp_path / "data"), "--ids", "8", "--seed", "6",
+                     "--format", "cuhk"]) == 0
+    annotations = next((tmp_path / "data").rglob("reid_raw.json"))
+    out = tmp_path / "report"
+    capsys.readouterr()
+    assert cli_main(["report", "--model", "train:text-image", "--weights", str(ckpt),
+                     "--captions", str(annotations), "--methods", "gradcam", "--queries", "4",
+                     "--out", str(out)]) == 0, capsys.readouterr().err
+    page = (out / "index.html").read_text()
+    assert "img/ppim_phrase_maps.png" in page and "trained PPIM head" in page
+    assert (out / "img" / "ppim_phrase_maps.png").stat().st_size > 1000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["text"]["retrieval"]["captions"] > 0
+    assert cli_main(["report", "--model", "train:text-image", "--weights", str(ckpt),
+                     "--captions", str(annotations), "--height", "128", "--out",
+                     str(tmp_path / "other")]) != 0
+    assert "--height/--width 128x32: " in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(InputError, match="give the checkpoint"):
+        load_host("train:text-image")
+    with pytest.raises(InputError, match="train checkpoints are of the tasks"):
+        load_host("train:image", ckpt)
+    with pytest.raises(DataFormatError, match="not a reid-explain text-image checkpoint"):
+        torch.save({"format": "other"}, tmp_path / "other.pt")
+        load_host("train:text-image", tmp_path / "other.pt")

@@ -211,9 +211,12 @@ def randomization(curves_by_method: Mapping[str, tuple[list[str], list[float]]],
 
 
 def phrase_panels(rows: Sequence[Mapping], path: str | Path) -> Path:
-    """Per caption: the image, then for each phrase its ground-truth part and its map."""
+    """Per caption: the image, then for each phrase its ground-truth part (where the data has
+    part masks) and its map."""
     plt = _plt()
-    width = max(1 + 2 * len(r["phrases"]) for r in rows)
+    truth = any(p.get("mask") is not None for r in rows for p in r["phrases"])
+    step = 2 if truth else 1
+    width = max(1 + step * len(r["phrases"]) for r in rows)
     fig, axes = plt.subplots(len(rows), width, figsize=(0.95 * width, 2.3 * len(rows)),
                              squeeze=False)
     for i, row in enumerate(rows):
@@ -224,15 +227,20 @@ def phrase_panels(rows: Sequence[Mapping], path: str | Path) -> Path:
         axes[i, 0].imshow(row["image"])
         axes[i, 0].set_title("image", fontsize=6)
         for j, phrase in enumerate(row["phrases"]):
-            a, b = axes[i, 1 + 2 * j], axes[i, 2 + 2 * j]
-            a.axis("on")
+            b = axes[i, step * (j + 1)]
             b.axis("on")
-            if phrase.get("mask") is not None:
-                a.imshow(parts_image(row["image"], phrase["mask"][None]))
-            a.set_title(f"{phrase['text'][:18]}\n(truth)", fontsize=6)
             b.imshow(overlay(row["image"], phrase["map"]))
             energy = phrase.get("energy")
-            b.set_title("map" + (f" E={energy:.2f}" if energy is not None else ""), fontsize=6)
+            scored = f" E={energy:.2f}" if energy is not None else ""
+            if truth:
+                a = axes[i, 1 + 2 * j]
+                a.axis("on")
+                if phrase.get("mask") is not None:
+                    a.imshow(parts_image(row["image"], phrase["mask"][None]))
+                a.set_title(f"{phrase['text'][:18]}\n(truth)", fontsize=6)
+                b.set_title("map" + scored, fontsize=6)
+            else:
+                b.set_title(f"{phrase['text'][:18]}", fontsize=6)
     return _save(fig, path)
 
 

@@ -88,6 +88,13 @@ def caption_maps_part(explainer: ExplainerLike, data: TextImageData, methods: Se
                            signed=figures.signed_methods(methods))
     section.figure(fig, "Each caption's own image, its ground-truth parts, and each method's "
                         "map of the caption-image cosine.", out)
+    if getattr(explainer, "ppim", None) is not None:  # a model trained with PPIM
+        fig = figures.phrase_panels(_phrase_panels(explainer, data, "ppim", n_show),
+                                    out / "img" / "ppim_phrase_maps.png")
+        section.figure(fig, "The trained PPIM head's own phrase maps, InterPartAbility's "
+                            "explanation: where the head pools each phrase of the caption ("
+                            + ("the data's phrase spans" if data.phrases else
+                               "phrases found by the rule extractor") + ").", out)
     for i, r in enumerate(rows):
         fig = figures.word_relevance(words.words(i), out / "img" / f"words_{i}.png",
                                      f"token IG relevance: “{captions[i][:70]}”")
@@ -209,8 +216,9 @@ def _phrase_panels(explainer: ExplainerLike, data: TextImageData, method: str,
 
     rows = one_caption_per_identity(data, n_show)
     image_rows = [int(data.caption_image[r]) for r in rows]
+    spans = [data.phrases[r] for r in rows] if data.phrases else None  # else rule-extracted
     groundings = explainer.ground(data.images[image_rows], [data.captions[r] for r in rows],
-                                  method=method, phrases=[data.phrases[r] for r in rows])
+                                  method=method, phrases=spans)
     images = display_images(explainer, data.images[image_rows])
     panels = []
     for i, g in enumerate(groundings):
@@ -219,7 +227,7 @@ def _phrase_panels(explainer: ExplainerLike, data: TextImageData, method: str,
         for j, phrase in enumerate(g.phrases[:4]):
             part = phrase.get("part")
             mask = (data.masks[image_rows[i]][list(data.part_names).index(part)]
-                    if part in data.part_names else None)
+                    if data.masks is not None and part in data.part_names else None)
             energy = (float(energy_pointing_game(maps[j:j + 1], mask[None, None])[0, 0])
                       if mask is not None and mask.any() else None)
             items.append({"text": phrase["text"], "map": maps[j].numpy(),
