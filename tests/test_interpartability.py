@@ -224,6 +224,32 @@ def test_phrase_grounding_scores_each_phrase_against_its_own_part(synth_splits):
                                                          for r in scores["records"]]))
 
 
+def test_shared_random_cells_give_each_method_the_gap_it_gets_alone(synth_splits):
+    """The report reuses one set of random-cell drops for every method's maps: the gaps must
+    equal those computed alone, and a second method's call must not re-draw the random cells
+    (the shared entry is made once)."""
+    from reid_explain.evaluation.phrase_grounding import (
+        collect_phrase_maps,
+        maps_counterfactual_gap,
+    )
+
+    model = tiny_clip(SMALL)
+    data = synth_splits["test"]
+    shared: dict = {}
+    with explainify(model) as exp:
+        maps = {m: collect_phrase_maps(exp, data, m, max_captions=6, batch_size=4)
+                for m in ("similarity", "gradcam")}
+        alone = {m: maps_counterfactual_gap(exp, data, maps[m], batch_size=4) for m in maps}
+        together = {m: maps_counterfactual_gap(exp, data, maps[m], batch_size=4, shared=shared)
+                    for m in maps}
+    assert len(shared) == 1
+    for m in maps:
+        assert together[m]["captions"] == alone[m]["captions"] == 6
+        for key in ("top_drop", "random_drop", "gap", "gap_ci_low", "gap_ci_high"):
+            assert together[m][key] == pytest.approx(alone[m][key], abs=1e-6), (m, key)
+    assert alone["similarity"]["top_drop"] != alone["gradcam"]["top_drop"]
+
+
 def test_location_prior_knows_where_parts_usually_are(synth_splits):
     train, test = synth_splits["train"], synth_splits["test"]
     prior = location_prior_scores(train, test, grid=(8, 4))

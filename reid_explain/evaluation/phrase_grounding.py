@@ -320,17 +320,43 @@ def _caption_similarity(explainer: ExplainerLike, images: torch.Tensor,
     return (explainer.embed(images) * text_emb).sum(dim=1)
 
 
+def _random_drops(explainer: ExplainerLike, images: Tensor, text_emb: Tensor, base: Tensor,
+                  grid: tuple[int, int], k: int, n_random: int,
+                  generator: torch.Generator) -> Tensor:
+    """Mean cosine drop over ``n_random`` draws of ``k`` random cells per caption."""
+    n, (h, w) = len(images), grid
+    variants = []
+    for _ in range(n_random):
+        idx = torch.rand(n, h * w, generator=generator).argsort(dim=1)[:, :k]
+        variants.append(torch.zeros(n, h * w, dtype=torch.bool)
+                        .scatter_(1, idx, True).view(-1, h, w))
+    size = tuple(images.shape[-2:])
+    masked = torch.cat([images.masked_fill(grid_to_pixels(v, size), 0.0) for v in variants])
+    sims = _caption_similarity(explainer, masked, text_emb.repeat(n_random, 1))
+    return (base[None] - sims.view(n_random, n)).mean(dim=0).cpu()
+
+
 def maps_counterfactual_gap(explainer: ExplainerLike, data: TextImageData, phrase_maps: PhraseMaps,
                             fraction: float = 0.2, n_random: int = 5, seed: int = 0,
-                            batch_size: int = 64) -> dict[str, float]:
+                            batch_size: int = 64, shared: dict | None = None
+                            ) -> dict[str, float]:
     """Caption-image cosine drop when the top ``fraction`` cells of each caption's mean phrase
     map are set to 0 (the mean colour), minus the drop for random cells (bootstrap CI over
-    captions). Works for any maps, a model's or an image-blind prior's."""
+    captions). Works for any maps, a model's or an image-blind prior's.
+
+    ``shared``: a dict kept across calls on the same explainer and data. The random cells
+    depend only on the captions scored, the grid, ``fraction``, ``n_random`` and ``seed``, not
+    on the maps, so several methods' gaps reuse one set of random drops (identical numbers,
+    one forward pass of the random variants instead of one per method)."""
     generator = torch.Generator().manual_seed(seed)
     entries = [(r, m) for r, m in zip(phrase_maps.rows, phrase_maps.maps, strict=True)
                if m is not None and len(m)]
+    key = (tuple(r for r, _ in entries), tuple(entries[0][1].shape[-2:]) if entries else (),
+           fraction, n_random, seed, batch_size)
+    cached = None if shared is None else shared.get(key)
+    computed = []
     top_drops, random_drops = [], []
-    for start in range(0, len(entries), batch_size):
+    for b, start in enumerate(range(0, len(entries), batch_size)):
         chunk = entries[start: start + batch_size]
         rows = [r for r, _ in chunk]
         maps = torch.stack([m.mean(dim=0) for _, m in chunk])
@@ -341,18 +367,19 @@ def maps_counterfactual_gap(explainer: ExplainerLike, data: TextImageData, phras
         top = torch.zeros(n, h * w, dtype=torch.bool)
         top.scatter_(1, maps.flatten(1).argsort(dim=1, descending=True, stable=True)[:, :k],
                      True)
-        variants = [top.view(-1, h, w)]
-        for _ in range(n_random):
-            idx = torch.rand(n, h * w, generator=generator).argsort(dim=1)[:, :k]
-            variants.append(torch.zeros(n, h * w, dtype=torch.bool)
-                            .scatter_(1, idx, True).view(-1, h, w))
-        base = _caption_similarity(explainer, images, text_emb)
-        size = tuple(images.shape[-2:])
-        masked = torch.cat([images.masked_fill(grid_to_pixels(v, size), 0.0) for v in variants])
-        sims = _caption_similarity(explainer, masked, text_emb.repeat(len(variants), 1))
-        sims = sims.view(len(variants), n)
-        top_drops.append((base - sims[0]).cpu())
-        random_drops.append((base[None] - sims[1:]).mean(dim=0).cpu())
+        if cached is not None:
+            base, random_drop = cached[b]
+        else:
+            base = _caption_similarity(explainer, images, text_emb)
+            random_drop = _random_drops(explainer, images, text_emb, base, (h, w), k, n_random,
+                                        generator)
+            computed.append((base, random_drop))
+        masked = images.masked_fill(grid_to_pixels(top.view(-1, h, w),
+                                                   tuple(images.shape[-2:])), 0.0)
+        top_drops.append((base - _caption_similarity(explainer, masked, text_emb)).cpu())
+        random_drops.append(random_drop)
+    if shared is not None and cached is None:
+        shared[key] = computed
     top_drop = torch.cat(top_drops).numpy()
     random_drop = torch.cat(random_drops).numpy()
     ci = bootstrap_ci(top_drop - random_drop, seed=seed)

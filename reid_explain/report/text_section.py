@@ -109,9 +109,9 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
     location prior and chance; counterfactual gap of each method's phrase maps."""
     from ..evaluation.phrase_grounding import (
         choose_phrase_reference,
+        collect_phrase_maps,
         location_prior_scores,
-        phrase_counterfactual_gap,
-        phrase_grounding_scores,
+        maps_counterfactual_gap,
         phrase_verdict,
         prior_phrase_maps,
         score_phrase_maps,
@@ -121,8 +121,9 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
     methods = [m for m in PHRASE_METHODS if m == "similarity" or _supports(m, caps)]
     if getattr(explainer, "ppim", None) is not None:  # the model's own PPIM head
         methods.append("ppim")
-    scores = {m: phrase_grounding_scores(explainer, data, m, max_captions=max_captions)
-              for m in methods}
+    maps = {m: collect_phrase_maps(explainer, data, m, max_captions=max_captions)
+            for m in methods}  # computed once: scored, then masked for the gap
+    scores = {m: score_phrase_maps(data, maps[m]) for m in methods}
     size = tuple(data.images.shape[-2:])
     grid = explainer.adapter.grid_size(size)
     chosen, verdicts = None, {}
@@ -135,8 +136,9 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
                 chosen["build"], data, grid, max_captions, chosen["powers"]))
             verdicts = {m: phrase_verdict(scores[m], scores[REFERENCE], seed=seed)
                         for m in methods}
-    gaps = {m: phrase_counterfactual_gap(explainer, data, m, max_captions=max_captions,
-                                         seed=seed) for m in methods}
+    shared: dict = {}  # the random cells' drops, the same for every method's maps
+    gaps = {m: maps_counterfactual_gap(explainer, data, maps[m], seed=seed, shared=shared)
+            for m in methods}
     chance = _chance(data, scores[methods[0]]["records"])
     parts = sorted({p for s in scores.values() for p in s["by_part"]})
     table = []
