@@ -33,11 +33,16 @@ class HostGuard:
         if self._depth > 1:  # nested use: the outermost guard restores
             return self
         self._modules = list(self.model.modules())
-        self._dicts = [(m, name, dict(getattr(m, name))) for m in self._modules
-                       for name in _HOOK_DICTS + _MEMBER_DICTS if hasattr(m, name)]
+        # (module's __dict__, name, the dict object, a copy of it or None when empty): most of
+        # a host's hook dicts are empty, and copying each of them on every metric call cost
+        # ~21 ms per entry on a 442-module OSNet; an empty one is only checked on exit
+        self._dicts = [(attrs, name, value, dict(value) if value else None)
+                       for attrs in (vars(m) for m in self._modules)
+                       for name in _HOOK_DICTS + _MEMBER_DICTS
+                       if (value := attrs.get(name)) is not None]
         self._modes = [(m, m.training) for m in self._modules]
         self._params = [(p, p.requires_grad, p.grad) for p in self.model.parameters()]
-        if self.eval_mode:
+        if self.eval_mode and any(mode for _, mode in self._modes):
             self.model.eval()
         return self
 
@@ -46,14 +51,19 @@ class HostGuard:
         self._depth -= 1
         if self._depth:
             return
-        for module, name, saved in self._dicts:
-            current = getattr(module, name)
-            if current.keys() != saved.keys() or any(current[k] is not v
-                                                     for k, v in saved.items()):
-                current.clear()
-                current.update(saved)
+        for attrs, name, original, saved in self._dicts:
+            if attrs.get(name) is not original:  # the dict itself was replaced
+                attrs[name] = original
+            if saved is None:
+                if original:
+                    original.clear()
+            elif original.keys() != saved.keys() or any(original[k] is not v
+                                                        for k, v in saved.items()):
+                original.clear()
+                original.update(saved)
         for module, mode in self._modes:
-            module.training = mode
+            if module.training is not mode:  # Module.__setattr__ is slow: set what changed
+                module.training = mode
         for param, requires_grad, grad in self._params:
             param.requires_grad_(requires_grad)
             if param.grad is not grad:

@@ -97,3 +97,40 @@ def test_strict_json_writes_undefined_figures_as_null_never_nan():
     assert json_safe(np.int64(7)) == 7 and isinstance(json_safe(np.int64(7)), int)
     with pytest.raises(ValueError):  # what the plain call does: strict_json must differ
         json.dumps(record, allow_nan=False, default=str)
+
+
+def test_host_guard_undoes_what_a_careless_plugin_does_inside_it():
+    """Everything a plugin can leave behind, undone on exit: hooks in dicts that were empty and
+    in ones that were not, a hook dict replaced outright, an injected module, a parameter
+    swapped out, requires_grad, .grad and train mode; a nested guard leaves the restoring to
+    the outermost one."""
+    from collections import OrderedDict
+
+    from reid_explain.host_guard import HostGuard
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.Sequential(torch.nn.ReLU()))
+    model.train()
+    calls: list[int] = []
+    model[0].register_forward_hook(lambda *_: calls.append(0))  # the user's own hook
+    before = host_state(model)
+    weight = model[0].weight
+    guard = HostGuard(model)
+    with guard:
+        assert not model.training and not model[1].training
+        model[0].register_forward_hook(lambda *_: calls.append(1))  # a non-empty dict
+        model[1].register_forward_pre_hook(lambda *_: calls.append(2))  # an empty one
+        model[2]._forward_hooks = OrderedDict({99: lambda *_: calls.append(3)})  # replaced
+        model[2].add_module("stray", torch.nn.Identity())
+        model[0].weight = torch.nn.Parameter(torch.zeros_like(weight))
+        model[1].bias.requires_grad_(False)
+        model[1].weight.grad = torch.ones(4)
+        with guard:  # nested: nothing restored yet
+            pass
+        assert len(model[0]._forward_hooks) == 2 and "stray" in model[2]._modules
+    assert host_state(model) == before
+    assert model[0].weight is weight and model.training and model[1].training
+    assert model[1].bias.requires_grad and model[1].weight.grad is None
+    assert not model[1]._forward_pre_hooks and not model[2]._forward_hooks
+    model(torch.zeros(1, 3, 5, 5))
+    assert calls == [0]  # only the user's hook runs

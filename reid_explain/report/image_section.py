@@ -145,20 +145,25 @@ def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Seque
     """Maps of every method on both images, then each method scored beside random maps and
     the image-blind reference (its maps are the same for every method, so they are scored
     once, with the first method, and compared with every method on the same pairs)."""
+    import tempfile
+
     from ..evaluation.protocol import metric_orientation
     from ..evaluation.verdicts import compare
 
     has_masks = data.query_masks is not None
     metrics = list(FAITHFULNESS) + (list(GROUNDING) if has_masks else [])
     results, seconds = {}, {}
-    for k, method in enumerate(methods):
-        start = time.perf_counter()
-        results[method] = evaluate(explainer, data, method=method, metrics=metrics,
-                                   max_queries=n_queries, seed=seed, progress=False,
-                                   batch_size=batch_size, metric_options=METRIC_OPTIONS,
-                                   method_options=FAST_OPTIONS.get(method),
-                                   reference="auto" if k == 0 else None)
-        seconds[method] = time.perf_counter() - start
+    # the gallery is embedded once, not once per method (evaluate's feature cache)
+    with tempfile.TemporaryDirectory(prefix="reid_explain_gallery_") as features:
+        for k, method in enumerate(methods):
+            start = time.perf_counter()
+            results[method] = evaluate(explainer, data, method=method, metrics=metrics,
+                                       max_queries=n_queries, seed=seed, progress=False,
+                                       batch_size=batch_size, metric_options=METRIC_OPTIONS,
+                                       method_options=FAST_OPTIONS.get(method),
+                                       reference="auto" if k == 0 else None,
+                                       feature_cache=features)
+            seconds[method] = time.perf_counter() - start
     first_result = results[methods[0]]
     reference_rows = first_result.table[first_result.table.method == "reference"]
     for method in methods[1:]:
