@@ -368,6 +368,15 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _add_size_arguments(p: argparse.ArgumentParser) -> None:
+    """``--height``/``--width``: unset, the size the host was trained at (``_host_and_size``)."""
+    p.add_argument("--height", type=int, default=None,
+                   help="image height (default: the size the model was trained at where its "
+                        "spec records it, zoo: and train:, else 256)")
+    p.add_argument("--width", type=int, default=None,
+                   help="image width (default: as --height, else 128)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reid-explain",
@@ -399,11 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="gradcam")
     p.add_argument("--metrics", nargs="+", default=["counterfactual_masking"])
     p.add_argument("--masker", default="mean")
-    p.add_argument("--height", type=int, default=None,
-                   help="image height (default: the size the model was trained at where its "
-                        "spec records it, zoo: and train:, else 256)")
-    p.add_argument("--width", type=int, default=None,
-                   help="image width (default: as --height, else 128)")
+    _add_size_arguments(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-queries", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -447,11 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=100, help="queries explained and scored")
     p.add_argument("--sanity-images", type=int, default=8,
                    help="queries whose maps the model-randomisation check recomputes")
-    p.add_argument("--height", type=int, default=None,
-                   help="image height (default: the size the model was trained at where its "
-                        "spec records it, zoo: and train:, else 256)")
-    p.add_argument("--width", type=int, default=None,
-                   help="image width (default: as --height, else 128)")
+    _add_size_arguments(p)
     p.add_argument("--out", default="reid_explain_output/report")
     p = sub.add_parser("audit", help="causal attribute audit: re-render each query of a "
                                      "SynthPedes export with one attribute changed")
@@ -464,11 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids", type=int, default=None,
                    help="first test identities only (default: every query, whole gallery)")
     p.add_argument("--seed", type=int, default=0, help="draws of the replacement states")
-    p.add_argument("--height", type=int, default=None,
-                   help="image height (default: the size the model was trained at where its "
-                        "spec records it, zoo: and train:, else 256)")
-    p.add_argument("--width", type=int, default=None,
-                   help="image width (default: as --height, else 128)")
+    _add_size_arguments(p)
     p.add_argument("--out", default="reid_explain_output/audit")
     sub.add_parser("train", add_help=False,
                    help="reference training loops: --task text-image (InterPartAbility "
