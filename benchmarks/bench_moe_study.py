@@ -10,6 +10,8 @@ thread. Acceptance (issue 7, point 2): ρ >= 0.8 and the same top 3.
     python benchmarks/bench_moe_study.py                      # 2 orders x seeds 0, 1
     python benchmarks/bench_moe_study.py --seeds 0 --orders default
     python benchmarks/bench_moe_study.py --orders "upper_color,hat,gender,backpack,age,..."
+    python benchmarks/bench_moe_study.py --orders default --seeds 701 702 \
+        --host zoo:clip-synthpedes --router --causal [--ablation-routing learned]
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def main() -> None:
                    help="also train the learned router and report its gap to the oracle")
     p.add_argument("--ablation-routing", default="oracle", choices=["oracle", "learned"],
                    help="route the ablation by the labels (oracle) or the router's predictions")
+    p.add_argument("--causal", action="store_true",
+                   help="also audit the trained model's causal reliance (re-rendered queries, "
+                        "routed as the ablation is) and the host's alone, and measure the "
+                        "ablation rankings against it")
     p.add_argument("--json", default=None, help="also write every run's summary here")
     args = p.parse_args()
 
@@ -53,7 +59,8 @@ def main() -> None:
                 result = planted_order_study(None if order == "default" else order.split(","),
                                              seed, epochs=args.epochs, n_ids=args.n_ids,
                                              threads=1, host=args.host, router=args.router,
-                                             ablation_routing=args.ablation_routing)
+                                             ablation_routing=args.ablation_routing,
+                                             causal=args.causal)
             seconds = time.perf_counter() - start
             resp = result.other["responses"]
             name = "default" if order == "default" else f"order{i}"
@@ -67,6 +74,14 @@ def main() -> None:
                       f"{m['none_mAP']:.3f}", flush=True)
             print(f"         planted {result.planted_order}\n         found   {result.order}",
                   flush=True)
+            if result.causal is not None:
+                for who in ("model", "host"):
+                    rows = result.causal[who]["attributes"]
+                    print(f"         causal ({who}): " + ", ".join(
+                        f"{r['attribute']} {r['ap_drop']:.3f}" for r in rows), flush=True)
+                for name, a in result.causal["agreement"].items():
+                    print(f"         {name:<20} vs causal: rho {a['spearman']:+.3f} "
+                          f"top-3 {a['top3_shared']}/3", flush=True)
             runs.append({**result.summary(), "total_seconds": round(seconds, 1)})
     if args.json:
         with open(args.json, "w") as fh:

@@ -124,3 +124,59 @@ def test_audit_command_on_a_synthpedes_export(tmp_path, capsys):
                  "--out", str(tmp_path / "no")]) == 2
     assert "not a SynthPedes export" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
+
+
+def test_codes_of_rendered_people_are_the_codes_the_exported_mat_gives(tmp_path):
+    """``attribute_codes_of`` (what an oracle-routed audit hands the router) equals what
+    ``ImageReidDataset`` reads for the same identities from a ``market_attribute.mat`` export."""
+    from reid_explain.attributes.causal import attribute_codes_of
+    from reid_explain.data.attributes import load_attributes
+    from reid_explain.data.datasets import ImageReidDataset
+    from reid_explain.data.synth_export import export_synthpedes
+
+    config = SynthConfig(**CONFIG | {"n_ids": 16})
+    export_synthpedes(tmp_path, config, formats=("market", "attributes"))
+    table = load_attributes(tmp_path / "market1501" / "market_attribute.mat")
+    synth = plan(config)
+    checked = 0
+    for split in ("train", "query"):
+        data = ImageReidDataset(tmp_path, split, attributes=table)
+        for i in range(len(data)):
+            pid = data.original_pids[i]
+            if pid == 0:
+                continue
+            expected = attribute_codes_of([synth.identity_by_pid[pid]])[0]
+            assert torch.equal(data[i]["attributes"], expected), (split, pid)
+            checked += 1
+    assert checked >= 16
+
+
+def test_an_oracle_routed_moe_is_audited_through_its_experts():
+    """A random host whose only strong experts are gender's: routed by the oracle from each
+    render's codes (a changed render carries its changed codes), gender moves the embedding
+    most; the host alone barely sees gender, and ranks it nowhere near first."""
+    from conftest import make_timm_vit
+
+    from reid_explain.moe.planted import moe_causal_audit
+    from reid_explain.training.session import attach
+
+    model = make_timm_vit()
+    session = attach(model, modifications=["lora_moe"],
+                     lora_moe={"schema": "market1501", "last_n": 2, "rank": 4})
+    moe = session.modification("lora_moe")
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".moe_gender_" in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+    try:
+        config = CONFIG | {"n_ids": 30}
+        routed = moe_causal_audit(moe, config, (0.5,) * 3, (0.5,) * 3).table
+        host = moe_causal_audit(moe, config, (0.5,) * 3, (0.5,) * 3, experts=False).table
+    finally:
+        session.detach()
+    routed, host = routed.set_index("attribute"), host.set_index("attribute")
+    assert routed["shift"].idxmax() == "gender"
+    assert routed.loc["gender", "shift"] > 3 * routed.drop(index="gender")["shift"].max()
+    assert host.loc["gender", "shift"] < 0.5 * host["shift"].max()
+    assert not model.training  # the audit left the modes as it found them (eval)

@@ -42,8 +42,8 @@ from reid_explain.data.synth_plan import render_sample
 from reid_explain.errors import InputError
 from reid_explain.inputs import normalised_images
 
-__all__ = ["ATTRIBUTE_PARTS", "CausalAudit", "agreement", "audit_explainer", "causal_audit",
-           "change_attribute",
+__all__ = ["ATTRIBUTE_PARTS", "CausalAudit", "agreement", "attribute_codes_of",
+           "audit_explainer", "causal_audit", "change_attribute",
            "changed_render", "synth_config_of"]
 
 #: the figures per attribute, in the table's order
@@ -65,8 +65,21 @@ def change_attribute(identity: Any, attribute: str, rng: np.random.Generator) ->
     old = identity.get(attribute)
     others = [s for s in MARKET1501[attribute].states if s != old]
     new = others[int(rng.integers(len(others)))]
-    attributes = tuple((k, new if k == attribute else v) for k, v in identity.attributes)
-    return replace(identity, attributes=attributes), new
+    return _with(identity, attribute, new), new
+
+
+def _with(identity: Any, attribute: str, state: str) -> Any:
+    attributes = tuple((k, state if k == attribute else v) for k, v in identity.attributes)
+    return replace(identity, attributes=attributes)
+
+
+def attribute_codes_of(people: Sequence[Any]) -> torch.Tensor:
+    """``(B, A)`` int64 Market-1501 codes of SynthPedes identities: each attribute's state index
+    in schema order, as :func:`~reid_explain.data.attributes.attribute_codes` reads them from a
+    ``market_attribute.mat`` export."""
+    states = [(a.name, list(a.states)) for a in MARKET1501]
+    return torch.tensor([[s.index(p.get(name)) for name, s in states] for p in people],
+                        dtype=torch.long).reshape(len(people), len(states))
 
 
 def changed_render(synth: Any, spec: Any, attribute: str, seed: int = 0) -> tuple[Any, str]:
@@ -144,7 +157,8 @@ def summarise(per_query: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.
 def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
                  mean: Sequence[float], std: Sequence[float], max_ids: int | None = None,
                  attributes: Sequence[str] | None = None, seed: int = 0,
-                 batch_size: int = 128, n_boot: int = 1000) -> CausalAudit:
+                 batch_size: int = 128, n_boot: int = 1000,
+                 with_codes: bool = False) -> CausalAudit:
     """Re-render every query of the SynthPedes test split ``config`` (a ``SynthConfig`` or its
     fields) with each attribute changed and measure what the model ``embed`` loses.
 
@@ -153,6 +167,12 @@ def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
     queries against their own gallery images, as ``zoo.data.render_splits(max_ids=...)`` gives
     the demo's test split (without it: every test query against the whole gallery, distractors
     included).
+
+    ``with_codes=True`` calls ``embed(images, codes)`` instead, ``codes`` the drawn people's
+    Market-1501 attribute codes ``(B, A)`` (:func:`attribute_codes_of`, the layout
+    ``ImageReidDataset`` items carry): what an oracle-routed MoSAIC model reads beside the
+    pixels. A changed render comes with its changed codes, so the oracle routes it as the
+    person it now shows.
     """
     from reid_explain.attributes.outcomes import per_query_outcomes
     from reid_explain.data.synth_plan import SynthConfig, plan
@@ -171,18 +191,21 @@ def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
     if not queries:
         raise InputError("the SynthPedes plan has no query images to audit")
 
-    def embed_all(images: list[np.ndarray]) -> torch.Tensor:
+    def embed_all(images: list[np.ndarray], people: list[Any]) -> torch.Tensor:
         parts = []
         for start in range(0, len(images), batch_size):
+            batch = normalised_images(images[start:start + batch_size], mean, std)
             with torch.no_grad():
-                out = embed(normalised_images(images[start:start + batch_size], mean, std))
+                out = (embed(batch, attribute_codes_of(people[start:start + batch_size]))
+                       if with_codes else embed(batch))
             parts.append(torch.nn.functional.normalize(out.float(), dim=1))
         return torch.cat(parts)
 
     original = [render_sample(synth, s, with_captions=False).rendered for s in queries]
+    q_people = [synth.identity_of(s) for s in queries]
     g_feats = embed_all([render_sample(synth, s, with_captions=False).rendered.image
-                         for s in gallery])
-    q_feats = embed_all([r.image for r in original])
+                         for s in gallery], [synth.identity_of(s) for s in gallery])
+    q_feats = embed_all([r.image for r in original], q_people)
     q_pids = np.array([s.pid for s in queries])
     q_cams = np.array([s.cam for s in queries])
     g_pids = np.array([s.pid for s in gallery])
@@ -192,12 +215,13 @@ def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
     hit0 = dict(zip(before["query"], before["hit"], strict=True))
     rows = []
     for attribute in names:
-        changed, new_states = [], []
+        changed, new_states, c_people = [], [], []
         for spec in queries:
             rendered, new = changed_render(synth, spec, attribute, seed)
             changed.append(rendered)
             new_states.append(new)
-        c_feats = embed_all([r.image for r in changed])
+            c_people.append(_with(synth.identity_of(spec), attribute, new))
+        c_feats = embed_all([r.image for r in changed], c_people)
         after = per_query_outcomes(c_feats, g_feats, q_pids, g_pids, q_cams, g_cams)
         ap1 = dict(zip(after["query"], after["ap"], strict=True))
         hit1 = dict(zip(after["query"], after["hit"], strict=True))
@@ -218,6 +242,7 @@ def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
     if per_query.empty:
         raise InputError("no audited query has a true match in the gallery")
     cfg = {"seed": seed, "max_ids": max_ids, "attributes": names, "n_boot": n_boot,
+           "with_codes": with_codes,
            "replacement": "uniform among the attribute's other states, per query",
            "gallery": len(gallery), "data_seed": synth.config.seed}
     return CausalAudit(per_query=per_query, table=summarise(per_query, n_boot, seed),

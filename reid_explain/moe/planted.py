@@ -30,10 +30,12 @@ import numpy as np
 import torch
 from scipy import stats
 
+from reid_explain.attributes.causal import agreement
 from reid_explain.attributes.study import AttributeStudy, run_study
-from reid_explain.moe.ablation import ablation_outcomes
+from reid_explain.moe.ablation import ablation_outcomes, oracle_embed
 
-__all__ = ["PlantedResult", "planted_order_study", "predicted_codes", "rank_agreement"]
+__all__ = ["PlantedResult", "moe_causal_audit", "planted_order_study", "predicted_codes",
+           "rank_agreement"]
 
 
 @dataclass
@@ -49,11 +51,12 @@ class PlantedResult:
     other: dict[str, dict[str, Any]] = field(default_factory=dict)  # the other rankings' ρ/top3
     metrics: dict[str, float] = field(default_factory=dict)         # oracle mAP / rank-1
     seconds: dict[str, float] = field(default_factory=dict)
+    causal: dict[str, Any] | None = None  # ``causal=True``: the audits and their agreements
 
     def summary(self) -> dict[str, Any]:
         return {"planted_order": self.planted_order, "consensus": self.consensus,
                 "order": self.order, "rho": round(self.rho, 4), "top3": self.top3,
-                "other": self.other, "metrics": self.metrics,
+                "other": self.other, "metrics": self.metrics, "causal": self.causal,
                 "seconds": {k: round(v, 1) for k, v in self.seconds.items()}}
 
 
@@ -74,8 +77,8 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
                         epochs: int = 12, p: int = 8, k: int = 4, lr: float = 3e-3,
                         consensus: str = "ablation", study_options: dict[str, Any] | None = None,
                         threads: int | None = None, host: str = "random", router: bool = False,
-                        ablation_routing: str = "oracle", router_lr: float = 3e-3
-                        ) -> PlantedResult:
+                        ablation_routing: str = "oracle", router_lr: float = 3e-3,
+                        causal: bool = False) -> PlantedResult:
     """Export SynthPedes with ``planted_order``, train oracle-routed experts, run the study.
 
     Defaults keep one run CPU-cheap (400 identities x 6 images, so that the colours alone cannot
@@ -95,6 +98,11 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
     ``ablation_routing="learned"`` (needs the router) routes the ablation by the router's
     *predicted* attributes instead of the labels, so the experts a query uses depend on what
     its pixels show, not on the labels the study plants (the less circular check).
+
+    ``causal=True`` also runs the causal audit (:func:`moe_causal_audit`) on the trained model,
+    routed as the ablation is, and on the host alone (experts off), and measures the
+    expert-ablation rankings (mean ΔAP, the study's consensus) against the model's causal
+    ranking (:func:`~reid_explain.attributes.causal.agreement`): ``PlantedResult.causal``.
     """
     if ablation_routing not in ("oracle", "learned"):
         raise ValueError(f"ablation_routing must be 'oracle' or 'learned', got "
@@ -104,7 +112,12 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
     import torchvision.transforms as T
 
     from reid_explain.data.attributes import load_attributes
-    from reid_explain.data.datasets import ImageReidDataset, default_transform
+    from reid_explain.data.datasets import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        ImageReidDataset,
+        default_transform,
+    )
     from reid_explain.data.synth_export import export_synthpedes
     from reid_explain.data.synth_identities import resolve_planted_order
     from reid_explain.data.synth_plan import SynthConfig
@@ -161,6 +174,15 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
                 else ("oracle", "none")
             metrics = evaluate_routing(moe, q, g, router=learned, routings=routings)
             seconds["ablation"] = time.perf_counter() - t
+            if causal:
+                t = time.perf_counter()
+                mean, std = stats_ if stats_ is not None else (IMAGENET_MEAN, IMAGENET_STD)
+                audits = {"model": moe_causal_audit(moe, config, mean, std,
+                                                    router=learned if ablation_routing ==
+                                                    "learned" else None, seed=seed),
+                          "host": moe_causal_audit(moe, config, mean, std, experts=False,
+                                                   seed=seed)}
+                seconds["causal"] = time.perf_counter() - t
         finally:
             session.detach()
         t = time.perf_counter()
@@ -190,8 +212,49 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
             summary[f"{routing}_rank1"] = metrics[routing]["rank1"]
     if "router_accuracy" in metrics:
         summary.update({f"router_accuracy.{k}": v for k, v in metrics["router_accuracy"].items()})
+    causal_summary = None
+    if causal:
+        causal_summary = {name: audit.to_json() for name, audit in audits.items()}
+        observed = {"ablation_consensus": study.order, **({"mean_delta_ap": rankings[
+            "mean_delta_ap"]} if rankings["mean_delta_ap"] is not None else {}),
+            "planted": planted}
+        causal_summary["agreement"] = {name: agreement(audits["model"].ranking, order)
+                                       for name, order in observed.items()}
     return PlantedResult(planted, study, study.order, rho, top3, consensus, other, summary,
-                         seconds)
+                         seconds, causal_summary)
+
+
+def moe_causal_audit(moe: Any, config: Any, mean: Sequence[float], std: Sequence[float], *,
+                     router: Any = None, experts: bool = True, seed: int = 0) -> Any:
+    """The causal audit (:func:`~reid_explain.attributes.causal.causal_audit`) of a trained
+    MoSAIC model on the SynthPedes set ``config``, in eval mode (modes restored).
+
+    Routing: by the oracle from each rendered person's codes (a changed render is routed as
+    the person it now shows), or, with ``router``, by the router's hard predictions from the
+    pixels (the deployable model). ``experts=False`` audits the host alone (every expert off),
+    to tell what the experts add from what the host already relies on."""
+    from reid_explain.attributes.causal import causal_audit
+
+    model = moe.model
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        if not experts:
+            def host(images: torch.Tensor) -> torch.Tensor:
+                with moe.bypass():
+                    return moe.adapter.embed_image(images)
+
+            return causal_audit(host, config, mean=mean, std=std, seed=seed)
+        if router is not None:
+            router.eval()
+            return causal_audit(lambda images: oracle_embed(
+                moe, images, predicted_codes(moe, router, images)), config, mean=mean, std=std,
+                seed=seed)
+        return causal_audit(lambda images, codes: oracle_embed(moe, images, codes), config,
+                            mean=mean, std=std, seed=seed, with_codes=True)
+    finally:
+        for module, mode in modes:
+            module.training = mode
 
 
 def _planted_host(host: str, size: tuple[int, int], depth: int, seed: int
