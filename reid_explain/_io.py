@@ -63,11 +63,13 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     return atomic_write_bytes(path, text.encode(encoding))
 
 
-def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> object:
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint",
+                    mmap: bool = False) -> object:
     """``torch.load`` of a local file with ``weights_only=True``: tensors and plain containers
     only, so a checkpoint cannot run code when it is read. Every failure (missing file, a
     pickle that asks for more than tensors, a corrupt archive) is a project error naming the
-    file."""
+    file. ``mmap=True`` maps the tensors instead of reading them (zip-format files only), for a
+    caller that wants the plain fields of a large file."""
     import torch
 
     from .errors import DataFormatError, InputError
@@ -76,7 +78,7 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> object
     if not path.is_file():
         raise InputError(f"{what} {str(path)!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise DataFormatError(f"{path}: not a loadable {what} (read with weights_only=True, "
                               f"which allows tensors and plain containers only): "

@@ -270,10 +270,10 @@ def _host_and_size(args: argparse.Namespace, num_classes: int = 1) -> tuple[Any,
     host = load_host(args.model, args.weights, image_size=wanted, num_classes=num_classes)
     native = host.image_size or DEFAULT_SIZE
     wanted = tuple(g if g is not None else n for g, n in zip(given, native, strict=True))
-    if args.model.startswith("train:") and wanted != host.image_size:
-        raise InputError(f"--height/--width {wanted[0]}x{wanted[1]}: {args.weights} was trained "
-                         f"at {host.image_size[0]}x{host.image_size[1]} and its position "
-                         "embeddings admit no other size; drop --height/--width")
+    if host.fixed_size and wanted != host.image_size:
+        raise InputError(f"--height/--width {wanted[0]}x{wanted[1]}: {args.weights or args.model}"
+                         f" was trained at {host.image_size[0]}x{host.image_size[1]} and its "
+                         "position embeddings admit no other size; drop --height/--width")
     return host, (int(wanted[0]), int(wanted[1]))
 
 

@@ -34,6 +34,9 @@ class Host:
     image_size: tuple[int, int] | None = None
     #: the trained PPIM of a ``train:`` checkpoint (``explainify(model, ppim=...)``), or None
     ppim: Any = None
+    #: True when the model admits no input size but ``image_size`` (a ViT whose position
+    #: embeddings were built for it: the zoo CLIP, ``train:`` checkpoints)
+    fixed_size: bool = False
 
 
 def _weights_file(weights: str | os.PathLike | None) -> str | None:
@@ -86,8 +89,19 @@ def native_image_size(spec: str, weights: str | os.PathLike | None = None
                                                (ZOO_DATA["height"], ZOO_DATA["width"]))
         return (int(size[0]), int(size[1]))
     if family == "train":
-        return load_host(spec, weights).image_size
+        from .training.text_image import read_checkpoint
+
+        return _checkpoint_image_size(read_checkpoint(_weights_file(weights), mmap=True), weights)
     return None
+
+
+def _checkpoint_image_size(payload: dict[str, Any], weights: Any) -> tuple[int, int]:
+    try:
+        size = payload["clip_config"]["image_size"]
+        return (int(size[0]), int(size[1]))
+    except (KeyError, TypeError, IndexError, ValueError):
+        raise DataFormatError(f"{weights}: text-image checkpoint has no clip_config "
+                              "image_size") from None
 
 
 def load_host(spec: str, weights: str | os.PathLike | None = None,
@@ -100,10 +114,15 @@ def load_host(spec: str, weights: str | os.PathLike | None = None,
 
         model, session, payload = load_checkpoint(_weights_file(weights))
         ppim = session.losses.get("ppim") if session is not None else None
-        size = tuple(payload["clip_config"]["image_size"])
-        return Host(model.eval(), (int(size[0]), int(size[1])), ppim)
-    native = native_image_size(spec, weights) if family == "zoo" else None
-    return Host(build_host(spec, weights, image_size, num_classes), native)
+        return Host(model.eval(), _checkpoint_image_size(payload, weights), ppim,
+                    fixed_size=True)
+    if family == "zoo":
+        from .zoo.registry import spec as zoo_spec
+
+        return Host(build_host(spec, weights, image_size, num_classes),
+                    native_image_size(spec, weights),
+                    fixed_size="image_size" in zoo_spec(name).architecture)
+    return Host(build_host(spec, weights, image_size, num_classes))
 
 
 def build_host(spec: str, weights: str | os.PathLike | None = None,

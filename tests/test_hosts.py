@@ -80,10 +80,14 @@ def test_bad_specs_and_missing_files(tmp_path):
 def test_native_image_size_is_the_size_the_spec_records():
     """Commands read data at the size a zoo model was trained at unless told otherwise; specs
     that record no size (a user's torchreid, open_clip or timm weights) get None."""
-    from reid_explain.hosts import native_image_size
+    from reid_explain.hosts import load_host, native_image_size
     from reid_explain.zoo.registry import ZOO_DATA, spec
 
     assert native_image_size("zoo:osnet-synthpedes") == (ZOO_DATA["height"], ZOO_DATA["width"])
     assert native_image_size("zoo:clip-synthpedes") == tuple(
         spec("clip-synthpedes").architecture["image_size"])
     assert native_image_size("torchreid:osnet_x0_25") is None
+    # the CLIP's position embeddings admit only its trained size; OSNet pools any size
+    assert load_host("zoo:clip-synthpedes").fixed_size
+    assert not load_host("zoo:osnet-synthpedes").fixed_size
+    assert not load_host("torchreid:osnet_x0_25").fixed_size

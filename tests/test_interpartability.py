@@ -592,14 +592,15 @@ def test_report_shows_the_ppim_head_of_a_train_checkpoint(synth_splits, tmp_path
     """``report --model train:text-image --weights CKPT``: the CLIP and the PPIM head it was
     trained with come back from the checkpoint, and the caption maps add the head's own phrase
     maps (phrases found by the rule extractor: a CUHK-PEDES JSON has no spans)."""
-    from reid_explain.hosts import load_host
+    from reid_explain.hosts import load_host, native_image_size
 
     model = tiny_clip(SMALL)
     config = TrainConfig(epochs=1, batch_size=16, lr=2e-3, losses=("ppim",), max_steps=2)
     _, session = train_text_image(model, synth_splits["train"], config)
     ckpt = save_checkpoint(tmp_path / "ckpt.pt", model, SMALL, session, config)
     host = load_host("train:text-image", ckpt)
-    assert host.image_size == SMALL.image_size
+    assert host.image_size == SMALL.image_size and host.fixed_size
+    assert native_image_size("train:text-image", ckpt) == SMALL.image_size
     for key, value in session.losses["ppim"].state_dict().items():
         assert torch.equal(host.ppim.state_dict()[key], value)
     assert cli_main(["synth", "--out", str(tmp_path / "data"), "--ids", "8", "--seed", "6",

@@ -310,14 +310,21 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, clip_config: Tiny
     return Path(path)
 
 
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+    """The payload of a text-image checkpoint, checked to be one (``mmap``: tensors mapped,
+    not read, for a caller that wants its plain fields)."""
+    payload = load_torch_file(path, "text-image checkpoint", mmap=mmap)
+    if not isinstance(payload, dict) or payload.get("format") != "reid-explain/text-image/1":
+        raise DataFormatError(f"{path}: not a reid-explain text-image checkpoint (no format "
+                              "'reid-explain/text-image/1')")
+    return payload
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, TrainingSession | None,
                                                       dict[str, Any]]:
     """Rebuild the host and a (detached) session holding the trained plugin heads."""
     path = Path(path)
-    payload = load_torch_file(path, "text-image checkpoint")
-    if not isinstance(payload, dict) or payload.get("format") != "reid-explain/text-image/1":
-        raise DataFormatError(f"{path}: not a reid-explain text-image checkpoint (no format "
-                              "'reid-explain/text-image/1')")
+    payload = read_checkpoint(path)
     missing = [k for k in ("model", "clip_config", "train_config", "plugins")
                if k not in payload]
     if missing:
