@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import images, make_osnet, make_plain
@@ -95,6 +96,27 @@ def test_evaluate_rows_summary_baseline_and_skips(metrics_plugin, tmp_path):
     saved = result.save(tmp_path / "eval")
     info = json.loads((saved / "summary.json").read_text())["info"]
     assert info["queries"] == 4 and (saved / "per_query.csv").exists()
+
+
+def test_random_maps_do_not_depend_on_the_method():
+    """The report scores random maps once, with its first method, and shares those rows with
+    every other method: they must not depend on the method (drawn on the host's patch grid,
+    the same pairs, the same per-batch generator), whatever grid the method's own maps have."""
+    data = _tensor_set()
+    rows = {}
+    with explainify(make_osnet()) as exp:
+        for method in ("gradcam", "integrated_gradients"):  # a 4x2 grid and pixels
+            result = exp.evaluate(data, method=method, metrics=["counterfactual_masking"],
+                                  batch_size=2, progress=False, reference=None,
+                                  method_options={"n_steps": 4} if method ==
+                                  "integrated_gradients" else None)
+            table = result.table
+            rows[method] = table[table.method == "random"].drop(columns="method") \
+                .sort_values(["query", "key"]).reset_index(drop=True)
+            own = table[table.method == method]
+            assert not own["value"].equals(rows[method]["value"])
+    assert rows["gradcam"]["query"].nunique() == 3 and rows["gradcam"]["value"].notna().all()
+    pd.testing.assert_frame_equal(rows["integrated_gradients"], rows["gradcam"])
 
 
 def test_metric_errors_name_the_plugin(metrics_plugin):

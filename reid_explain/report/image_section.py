@@ -139,12 +139,21 @@ def retrieval_part(explainer: ExplainerLike, data: ReidEvalSet, out: Path, secti
     return {"retrieval": metrics, "outcomes": outcomes}
 
 
+def _same_pairs(table: pd.DataFrame, other: pd.DataFrame) -> bool:
+    def pairs(t: pd.DataFrame) -> set[tuple[int, int]]:
+        return set(map(tuple, t[["query", "match"]].drop_duplicates().to_numpy().tolist()))
+
+    return pairs(table) == pairs(other)
+
+
 def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Sequence[str],
                      out: Path, section: Section, n_queries: int, n_show: int = 4,
                      seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
     """Maps of every method on both images, then each method scored beside random maps and
-    the image-blind reference (its maps are the same for every method, so they are scored
-    once, with the first method, and compared with every method on the same pairs)."""
+    the image-blind reference. Neither depends on the method (random maps are drawn on the
+    host's patch grid from a generator seeded per batch, the reference is image-blind, and the
+    pairs are the embeddings' true matches), so both are scored once, with the first method,
+    and compared with every method on the same pairs."""
     import tempfile
 
     from ..evaluation.protocol import metric_orientation
@@ -162,13 +171,16 @@ def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Seque
                                        batch_size=batch_size, metric_options=METRIC_OPTIONS,
                                        method_options=FAST_OPTIONS.get(method),
                                        reference="auto" if k == 0 else None,
-                                       feature_cache=features)
+                                       random_baseline=k == 0, feature_cache=features)
             seconds[method] = time.perf_counter() - start
     first_result = results[methods[0]]
-    reference_rows = first_result.table[first_result.table.method == "reference"]
+    shared_rows = first_result.table[first_result.table.method.isin(("random", "reference"))]
     for method in methods[1:]:
         result = results[method]
-        result.table = pd.concat([result.table, reference_rows], ignore_index=True)
+        if not _same_pairs(result.table, first_result.table):
+            raise RuntimeError(f"{method!r} was scored on other pairs than {methods[0]!r}; "
+                               "the random and reference rows cannot be shared")
+        result.table = pd.concat([result.table, shared_rows], ignore_index=True)
         result.comparison = compare(result.table, method, metric_orientation(METRIC_OPTIONS),
                                     seed=seed)
         result.info["reference"] = first_result.info["reference"]
