@@ -72,6 +72,11 @@ def main() -> None:
                 print(f"         mAP oracle {m['oracle_mAP']:.3f} learned hard "
                       f"{m['learned:hard_mAP']:.3f} soft {m['learned:soft_mAP']:.3f} no experts "
                       f"{m['none_mAP']:.3f}", flush=True)
+                for routing in ("oracle", "learned:hard", "learned:soft"):
+                    if f"{routing}_gain_over_host" in m:
+                        gain, low, high = m[f"{routing}_gain_over_host"]
+                        print(f"         AP gain over the host, {routing}: {gain:+.3f} "
+                              f"[{low:+.3f}, {high:+.3f}]", flush=True)
             print(f"         planted {result.planted_order}\n         found   {result.order}",
                   flush=True)
             if result.causal is not None:

@@ -413,7 +413,12 @@ def test_train_command_end_to_end(synth_root, tmp_path, capsys):
     assert code == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert set(summary["metrics"]) >= {"oracle", "learned:hard", "learned:soft", "none",
-                                       "router_accuracy", "oracle_gap"}
+                                       "router_accuracy", "oracle_gap", "versus_host"}
+    gains = summary["metrics"]["versus_host"]  # paired on the same queries, CI over identities
+    assert set(gains) == {"oracle", "learned:hard", "learned:soft"}
+    for gain in gains.values():
+        assert gain["low"] <= gain["ap_gain"] <= gain["high"] and gain["identities"] >= 2
+        assert abs(gain["ap_gain"]) <= 1.0
     assert len(summary["history"]) == 2
     assert (tmp_path / "out" / "checkpoint" / "experts" / "moe.json").exists()
     assert json.loads(capsys.readouterr().out)["experts"] == 35

@@ -210,6 +210,8 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
         if routing in metrics:
             summary[f"{routing}_mAP"] = metrics[routing]["mAP"]
             summary[f"{routing}_rank1"] = metrics[routing]["rank1"]
+    for routing, gain in metrics.get("versus_host", {}).items():
+        summary[f"{routing}_gain_over_host"] = [gain["ap_gain"], gain["low"], gain["high"]]
     if "router_accuracy" in metrics:
         summary.update({f"router_accuracy.{k}": v for k, v in metrics["router_accuracy"].items()})
     causal_summary = None

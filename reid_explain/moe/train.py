@@ -210,19 +210,36 @@ def evaluate_routing(moe: Any, query: dict[str, Tensor], gallery: dict[str, Tens
                      router: LearnedRouter | None = None,
                      routings: Sequence[str] = ("oracle", "learned:hard", "learned:soft", "none")
                      ) -> dict[str, Any]:
-    """mAP / rank-1 per routing, the oracle's lead over each learned routing, and the router's
-    attribute accuracy on the query split."""
+    """mAP / rank-1 per routing, the oracle's lead over each learned routing, the router's
+    attribute accuracy on the query split and, when ``"none"`` (the host alone) is among the
+    routings, each routing's AP gain over the host with a 95% bootstrap CI over identities
+    (``versus_host``: the mean over query identities of their queries' AP difference, paired
+    on the same queries)."""
+    from reid_explain.evaluation.bootstrap import bootstrap_ci
     from reid_explain.evaluation.retrieval import image_reid_metrics
 
     out: dict[str, Any] = {}
+    per_query: dict[str, Any] = {}
     for routing in routings:
         if routing.startswith("learned") and router is None:
             continue
         q = embed_split(moe, query, routing, router)
         g = embed_split(moe, gallery, routing, router)
         m = image_reid_metrics(q, g, query["pid"], gallery["pid"], query["camid"],
-                               gallery["camid"])
+                               gallery["camid"], per_query=True)
         out[routing] = {"mAP": float(m["mAP"]), "rank1": float(m["cmc"][0])}
+        valid = m["per_query"][m["per_query"]["valid"]]
+        per_query[routing] = valid[["pid", "ap"]]
+    if "none" in per_query:
+        host = per_query["none"]
+        out["versus_host"] = {}
+        for routing, frame in per_query.items():
+            if routing == "none":
+                continue
+            gain = (frame["ap"] - host["ap"]).groupby(host["pid"]).mean().to_numpy()
+            ci = bootstrap_ci(gain, seed=0)
+            out["versus_host"][routing] = {"ap_gain": ci.estimate, "low": ci.low,
+                                           "high": ci.high, "identities": len(gain)}
     if router is not None:
         out["router_accuracy"] = router_accuracy(moe, router, query)
     learned = [r for r in routings if r.startswith("learned") and r in out]
