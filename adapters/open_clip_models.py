@@ -218,9 +218,18 @@ class OpenClipAdapter(OpenClipText, ViTAdapter):
         finally:
             handle.remove()
         x = seen["x"] if self.batch_first else seen["x"].transpose(0, 1)  # (B, N, C)
-        if features != "tokens":
-            x = _self_self_attention(blocks[block], x, features)
-        return (visual.ln_post(x) @ visual.proj)[:, self.num_prefix_tokens:]
+        if features == "tokens":
+            return (visual.ln_post(x) @ visual.proj)[:, self.num_prefix_tokens:]
+        return self.dense_from_block_input(x, features, block)
+
+    def dense_from_block_input(self, x: Tensor, features: str, block: int = -1) -> Tensor:
+        """``(B, h*w, D)`` joint-space patch embeddings from ``x``, the ``(B, N, C)`` input of
+        block ``block`` (batch first), mixed as ``features`` says (``"value"``, ``"qq"``,
+        ``"kk"``, ``"vv"``; see :meth:`dense_embeddings`). Differentiable: training losses
+        read it from the host's own forward (``ForwardCapture``)."""
+        visual = self.model.visual
+        y = _self_self_attention(self.blocks()[block], x, features)
+        return (visual.ln_post(y) @ visual.proj)[:, self.num_prefix_tokens:]
 
     # -- attention ----------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -14,7 +14,7 @@ from hygiene import host_state
 
 from reid_explain import explainify, training
 from reid_explain.cli import main as cli_main
-from reid_explain.errors import DataFormatError, InputError
+from reid_explain.errors import AdapterError, DataFormatError, InputError
 from reid_explain.evaluation.grounding_scores import energy_pointing_game
 from reid_explain.evaluation.phrase_grounding import (
     location_prior_scores,
@@ -320,6 +320,33 @@ def test_ppim_can_read_an_earlier_token_source(patch_block, module):
     handle.remove()
     expected = model.visual.ln_post(saved["tokens"])[:, 1:] @ model.visual.proj
     torch.testing.assert_close(captured, expected)
+
+
+@pytest.mark.parametrize("patch_block, features, block", [("kk", "kk", -1),
+                                                           ("value:-2", "value", -2)])
+def test_ppim_can_read_dense_features_of_the_same_forward(patch_block, features, block):
+    """Dense-CLIP keys (issue 26): the tokens PPIM reads equal the adapter's inference-time
+    dense embeddings of the same images, and carry gradient to the host's blocks."""
+    from reid_explain.explainer import choose_adapter
+
+    model = tiny_clip(SMALL)
+    images = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = choose_adapter(model)(model).dense_embeddings(images, features, block)
+    with training.attach(model, losses=["ppim"], ppim={"patch_block": patch_block}) as session:
+        model.encode_image(images)
+        captured = session.capture.patch_tokens
+        torch.testing.assert_close(captured.detach(), expected)
+        captured.square().sum().backward()
+    blocks = model.visual.transformer.resblocks
+    target = blocks[block]
+    assert target.attn.in_proj_weight.grad.abs().sum() > 0
+    assert blocks[0].attn.in_proj_weight.grad.abs().sum() > 0  # through the block's input
+    assert target.mlp.c_fc.weight.grad is None  # dense features drop the block's MLP
+    before = host_state(model)
+    with pytest.raises(AdapterError, match="or one of .*'kk'.*got 'qk'"):
+        training.attach(model, losses=["ppim"], ppim={"patch_block": "qk"})
+    assert host_state(model) == before  # nothing left behind by the refused attach
 
 
 def _isolated_reference(model, texts):

@@ -15,6 +15,26 @@ from torch import Tensor, nn
 from ..adapter import Adapter, AttentionCapture, HookSet
 from ..errors import AdapterError
 
+#: dense features a ``patch_block`` may name (the adapter's, less its plain ``"tokens"``)
+DENSE_PATCH_FEATURES = ("value", "qq", "kk", "vv")
+
+
+def _dense_choice(patch_block: int | str | None) -> tuple[str, int] | None:
+    """``(features, block)`` of a dense ``patch_block`` ("kk", "value:-2"), None for a block
+    index, "embed" or None; anything else is an error naming the choices."""
+    if not isinstance(patch_block, str) or patch_block == "embed":
+        return None
+    features, _, block = patch_block.partition(":")
+    try:
+        index = int(block) if block else -1
+    except ValueError:
+        index = None
+    if features not in DENSE_PATCH_FEATURES or index is None:
+        raise AdapterError(f"patch_block must be a block index, 'embed' or one of "
+                           f"{DENSE_PATCH_FEATURES} (optionally ':BLOCK', e.g. 'kk:-2'), got "
+                           f"{patch_block!r}")
+    return features, index
+
 
 class ForwardCapture:
     """Hooks on a CLIP-style host keeping the latest patch tokens, text tokens, attention."""
@@ -40,7 +60,10 @@ class ForwardCapture:
         """``patch_block``: take the patch tokens at the output of that visual block (passed
         through ``ln_post`` and ``proj`` into the joint space) instead of the final tokens;
         ``"embed"``: the patch embeddings entering the first block (after ``ln_pre``), which
-        no attention has mixed yet."""
+        no attention has mixed yet; ``"value"``, ``"kk"`` (or ``"kk:-2"``, any of the adapter's
+        dense features and a block, default the last): the dense features of the training-free
+        dense-CLIP methods, read from that block's input in this same forward (MaskCLIP's value
+        embeddings, ClearCLIP's key-key attention; the adapter's ``dense_from_block_input``)."""
         model = self.adapter.model
         visual = model.visual
         if getattr(visual, "attn_pool", None) is not None:
@@ -88,11 +111,21 @@ class ForwardCapture:
             raise AdapterError("open_clip towers with final_ln_after_pool apply ln_post to the "
                                "pooled token only; patch-level supervision needs all tokens")
         self.hooks.add(visual.conv1.register_forward_hook(on_patchify))
-        if isinstance(patch_block, str) and patch_block != "embed":
-            raise AdapterError(f"patch_block must be a block index or 'embed', got "
-                               f"{patch_block!r}")
+        dense = _dense_choice(patch_block)
         if patch_block == "embed":
             self.hooks.add(visual.ln_pre.register_forward_hook(on_block))
+        elif dense is not None:
+            features, block = dense
+            if not hasattr(self.adapter, "dense_from_block_input"):
+                raise AdapterError(f"patch_block {patch_block!r}: adapter "
+                                   f"{self.adapter.name!r} has no dense features")
+
+            def on_block_input(_m: nn.Module, args: Any) -> None:
+                x = args[0] if self.adapter.batch_first else args[0].transpose(0, 1)
+                self._block_patches = self.adapter.dense_from_block_input(x, features, block)
+
+            self.hooks.add(self.adapter.blocks()[block].register_forward_pre_hook(
+                on_block_input))
         elif patch_block is not None:
             self.hooks.add(self.adapter.blocks()[patch_block].register_forward_hook(on_block))
         self.hooks.add(visual.ln_post.register_forward_hook(on_visual))
