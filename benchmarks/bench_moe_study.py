@@ -35,8 +35,12 @@ def main() -> None:
     p.add_argument("--host", default="random",
                    help="'random' (frozen random ViT-Tiny) or 'zoo:NAME' (a trained zoo CLIP's "
                         "image tower, e.g. zoo:clip-synthpedes)")
-    p.add_argument("--router", action="store_true",
-                   help="also train the learned router and report its gap to the oracle")
+    p.add_argument("--router", nargs="?", const="features", default=None,
+                   choices=["features", "pixels"],
+                   help="also train a learned router (on the host's features, or a pixel CNN "
+                        "fit first) and report its gap to the oracle")
+    p.add_argument("--router-epochs", type=int, default=30,
+                   help="epochs of the pixel router's own fit")
     p.add_argument("--ablation-routing", default="oracle", choices=["oracle", "learned"],
                    help="route the ablation by the labels (oracle) or the router's predictions")
     p.add_argument("--causal", action="store_true",
@@ -58,7 +62,8 @@ def main() -> None:
                 warnings.simplefilter("ignore")
                 result = planted_order_study(None if order == "default" else order.split(","),
                                              seed, epochs=args.epochs, n_ids=args.n_ids,
-                                             threads=1, host=args.host, router=args.router,
+                                             threads=1, host=args.host, router=args.router or False,
+                                             router_epochs=args.router_epochs,
                                              ablation_routing=args.ablation_routing,
                                              causal=args.causal)
             seconds = time.perf_counter() - start

@@ -76,8 +76,9 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
                         couple: bool = False, depth: int = 2, last_n: int = 2, rank: int = 4,
                         epochs: int = 12, p: int = 8, k: int = 4, lr: float = 3e-3,
                         consensus: str = "ablation", study_options: dict[str, Any] | None = None,
-                        threads: int | None = None, host: str = "random", router: bool = False,
-                        ablation_routing: str = "oracle", router_lr: float = 3e-3,
+                        threads: int | None = None, host: str = "random",
+                        router: bool | str = False, ablation_routing: str = "oracle",
+                        router_lr: float = 3e-3, router_epochs: int = 30,
                         causal: bool = False) -> PlantedResult:
     """Export SynthPedes with ``planted_order``, train oracle-routed experts, run the study.
 
@@ -98,12 +99,17 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
     ``ablation_routing="learned"`` (needs the router) routes the ablation by the router's
     *predicted* attributes instead of the labels, so the experts a query uses depend on what
     its pixels show, not on the labels the study plants (the less circular check).
+    ``router="pixels"`` uses a :class:`~reid_explain.moe.routers.PixelRouter` instead, fit on
+    the training split's images first (``router_epochs``, :func:`~reid_explain.moe.train.
+    train_router`) and then held fixed while the experts train.
 
     ``causal=True`` also runs the causal audit (:func:`moe_causal_audit`) on the trained model,
     routed as the ablation is, and on the host alone (experts off), and measures the
     expert-ablation rankings (mean ΔAP, the study's consensus) against the model's causal
     ranking (:func:`~reid_explain.attributes.causal.agreement`): ``PlantedResult.causal``.
     """
+    if router not in (False, True, "features", "pixels"):
+        raise ValueError(f"router must be a bool, 'features' or 'pixels', got {router!r}")
     if ablation_routing not in ("oracle", "learned"):
         raise ValueError(f"ablation_routing must be 'oracle' or 'learned', got "
                          f"{ablation_routing!r}")
@@ -121,8 +127,14 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
     from reid_explain.data.synth_export import export_synthpedes
     from reid_explain.data.synth_identities import resolve_planted_order
     from reid_explain.data.synth_plan import SynthConfig
-    from reid_explain.moe.routers import LearnedRouter
-    from reid_explain.moe.train import IdClassifier, evaluate_routing, load_split, train_image_moe
+    from reid_explain.moe.routers import LearnedRouter, PixelRouter
+    from reid_explain.moe.train import (
+        IdClassifier,
+        evaluate_routing,
+        load_split,
+        train_image_moe,
+        train_router,
+    )
     from reid_explain.training.session import attach
 
     model, size, stats_ = _planted_host(host, (height, width), depth, seed)
@@ -157,8 +169,14 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
             t = time.perf_counter()
             torch.manual_seed(seed)
             classifier = IdClassifier(dim, int(splits["train"]["pid"].max()) + 1)
-            learned = LearnedRouter(moe.layout, dim) if router else None
-            train_image_moe(moe, splits["train"], classifier, learned, epochs=epochs, p=p, k=k,
+            learned = None
+            if router == "pixels":
+                learned = PixelRouter(moe.layout)
+                train_router(moe, learned, splits["train"], epochs=router_epochs, seed=seed)
+            elif router:
+                learned = LearnedRouter(moe.layout, dim)
+            train_image_moe(moe, splits["train"], classifier,
+                            None if router == "pixels" else learned, epochs=epochs, p=p, k=k,
                             lr=lr, router_lr=router_lr, seed=seed)
             seconds["train"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -286,10 +304,11 @@ def _planted_host(host: str, size: tuple[int, int], depth: int, seed: int
 @torch.no_grad()
 def predicted_codes(moe: Any, router: Any, images: torch.Tensor,
                     batch_size: int = 64) -> torch.Tensor:
-    """The router's attribute predictions ``(N, A)`` from the expert-free features."""
+    """The router's attribute predictions ``(N, A)`` (from the expert-free features, or the
+    pixels for a pixel router)."""
+    from reid_explain.moe.routers import router_logits
+
     out = []
     for start in range(0, len(images), batch_size):
-        with moe.bypass():
-            features = moe.adapter.embed_image(images[start:start + batch_size])
-        out.append(router.predict(router(features)))
+        out.append(router.predict(router_logits(moe, router, images[start:start + batch_size])))
     return torch.cat(out)

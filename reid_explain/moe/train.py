@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .._io import strict_json
 from ..errors import InputError
-from .routers import LearnedRouter, learned_embed
+from .routers import LearnedRouter, learned_embed, router_logits
 
 # --------------------------------------------------------------------------- losses
 
@@ -93,9 +93,7 @@ def moe_losses(moe: Any, images: Tensor, pids: Tensor, codes: Tensor,
     pids = torch.as_tensor(pids, device=images.device)
     out: dict[str, Tensor] = {}
     if router is not None:
-        with moe.bypass():
-            features = moe.adapter.embed_image(images)
-        out["router"] = router.loss(router(features.detach()), codes) * router_weight
+        out["router"] = router.loss(router_logits(moe, router, images), codes) * router_weight
     with moe.route(codes):
         embeddings = moe.adapter.embed_image(images)
     out["id"] = F.cross_entropy(classifier(embeddings), pids)
@@ -182,6 +180,45 @@ def train_image_moe(moe: Any, train: dict[str, Tensor], classifier: nn.Module,
     return history
 
 
+def train_router(moe: Any, router: LearnedRouter, train: dict[str, Tensor], *, epochs: int = 30,
+                 lr: float = 2e-3, batch_size: int = 64, flip: bool = True, seed: int = 0,
+                 weight_decay: float = 1e-4) -> list[dict[str, float]]:
+    """Fit a router alone on a split's images and attribute codes (its BCE/CE loss), before
+    or instead of training it with the experts: a :class:`~reid_explain.moe.routers.
+    PixelRouter` learns from scratch and needs more steps than the experts' P x K schedule.
+    AdamW with a one-cycle schedule; ``flip``: random horizontal flips (the attributes do not
+    change with them). The router is left in eval mode; per-epoch mean losses."""
+    generator = torch.Generator().manual_seed(seed)
+    n = len(train["img"])
+    if n == 0:
+        raise InputError("train_router: the split has no images")
+    steps = epochs * ((n + batch_size - 1) // batch_size)
+    optimizer = torch.optim.AdamW(router.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    history = []
+    router.train()
+    try:
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            total = 0.0
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                images = train["img"][idx]
+                if flip:
+                    mirrored = torch.rand(len(idx), generator=generator) < 0.5
+                    images = torch.where(mirrored[:, None, None, None], images.flip(-1), images)
+                loss = router.loss(router_logits(moe, router, images), train["attributes"][idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += float(loss.detach()) * len(idx)
+            history.append({"epoch": epoch + 1, "router": total / n})
+    finally:
+        router.eval()
+    return history
+
+
 @torch.no_grad()
 def embed_split(moe: Any, split: dict[str, Tensor], routing: str,
                 router: LearnedRouter | None = None, batch_size: int = 64) -> Tensor:
@@ -252,10 +289,9 @@ def evaluate_routing(moe: Any, query: dict[str, Tensor], gallery: dict[str, Tens
 @torch.no_grad()
 def router_accuracy(moe: Any, router: LearnedRouter, split: dict[str, Tensor]) -> dict[str, float]:
     """Per attribute group: share of known codes the router predicts right."""
-    with moe.bypass():
-        features = torch.cat([moe.adapter.embed_image(split["img"][s:s + 64])
-                              for s in range(0, len(split["img"]), 64)])
-    predicted = router.predict(router(features))
+    logits = torch.cat([router_logits(moe, router, split["img"][s:s + 64])
+                        for s in range(0, len(split["img"]), 64)])
+    predicted = router.predict(logits)
     truth = split["attributes"]
     out = {}
     for group, column in zip(moe.layout.groups, moe.layout.columns, strict=True):
