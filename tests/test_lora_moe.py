@@ -424,6 +424,23 @@ def test_train_command_end_to_end(synth_root, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["experts"] == 35
 
 
+def test_train_command_with_a_pixel_router(synth_root, tmp_path):
+    """``--router pixels``: the CNN router is fit first, saved with the experts, and scored on
+    the query split like the feature router."""
+    import json
+
+    code = train_image_moe_main(["--task", "image", "--moe", "--root", str(synth_root),
+                                 "--out", str(tmp_path / "out"), "--epochs", "1", "--p", "3",
+                                 "--k", "2", "--height", "64", "--width", "32", "--depth", "2",
+                                 "--router", "pixels", "--router-epochs", "2"])
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary["metrics"]["router_accuracy"]) == set(MARKET1501.names)
+    assert set(summary["metrics"]["versus_host"]) == {"oracle", "learned:hard", "learned:soft"}
+    heads = json.loads((tmp_path / "out" / "checkpoint" / "heads.json").read_text())
+    assert heads["router"]["reads"] == "pixels"
+
+
 def test_training_with_fewer_identities_than_p_is_a_clear_error():
     import torch.nn as nn
 

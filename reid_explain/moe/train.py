@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .._io import strict_json
 from ..errors import InputError
-from .routers import LearnedRouter, learned_embed, router_logits
+from .routers import LearnedRouter, PixelRouter, learned_embed, router_logits
 
 # --------------------------------------------------------------------------- losses
 
@@ -327,7 +327,11 @@ def build_parser(prog: str = "reid-explain train --task image --moe") -> argpars
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--pooling", default="mean", choices=["mean", "sum"])
     p.add_argument("--unfreeze-last", type=int, default=0)
-    p.add_argument("--router", default="learned", choices=["learned", "none"])
+    p.add_argument("--router", default="learned", choices=["learned", "pixels", "none"],
+                   help="learned: a head on the host's expert-free features, trained with the "
+                        "experts; pixels: a small CNN on the image, fit first (--router-epochs)")
+    p.add_argument("--router-epochs", type=int, default=30,
+                   help="epochs of the pixel router's own fit before the experts train")
     p.add_argument("--router-mode", default="hard", choices=["hard", "soft"])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--p", type=int, default=8, help="identities per batch")
@@ -383,10 +387,16 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     moe = session.modification("lora_moe")
     dim = int(host.num_features)
     classifier = IdClassifier(dim, int(splits["train"]["pid"].max()) + 1)
-    router = (LearnedRouter(moe.layout, dim, mode=args.router_mode)
-              if args.router == "learned" else None)
+    router: LearnedRouter | None = None
     start = time.perf_counter()
-    history = train_image_moe(moe, splits["train"], classifier, router, epochs=args.epochs,
+    if args.router == "pixels":
+        router = PixelRouter(moe.layout, mode=args.router_mode)
+        train_router(moe, router, splits["train"], epochs=args.router_epochs,
+                     lr=args.router_lr, seed=args.seed)
+    elif args.router == "learned":
+        router = LearnedRouter(moe.layout, dim, mode=args.router_mode)
+    joint_router = None if args.router == "pixels" else router  # a pixel router stays as fit
+    history = train_image_moe(moe, splits["train"], classifier, joint_router, epochs=args.epochs,
                               p=args.p, k=args.k, lr=args.lr, router_lr=args.router_lr,
                               seed=args.seed,
                               log=lambda r: print(json.dumps(r), file=sys.stderr))
