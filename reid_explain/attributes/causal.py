@@ -85,9 +85,15 @@ def attribute_codes_of(people: Sequence[Any]) -> torch.Tensor:
 def changed_render(synth: Any, spec: Any, attribute: str, seed: int = 0) -> tuple[Any, str]:
     """``spec``'s image re-rendered with ``attribute`` changed (the audit's own draw of the
     new state), everything else as the plan has it; returns the render and the new state."""
+    rendered, new, _ = _changed(synth, spec, attribute, seed)
+    return rendered, new
+
+
+def _changed(synth: Any, spec: Any, attribute: str, seed: int) -> tuple[Any, str, Any]:
+    """:func:`changed_render`, and the changed person it drew."""
     rng = np.random.default_rng(_seed(seed, attribute, spec.pid, spec.name))
     identity, new = change_attribute(synth.identity_of(spec), attribute, rng)
-    return render_as(synth, spec, identity), new
+    return render_as(synth, spec, identity), new, identity
 
 
 def _seed(*words: Any) -> int:
@@ -217,10 +223,10 @@ def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
     for attribute in names:
         changed, new_states, c_people = [], [], []
         for spec in queries:
-            rendered, new = changed_render(synth, spec, attribute, seed)
+            rendered, new, person = _changed(synth, spec, attribute, seed)
             changed.append(rendered)
             new_states.append(new)
-            c_people.append(_with(synth.identity_of(spec), attribute, new))
+            c_people.append(person)
         c_feats = embed_all([r.image for r in changed], c_people)
         after = per_query_outcomes(c_feats, g_feats, q_pids, g_pids, q_cams, g_cams)
         ap1 = dict(zip(after["query"], after["ap"], strict=True))
