@@ -95,7 +95,7 @@ def main() -> None:
             runs.append({**result.summary(), "total_seconds": round(seconds, 1)})
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(runs, fh, indent=1)
+            json.dump(runs, fh, indent=1, allow_nan=False)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def main() -> None:
     print(json.dumps(result, indent=1), flush=True)
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
+            json.dump(result, fh, indent=1, allow_nan=False)
 
 
 if __name__ == "__main__":
