@@ -349,6 +349,25 @@ def test_ppim_can_read_dense_features_of_the_same_forward(patch_block, features,
     assert host_state(model) == before  # nothing left behind by the refused attach
 
 
+def test_dense_ppim_keys_leave_the_attention_constraint_its_attention():
+    """Reading dense keys runs ``ln_post`` inside the tower's forward; the capture must not
+    take that call for the tower's output (it did: the constraint then found no attention
+    and PPIM+constraint with ``patch_block="value"`` failed on its first step)."""
+    model = tiny_clip(SMALL)
+    with training.attach(model, losses=["ppim", "attention_constraint"],
+                         ppim={"patch_block": "value"},
+                         attention_constraint={"blocks": [0], "include_phrase_map": True}
+                         ) as session:
+        _forward(model)
+        capture = session.capture
+        loss = training.auxiliary_losses(model, {"captions": CAPTIONS, "phrases": PHRASES,
+                                                 "pids": torch.tensor([0, 1])})
+        assert len(capture.attention) == 1 and capture.attention[0].shape[-1] == 1 + 32
+        assert capture.patch_tokens.shape[1] == 32
+        assert torch.isfinite(loss) and loss.requires_grad
+        assert session.losses["attention_constraint"].last["constraint_attention"] > 0
+
+
 def _isolated_reference(model, texts):
     """Each text encoded alone; token features (joint space) averaged between SOT and EOT."""
     saved = {}

@@ -122,7 +122,12 @@ class ForwardCapture:
 
             def on_block_input(_m: nn.Module, args: Any) -> None:
                 x = args[0] if self.adapter.batch_first else args[0].transpose(0, 1)
-                self._block_patches = self.adapter.dense_from_block_input(x, features, block)
+                self._in_block_hook = True  # its ln_post call is ours, not the tower's output
+                try:
+                    self._block_patches = self.adapter.dense_from_block_input(x, features,
+                                                                              block)
+                finally:
+                    self._in_block_hook = False
 
             self.hooks.add(self.adapter.blocks()[block].register_forward_pre_hook(
                 on_block_input))
