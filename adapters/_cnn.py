@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reid_explain.adapter import Adapter, resolve_module
 from reid_explain.errors import AdapterError
+from reid_explain.plugin_api.adapter import Adapter, resolve_module
 
 logger = logging.getLogger("reid_explain")
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reid_explain.adapter import Adapter, TokenGridTap, resolve_module
 from reid_explain.errors import AdapterError
+from reid_explain.plugin_api.adapter import Adapter, TokenGridTap, resolve_module
 
 
 class ViTAdapter(Adapter):

@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from reid_explain.adapter import TokenGridTap, grid_from_tokens, resolve_module
 from reid_explain.errors import AdapterError
 from reid_explain.hookspecs import hookimpl
+from reid_explain.plugin_api.adapter import TokenGridTap, grid_from_tokens, resolve_module
 
 from ._cnn import CNNAdapter, pool_embedding, probe_output_shape
 

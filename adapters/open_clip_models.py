@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reid_explain.adapter import AttentionCapture
 from reid_explain.errors import AdapterError
 from reid_explain.hookspecs import hookimpl
+from reid_explain.plugin_api.adapter import AttentionCapture
 
 from ._cnn import CNNAdapter
 from ._vit import ViTAdapter

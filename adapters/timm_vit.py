@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from reid_explain.adapter import AttentionCapture
 from reid_explain.errors import AdapterError
 from reid_explain.hookspecs import hookimpl
+from reid_explain.plugin_api.adapter import AttentionCapture
 
 from ._vit import ViTAdapter
 

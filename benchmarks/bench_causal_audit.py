@@ -25,7 +25,7 @@ import torch
 
 def attribute_table(config: dict[str, Any], pids: list[int]) -> pd.DataFrame:
     """The identities' Market-1501 attributes in the tidy layout ``run_study`` reads."""
-    from reid_explain.data.synth_plan import SynthConfig, plan
+    from reid_explain.synthpedes.planning import SynthConfig, plan
 
     synth = plan(SynthConfig(**config))
     rows = [("test", pid, name, value) for pid in pids

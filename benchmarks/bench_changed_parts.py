@@ -1,7 +1,7 @@
 """Do the maps point at the part that changed? Changed-part pairs against an image-blind prior.
 
 Each pair is a SynthPedes image of identities the zoo never saw and its re-render with one
-part's colour or pattern changed (``reid_explain.data.synth_pairs``); the changed part's mask is
+part's colour or pattern changed (``reid_explain.synthpedes.pairs``); the changed part's mask is
 where the pair differs. Each method explains the pair's loss, ``1 - cos(f(first), f(second))``,
 on the first image (``CosineDistance``), and the pointing game asks whether the map's peak lies
 in the changed part. The image-blind reference is the mean changed-part mask of pairs drawn from
@@ -48,9 +48,9 @@ def pointing(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
 
 
 def run(exp: Any, seed: int, crops: str, n_pairs: int) -> dict[str, Any]:
-    from reid_explain.data.synth_pairs import changed_part_pairs
-    from reid_explain.data.synth_plan import SynthConfig
-    from reid_explain.targets import CosineDistance
+    from reid_explain.plugin_api.targets import CosineDistance
+    from reid_explain.synthpedes.pairs import changed_part_pairs
+    from reid_explain.synthpedes.planning import SynthConfig
     from reid_explain.zoo.registry import ZOO_DATA
 
     config = SynthConfig(**(dict(ZOO_DATA) | {"seed": seed, "crops": crops}))

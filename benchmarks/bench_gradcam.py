@@ -82,7 +82,7 @@ def grad_cam_library(model, query, gallery, q_emb, g_emb) -> torch.Tensor | None
         from pytorch_grad_cam import GradCAM
     except ImportError:
         return None
-    from reid_explain.engine import default_internal_batch_size
+    from reid_explain.core.engine import default_internal_batch_size
 
     class Cosine:
         def __init__(self, reference):
@@ -112,7 +112,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def measure_time(k: int, repeats: int) -> dict:
     from reid_explain import explainify
-    from reid_explain.engine import default_internal_batch_size
+    from reid_explain.core.engine import default_internal_batch_size
 
     model = build()
     query, gallery = images(1, 1), images(k, 2)
@@ -186,7 +186,7 @@ def _peak_child(mode: str, k: int) -> None:
     one internal batch of the default size; ``explain``: the Grad-CAM call with k gallery
     images), and the increase of the allocator's held bytes (``held_mb``, :class:`_HeldPeak`)."""
     from reid_explain import explainify
-    from reid_explain.engine import default_internal_batch_size
+    from reid_explain.core.engine import default_internal_batch_size
 
     model = build()
     query, gallery = images(1, 1), images(k, 2)
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         _peak_child(args.child[0], int(args.child[1]))
         return []
     if args.keep_freed_memory:
-        from reid_explain._memory import keep_freed_memory
+        from reid_explain._util.memory import keep_freed_memory
 
         if not keep_freed_memory():
             parser.error("--keep-freed-memory needs glibc")

@@ -41,7 +41,7 @@ def figures(result: Any) -> dict[str, Any]:
 
 def run_condition(exp: Any, seed: int, crops: str, n_test: int, n_val: int,
                   queries: int, methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
-    from reid_explain.demo import image_eval_set
+    from reid_explain.studies.demo import image_eval_set
     from reid_explain.zoo.data import render_splits
     from reid_explain.zoo.registry import ZOO_DATA
 

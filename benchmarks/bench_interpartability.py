@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from reid_explain import explainify
-from reid_explain._io import atomic_write_text
+from reid_explain._util.io import atomic_write_text
 from reid_explain.evaluation.phrase_grounding import (
     location_prior_scores,
     phrase_counterfactual_gap,

@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from reid_explain import explainify, plugin_manager
+    from reid_explain import explainify
+    from reid_explain.plugin_api import manager as plugin_manager
 
     generator = torch.Generator().manual_seed(1)
     query = torch.randn(args.pairs, 3, *SIZE, generator=generator)

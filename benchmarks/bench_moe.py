@@ -38,7 +38,7 @@ def _time(fn) -> tuple[float, float]:
 def synthpedes_codes(schema, n: int, seed: int) -> torch.Tensor:
     """``(n, A)`` schema-ordered codes of ``n`` SynthPedes identities' Market-1501 attributes
     (the .mat convention: 1-based states, colours one yes(2)/no(1) field each)."""
-    from reid_explain.data.synth import make_identities, market_codes
+    from reid_explain.synthpedes import make_identities, market_codes
 
     rows = []
     for identity in make_identities(n, seed):
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import timm
 
-    from reid_explain.explainer import choose_adapter
-    from reid_explain.plugin_manager import get
+    from reid_explain.explain.explainer import choose_adapter
+    from reid_explain.plugin_api.manager import get
 
     torch.manual_seed(0)
     host = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,

@@ -19,8 +19,8 @@ import argparse
 import re
 import time
 
-from reid_explain.data.synth_plan import SynthConfig, iter_samples, plan
-from reid_explain.phrases import get_extractor, match_counts
+from reid_explain.plugin_api.phrases import get_extractor, match_counts
+from reid_explain.synthpedes.planning import SynthConfig, iter_samples, plan
 
 CRITERIA = {  # name -> (min_iou, same_part)
     "exact span": (1.0, False),

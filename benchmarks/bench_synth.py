@@ -18,8 +18,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from reid_explain.data.synth_export import export_synthpedes, jpeg_bytes  # noqa: E402
-from reid_explain.data.synth_plan import SynthConfig, plan, render_sample  # noqa: E402
+from reid_explain.synthpedes.export import export_synthpedes, jpeg_bytes  # noqa: E402
+from reid_explain.synthpedes.planning import SynthConfig, plan, render_sample  # noqa: E402
 
 
 def _rate(n: int, seconds: float) -> float:

@@ -80,7 +80,7 @@ def gradient_floor(exp, query: torch.Tensor, gallery: torch.Tensor,
 def max_diff_to_rows_alone(exp, method: str, query: torch.Tensor, gallery: torch.Tensor,
                            result) -> float:
     """Largest |difference| of the maps from each pair's image on its own row."""
-    from reid_explain.targets import CosineSimilarity
+    from reid_explain.plugin_api.targets import CosineSimilarity
 
     qi, gi = result.pairs[:, 0], result.pairs[:, 1]
     q_emb, g_emb = exp.embed(query), exp.embed(gallery)

@@ -24,7 +24,7 @@ from torch import nn
 
 from reid_explain.attributes.causal import changed_render
 from reid_explain.data.schema import MARKET1501
-from reid_explain.data.synth_plan import SynthConfig, _gen, plan, render_sample, sample_view
+from reid_explain.synthpedes.planning import SynthConfig, _gen, plan, render_sample, sample_view
 from reid_explain.zoo.registry import ZOO_DATA
 
 

@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from reid_explain.data.synth_plan import SynthConfig, plan
+from reid_explain.synthpedes.planning import SynthConfig, plan
 from reid_explain.training.text_image import OPENAI_MEAN, OPENAI_STD
 from reid_explain.zoo import load
 from reid_explain.zoo.data import render_splits

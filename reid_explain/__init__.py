@@ -10,9 +10,8 @@
 
 from __future__ import annotations
 
-from ._memory import keep_freed_memory
-from .adapter import Adapter
-from .attribution import Attribution
+from ._util.memory import keep_freed_memory
+from ._util.moved import install as _install_moved_paths
 from .errors import (
     AdapterError,
     DataFormatError,
@@ -22,16 +21,20 @@ from .errors import (
     ReidExplainError,
     UnknownPluginError,
 )
-from .explainer import Explainer, explainify
+from .explain.explainer import Explainer, explainify
 from .hookspecs import hookimpl, hookspec
-from .maps import GroundingMap, PairExplanation, TextImageExplanation, TokenRelevance
-from .masker import Masker
-from .metric import Metric, MetricContext
-from .phrases import PartPhrase, PhraseExtractor, extract_phrases
-from .plugin_manager import list_plugins, register, unregister
-from .targets import CosineSimilarity, Target
+from .plugin_api.adapter import Adapter
+from .plugin_api.attribution import Attribution
+from .plugin_api.manager import list_plugins, register, unregister
+from .plugin_api.maps import GroundingMap, PairExplanation, TextImageExplanation, TokenRelevance
+from .plugin_api.masker import Masker
+from .plugin_api.metric import Metric, MetricContext
+from .plugin_api.phrases import PartPhrase, PhraseExtractor, extract_phrases
+from .plugin_api.targets import CosineSimilarity, Target
+from .plugin_api.training_hooks import BackboneModification, TrainingLoss
 from .training.session import TrainingSession, attach, auxiliary_losses
-from .training_hooks import BackboneModification, TrainingLoss
+
+_install_moved_paths()  # the paths before issue 29's layout keep working, with a warning
 
 __version__ = "0.1.0"
 

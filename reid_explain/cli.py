@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import plugin_manager as plugins
+from .plugin_api import manager as plugins
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .studies.demo import run_demo
 
     return run_demo(out=args.out, methods=args.methods, seed=args.seed, quick=args.quick,
                     crops=args.crops)
@@ -124,7 +124,7 @@ def check_evaluate_args(args: argparse.Namespace) -> dict[str, type]:
     typo fails in seconds rather than after the gallery is embedded. Returns the attribution
     and masker classes (their host capabilities are checked once the host is built)."""
     from .errors import InputError
-    from .hosts import check_spec
+    from .explain.hosts import check_spec
 
     for flag, value in (("--height", args.height), ("--width", args.width),
                         ("--batch-size", args.batch_size), ("--max-queries", args.max_queries)):
@@ -182,7 +182,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     log = _stage_printer("evaluate") if shard.is_main else (lambda message: None)
     bars = not args.no_progress and sys.stderr.isatty() and shard.is_main
 
-    from .explainer import explainify
+    from .explain.explainer import explainify
 
     log(f"building host {args.model}" + (f" from {args.weights}" if args.weights else "")
         + (f" on {shard.world_size} processes" if shard.active else "")
@@ -263,7 +263,7 @@ def _host_and_size(args: argparse.Namespace, num_classes: int = 1) -> tuple[Any,
     ``--height``/``--width``, else the size the model was trained at where its spec records
     it (zoo models, ``train:`` checkpoints), else 256x128."""
     from .errors import InputError
-    from .hosts import load_host
+    from .explain.hosts import load_host
 
     given = (args.height, args.width)
     wanted = tuple(g if g is not None else d for g, d in zip(given, DEFAULT_SIZE, strict=True))
@@ -296,7 +296,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """The HTML report of a user's model on a user's data: image ReID on a Market-1501-style
     folder, text-to-image ReID (CLIP hosts) on a CUHK-PEDES-style JSON, or both."""
     from .errors import InputError
-    from .explainer import explainify
+    from .explain.explainer import explainify
 
     if args.data is None and args.captions is None:
         raise InputError("give --data (a Market-1501-style folder), --captions (a "
@@ -338,7 +338,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """What the model loses when one attribute of the same person changes, per attribute."""
     from .attributes.causal import audit_explainer, synth_config_of
     from .errors import InputError
-    from .explainer import explainify
+    from .explain.explainer import explainify
     from .report.stages import StageClock
 
     config = synth_config_of(args.data)
@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: subcommands with their own argument parser: everything after the name is theirs
-DELEGATED = {"synth": ("reid_explain.data.synth", "synth_main"),
+DELEGATED = {"synth": ("reid_explain.synthpedes", "synth_main"),
              "attributes": ("reid_explain.attributes.cli", "attributes_main"),
              "zoo": ("reid_explain.zoo.cli", "zoo_main")}
 #: ``reid-explain train --task TASK``: the reference training loop of each task
@@ -508,7 +508,7 @@ def _train(argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if os.environ.get("REID_EXPLAIN_MALLOC") == "keep":
-        from ._memory import keep_freed_memory
+        from ._util.memory import keep_freed_memory
 
         keep_freed_memory()  # batched forwards reuse freed pages (see _memory.py)
     if argv and argv[0] == "train":

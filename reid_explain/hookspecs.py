@@ -37,7 +37,7 @@ def register_adapters(register: Callable[[type], None]) -> None:
     timm ViTs, ...). ``explainify(model)`` asks every registered adapter class, highest
     ``priority`` first, whether it ``matches(model)`` and uses the first that does;
     ``explainify(model, adapter="name")`` picks one by its ``name``. See
-    :class:`reid_explain.adapter.Adapter` for what an adapter must expose.
+    :class:`reid_explain.plugin_api.adapter.Adapter` for what an adapter must expose.
     """
 
 
@@ -49,7 +49,7 @@ def register_attributions(register: Callable[[type], None]) -> None:
     callable) by a map over the image's patch grid, or over the text tokens for
     ``modality = "text"``. It is used by its ``name``:
     ``explainer.explain(query, gallery, method="gradcam")``. See
-    :class:`reid_explain.attribution.Attribution`.
+    :class:`reid_explain.plugin_api.attribution.Attribution`.
     """
 
 
@@ -60,7 +60,7 @@ def register_metrics(register: Callable[[type], None]) -> None:
     A metric receives the explainer and an explanation and returns per-pair values (for
     example the similarity drop when the top explanatory patches are masked). It is used by its
     ``name``: ``explainer.score(explanation, metrics=["name"])``. See
-    :class:`reid_explain.metric.Metric`.
+    :class:`reid_explain.plugin_api.metric.Metric`.
     """
 
 
@@ -71,7 +71,7 @@ def register_maskers(register: Callable[[type], None]) -> None:
     A masker removes image regions given as boolean masks on the patch grid: by filling them
     with the data set mean, blurring, adding noise, or (ViT hosts) dropping their tokens. It is
     chosen by ``name`` in perturbation metrics (``masker="blur"``). See
-    :class:`reid_explain.masker.Masker`.
+    :class:`reid_explain.plugin_api.masker.Masker`.
     """
 
 
@@ -82,7 +82,7 @@ def register_phrase_extractors(register: Callable[[type], None]) -> None:
     A phrase extractor finds, in a free-text caption, the phrases that describe a body part or
     carried object with their modifiers ("a light-blue short-sleeved T-shirt") and their
     character spans. PPIM supervision and ``explainer.ground(image, caption)`` use the one named
-    by ``phrase_extractor="name"``. See :class:`reid_explain.phrases.PhraseExtractor`.
+    by ``phrase_extractor="name"``. See :class:`reid_explain.plugin_api.phrases.PhraseExtractor`.
     """
 
 
@@ -93,7 +93,7 @@ def register_training_losses(register: Callable[[type], None]) -> None:
     A training loss attaches to a host through its adapter (for example to read the patch tokens
     or the self-attention of the last blocks), and returns a scalar loss for a batch that the
     user adds to their own objective (PPIM phrase supervision, attention constraints). See
-    :class:`reid_explain.training_hooks.TrainingLoss`.
+    :class:`reid_explain.plugin_api.training_hooks.TrainingLoss`.
     """
 
 
@@ -103,5 +103,5 @@ def register_backbone_modifications(register: Callable[[type], None]) -> None:
 
     A modification injects modules into the blocks an adapter exposes (for example residual
     LoRA mixture-of-experts in the last transformer blocks) and can remove them again, leaving the
-    host bit-identical. See :class:`reid_explain.training_hooks.BackboneModification`.
+    host bit-identical. See :class:`reid_explain.plugin_api.training_hooks.BackboneModification`.
     """

@@ -136,9 +136,9 @@ def build_targets(base: Path) -> list[Target]:
         load_attribute_table,
         save_attribute_table,
     )
-    from reid_explain.data.synth import SynthConfig, export_synthpedes
-    from reid_explain.data.synth_side import load_synthpedes_side
     from reid_explain.data.text_annotations import load_text_annotations
+    from reid_explain.synthpedes import SynthConfig, export_synthpedes
+    from reid_explain.synthpedes.side import load_synthpedes_side
     from reid_explain.training.text_image import (
         TinyClipConfig,
         TrainConfig,

@@ -337,7 +337,7 @@ def test_dense_embeddings_equal_torch_attention_with_the_mixing_replaced(feature
 
 def test_dense_similarity_scores_each_patch_embedding_with_the_target():
     from reid_explain.errors import PluginError
-    from reid_explain.targets import CosineSimilarity
+    from reid_explain.plugin_api.targets import CosineSimilarity
 
     clip = make_tiny_clip()
     x = images(2)
@@ -386,7 +386,7 @@ def test_guided_gradcam_refuses_a_host_without_relu_modules():
     GELU) it would be plain gradients under the guided name. Such a host lacks the adapter's
     "relu" capability, so reports leave the method out and a direct call is refused; the
     plugin refuses too when called on a host by hand."""
-    from reid_explain.plugin_manager import get
+    from reid_explain.plugin_api.manager import get
 
     with explainify(_FunctionalReluNet(), layer="head") as exp:
         assert "stages" in exp.adapter.capabilities and "relu" not in exp.adapter.capabilities

@@ -16,9 +16,9 @@ from reid_explain.attributes.causal import (
     changed_render,
 )
 from reid_explain.data.schema import MARKET1501
-from reid_explain.data.synth_plan import SynthConfig, plan, render_sample
-from reid_explain.data.synth_render import LABEL
 from reid_explain.errors import InputError
+from reid_explain.synthpedes.planning import SynthConfig, plan, render_sample
+from reid_explain.synthpedes.rendering import LABEL
 
 CONFIG = {"n_ids": 40, "images_per_id": 4, "seed": 11, "height": 64, "width": 32}
 
@@ -132,7 +132,7 @@ def test_codes_of_rendered_people_are_the_codes_the_exported_mat_gives(tmp_path)
     from reid_explain.attributes.causal import attribute_codes_of
     from reid_explain.data.attributes import load_attributes
     from reid_explain.data.datasets import ImageReidDataset
-    from reid_explain.data.synth_export import export_synthpedes
+    from reid_explain.synthpedes.export import export_synthpedes
 
     config = SynthConfig(**CONFIG | {"n_ids": 16})
     export_synthpedes(tmp_path, config, formats=("market", "attributes"))

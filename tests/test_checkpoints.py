@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from reid_explain._io import load_torch_file
+from reid_explain._util.io import load_torch_file
 from reid_explain.errors import DataFormatError, InputError
-from reid_explain.hosts import build_host
+from reid_explain.explain.hosts import build_host
 from reid_explain.training.text_image import load_checkpoint
 
 
@@ -90,7 +90,7 @@ def test_every_cli_weights_flag_refuses_a_checkpoint_that_runs_code(malicious, t
 def test_moe_host_weights_flag_refuses_a_checkpoint_that_runs_code(malicious, tmp_path,
                                                                    capsys):
     from reid_explain.cli import main
-    from reid_explain.data.synth import SynthConfig, export_synthpedes
+    from reid_explain.synthpedes import SynthConfig, export_synthpedes
 
     path, marker = malicious
     export_synthpedes(tmp_path / "data", SynthConfig(n_ids=8, images_per_id=4, seed=1),

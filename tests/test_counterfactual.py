@@ -14,8 +14,8 @@ from torch import nn
 
 from reid_explain import explainify
 from reid_explain.evaluation.bootstrap import bootstrap_ci
-from reid_explain.maps import TextImageExplanation, TokenRelevance
-from reid_explain.metric import MetricContext
+from reid_explain.plugin_api.maps import TextImageExplanation, TokenRelevance
+from reid_explain.plugin_api.metric import MetricContext
 from reid_explain.plugins.metrics.counterfactual import (
     CounterfactualMasking,
     cell_count,

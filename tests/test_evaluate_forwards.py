@@ -17,11 +17,12 @@ import pytest
 import torch
 from conftest import make_osnet
 
-from reid_explain import explainify, plugin_manager
+from reid_explain import explainify
 from reid_explain.data.datasets import ImageReidDataset, default_transform
-from reid_explain.data.synth import SynthConfig, export_synthpedes
 from reid_explain.evaluation.protocol import ReidEvalSet, random_maps, true_matches
-from reid_explain.metric import MetricContext
+from reid_explain.plugin_api import manager as plugin_manager
+from reid_explain.plugin_api.metric import MetricContext
+from reid_explain.synthpedes import SynthConfig, export_synthpedes
 
 METRICS = ["counterfactual_masking", "deletion"]
 N_RANDOM = 2

@@ -52,7 +52,7 @@ def test_default_internal_batch_holds_a_fixed_number_of_pixels():
     """Without ``internal_batch_size`` a pass holds DEFAULT_INTERNAL_BATCH_PIXELS: 8 images at
     256x128 (so the largest activation stays under glibc's 32 MB mmap threshold), 32 at
     128x64; embeddings are batched the same way."""
-    from reid_explain.engine import DEFAULT_INTERNAL_BATCH_PIXELS, default_internal_batch_size
+    from reid_explain.core.engine import DEFAULT_INTERNAL_BATCH_PIXELS, default_internal_batch_size
 
     assert default_internal_batch_size(torch.zeros(1, 3, 256, 128)) == 8
     assert default_internal_batch_size(torch.zeros(1, 3, 128, 64)) == 32

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from reid_explain import zoo
-from reid_explain.data.synth_plan import SynthConfig, plan
 from reid_explain.studies.interpartability import (
     StudyConfig,
     image_swap,
@@ -17,6 +16,7 @@ from reid_explain.studies.interpartability import (
     run_study,
     t_interval,
 )
+from reid_explain.synthpedes.planning import SynthConfig, plan
 from reid_explain.zoo.data import garment_pairs, heldout_pid_splits
 
 DATA = {"n_ids": 60, "images_per_id": 4, "seed": 15, "height": 128, "width": 64,

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from reid_explain import plugin_manager as plugins
 from reid_explain.evaluation.grounding_scores import (
     dilate,
     energy_pointing_game,
     pointing_game,
     top_region_iou,
 )
-from reid_explain.maps import GroundingMap, PairExplanation
-from reid_explain.metric import MetricContext
+from reid_explain.plugin_api import manager as plugins
+from reid_explain.plugin_api.maps import GroundingMap, PairExplanation
+from reid_explain.plugin_api.metric import MetricContext
 from reid_explain.plugins.metrics.grounding import part_regions
 
 NAN = float("nan")

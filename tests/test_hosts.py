@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reid_explain.errors import InputError
-from reid_explain.hosts import build_host
+from reid_explain.explain.hosts import build_host
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -80,7 +80,7 @@ def test_bad_specs_and_missing_files(tmp_path):
 def test_native_image_size_is_the_size_the_spec_records():
     """Commands read data at the size a zoo model was trained at unless told otherwise; specs
     that record no size (a user's torchreid, open_clip or timm weights) get None."""
-    from reid_explain.hosts import load_host, native_image_size
+    from reid_explain.explain.hosts import load_host, native_image_size
     from reid_explain.zoo.registry import ZOO_DATA, spec
 
     assert native_image_size("zoo:osnet-synthpedes") == (ZOO_DATA["height"], ZOO_DATA["width"])

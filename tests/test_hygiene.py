@@ -10,7 +10,7 @@ from conftest import images, make_osnet, make_plain, make_timm_vit, make_tiny_cl
 from hygiene import host_state
 
 from reid_explain import explainify
-from reid_explain.plugin_manager import registry
+from reid_explain.plugin_api.manager import registry
 
 HOSTS = {
     "torchreid": (make_osnet, {}, (128, 64)),
@@ -85,7 +85,7 @@ def test_strict_json_writes_undefined_figures_as_null_never_nan():
     import numpy as np
     import torch
 
-    from reid_explain._io import json_safe, strict_json
+    from reid_explain._util.io import json_safe, strict_json
 
     record = {"nan": float("nan"), "inf": -math.inf, "np": np.float32("nan"),
               "array": np.array([1.5, np.nan]), "tensor": torch.tensor([0.25, float("inf")]),
@@ -106,7 +106,7 @@ def test_host_guard_undoes_what_a_careless_plugin_does_inside_it():
     the outermost one."""
     from collections import OrderedDict
 
-    from reid_explain.host_guard import HostGuard
+    from reid_explain.plugin_api.host_guard import HostGuard
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
                                 torch.nn.Sequential(torch.nn.ReLU()))

@@ -160,8 +160,8 @@ def test_parser_counts_lazy_and_typing_only_imports(tmp_path: Path) -> None:
 
 def test_parser_sees_the_real_facade_edges() -> None:
     graph = import_graph()
-    assert "reid_explain.evaluation.protocol" in graph["reid_explain.explainer"]
-    assert "reid_explain.grounding" in graph["reid_explain.explainer"]
+    assert "reid_explain.evaluation.protocol" in graph["reid_explain.explain.explainer"]
+    assert "reid_explain.explain.grounding" in graph["reid_explain.explain.explainer"]
 
 
 def test_core_has_no_import_cycle() -> None:
@@ -170,10 +170,154 @@ def test_core_has_no_import_cycle() -> None:
     assert not cycles, "import cycles in the core:\n" + "\n".join(" → ".join(c) for c in cycles)
 
 
-def test_no_part_imports_the_facade() -> None:
-    """Only entry points (package __init__, CLI, demo, report) may import the Explainer."""
-    allowed = {"reid_explain", "reid_explain.cli", "reid_explain.demo"}
-    graph = import_graph()
-    users = sorted(m for m, deps in graph.items()
-                   if "reid_explain.explainer" in deps and m not in allowed)
-    assert not users, f"parts that import the façade reid_explain.explainer: {users}"
+#: The layers, lowest first (docs/architecture.md). A module may import its own layer and any
+#: layer below it, never one above: the contract does not know the engine, the engine does not
+#: know the subsystems, no subsystem knows the façade. The longest matching prefix decides.
+LAYERS: list[tuple[str, ...]] = [
+    ("reid_explain.errors", "reid_explain._util"),
+    ("reid_explain.hookspecs", "reid_explain.plugin_api"),
+    ("reid_explain.data",),
+    ("reid_explain.synthpedes",),
+    ("reid_explain.core",),
+    ("reid_explain.training", "reid_explain.evaluation"),
+    ("reid_explain.attributes",),
+    ("reid_explain.moe", "reid_explain.zoo"),
+    ("reid_explain.report",),
+    ("reid_explain.explain",),
+    ("reid_explain.studies",),
+    ("reid_explain", "reid_explain.cli", "reid_explain.__main__"),
+]
+
+
+def layer_of(module: str, layers: list[tuple[str, ...]] = LAYERS) -> int:
+    best: tuple[int, int] | None = None
+    for index, prefixes in enumerate(layers):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and \
+                    (best is None or len(prefix) > best[1]):
+                best = (index, len(prefix))
+    if best is None:
+        raise AssertionError(f"{module} is in no layer: add its folder to LAYERS and to "
+                             "docs/architecture.md")
+    return best[0]
+
+
+def upward_imports(graph: dict[str, set[str]],
+                   layers: list[tuple[str, ...]] = LAYERS) -> list[tuple[str, str]]:
+    """``(importer, imported)`` pairs where a lower layer imports a higher one."""
+    return sorted((m, d) for m, deps in graph.items() for d in deps
+                  if layer_of(d, layers) > layer_of(m, layers))
+
+
+def test_imports_run_down_the_layers() -> None:
+    bad = upward_imports(import_graph())
+    assert not bad, "imports against the layer order (docs/architecture.md):\n" + "\n".join(
+        f"{m} (layer {layer_of(m)}) → {d} (layer {layer_of(d)})" for m, d in bad)
+
+
+def test_layer_check_fails_on_a_planted_upward_import(tmp_path: Path) -> None:
+    """A copy of the real package with one upward import added (the plugin contract reaching
+    for the façade, lazily inside a function) must fail the check, naming that edge."""
+    import shutil
+
+    shutil.copytree(ROOT / PACKAGE, tmp_path / PACKAGE,
+                    ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    target = tmp_path / PACKAGE / "plugin_api" / "targets.py"
+    target.write_text(target.read_text() + "\n\ndef _planted():\n"
+                      "    from ..explain.explainer import explainify\n"
+                      "    return explainify\n")
+    assert upward_imports(import_graph(tmp_path, PACKAGE)) == [
+        ("reid_explain.plugin_api.targets", "reid_explain.explain.explainer")]
+    assert upward_imports(import_graph()) == []
+
+
+def test_every_module_has_a_layer_and_every_layer_a_module() -> None:
+    modules = set(module_files())
+    for module in modules:
+        layer_of(module)
+    for prefixes in LAYERS:
+        for prefix in prefixes:
+            assert any(m == prefix or m.startswith(prefix + ".") for m in modules), prefix
+
+
+def test_the_core_knows_no_plugin_by_name() -> None:
+    """Built-ins are found through entry points like any third party's: no module of the
+    core imports ``reid_explain.plugins`` or ``reid_explain.adapters``."""
+    found = []
+    for module, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):  # relative: "..plugins" gives "plugins"
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                if name.startswith(("reid_explain.plugins", "reid_explain.adapters",
+                                    "plugins", "adapters")):
+                    found.append((module, name))
+    assert not found, found
+
+
+def test_the_root_holds_only_entry_points_and_the_contract() -> None:
+    """The package root shows the layers: loose modules are the entry points, the errors and
+    the hook specifications; everything else lives in a folder that says its role."""
+    loose = sorted(p.name for p in (ROOT / PACKAGE).glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "cli.py", "errors.py", "hookspecs.py"]
+
+
+def test_packaging_lists_every_package() -> None:
+    """pyproject's explicit package list (needed for the package-dir mapping) names every
+    folder, so a wheel holds all of it (``reid_explain.studies`` was once missing)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / PACKAGE).rglob(
+        "__init__.py")}
+    found |= {f"reid_explain.{'.'.join(p.parent.relative_to(ROOT).parts)}"
+              for d in ("plugins", "adapters") for p in (ROOT / d).rglob("__init__.py")}
+    assert found == listed, {"missing": sorted(found - listed), "extra": sorted(listed - found)}
+
+
+def test_moved_paths_still_import_with_a_warning() -> None:
+    """Every old path (before the layout of issue 29) gives the same module object as its
+    new path, with a DeprecationWarning that names the new one."""
+    import importlib
+    import sys
+    import warnings
+
+    from reid_explain._util.moved import MOVED
+
+    for old, new in MOVED.items():
+        sys.modules.pop(old, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new), old
+        assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message)
+                   for w in caught), (old, [str(w.message) for w in caught])
+        sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from reid_explain.data import load_synthpedes_side
+    from reid_explain.synthpedes.side import load_synthpedes_side as new_function
+    assert load_synthpedes_side is new_function
+    assert any("reid_explain.synthpedes.side" in str(w.message) for w in caught)
+
+
+def test_no_lazy_export_is_shadowed_by_a_submodule() -> None:
+    """A package's lazy export must not share its name with one of its submodules: importing
+    the submodule binds the name on the package, and ``from pkg import plan`` would then give
+    the module instead of the function (it did, with ``synthpedes.plan``)."""
+    import importlib
+
+    clashes = []
+    for module, path in module_files().items():
+        if path.name != "__init__.py":
+            continue
+        exports = getattr(importlib.import_module(module), "_EXPORTS", {})
+        submodules = {p.stem for p in path.parent.glob("*.py")} | {
+            p.parent.name for p in path.parent.glob("*/__init__.py")}
+        clashes += [f"{module}.{name}" for name in exports if name in submodules]
+    assert not clashes, clashes

@@ -20,7 +20,7 @@ from reid_explain.evaluation.phrase_grounding import (
     location_prior_scores,
     phrase_grounding_scores,
 )
-from reid_explain.grounding import part_wise_similarity
+from reid_explain.explain.grounding import part_wise_similarity
 from reid_explain.plugins.training.attention_constraint import spatial_spread
 from reid_explain.training.grid import fourier_positions, grid_coordinates
 from reid_explain.training.objectives import itc_loss, sdm_loss
@@ -327,7 +327,7 @@ def test_ppim_can_read_an_earlier_token_source(patch_block, module):
 def test_ppim_can_read_dense_features_of_the_same_forward(patch_block, features, block):
     """Dense-CLIP keys (issue 26): the tokens PPIM reads equal the adapter's inference-time
     dense embeddings of the same images, and carry gradient to the host's blocks."""
-    from reid_explain.explainer import choose_adapter
+    from reid_explain.explain.explainer import choose_adapter
 
     model = tiny_clip(SMALL)
     images = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(0))
@@ -638,7 +638,7 @@ def test_report_shows_the_ppim_head_of_a_train_checkpoint(synth_splits, tmp_path
     """``report --model train:text-image --weights CKPT``: the CLIP and the PPIM head it was
     trained with come back from the checkpoint, and the caption maps add the head's own phrase
     maps (phrases found by the rule extractor: a CUHK-PEDES JSON has no spans)."""
-    from reid_explain.hosts import load_host, native_image_size
+    from reid_explain.explain.hosts import load_host, native_image_size
 
     model = tiny_clip(SMALL)
     config = TrainConfig(epochs=1, batch_size=16, lr=2e-3, losses=("ppim",), max_steps=2)

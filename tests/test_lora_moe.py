@@ -11,7 +11,7 @@ from conftest import make_timm_vit, make_tiny_clip
 from hygiene import host_state
 
 from reid_explain.data.schema import DUKEMTMC, MARKET1501, AttributeKind
-from reid_explain.explainer import choose_adapter
+from reid_explain.explain.explainer import choose_adapter
 from reid_explain.moe.checkpoint import load_checkpoint, save_checkpoint
 from reid_explain.moe.experts import ExpertLayout
 from reid_explain.moe.mixture import GatedLoraSum, Workspace, make_plan
@@ -25,7 +25,7 @@ from reid_explain.moe.train import (
     train_image_moe_main,
     trainable_parameters,
 )
-from reid_explain.plugin_manager import get
+from reid_explain.plugin_api.manager import get
 
 peft = pytest.importorskip("peft")
 from peft.tuners.lora import LoraLayer  # noqa: E402
@@ -352,8 +352,8 @@ def test_batch_hard_triplet_by_hand():
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
-    from reid_explain.data.synth_export import export_synthpedes
-    from reid_explain.data.synth_plan import SynthConfig
+    from reid_explain.synthpedes.export import export_synthpedes
+    from reid_explain.synthpedes.planning import SynthConfig
 
     root = tmp_path_factory.mktemp("synth") / "sp"
     export_synthpedes(root, SynthConfig(n_ids=12, images_per_id=4, height=64, width=32),
@@ -458,10 +458,10 @@ def test_a_pixel_router_learns_attributes_from_the_image_alone():
     colour on identities it never saw far above chance, routes with one host pass (no
     expert-free first pass) and gives the oracle's gate pattern."""
     from reid_explain.attributes.causal import attribute_codes_of
-    from reid_explain.data.synth_plan import SynthConfig, plan, render_sample
-    from reid_explain.inputs import normalised_images
+    from reid_explain.core.inputs import normalised_images
     from reid_explain.moe.routers import PixelRouter, router_logits
     from reid_explain.moe.train import router_accuracy, train_router
+    from reid_explain.synthpedes.planning import SynthConfig, plan, render_sample
 
     synth = plan(SynthConfig(n_ids=60, images_per_id=6, seed=3, height=64, width=32))
     specs = [s for s in synth.samples if s.pid != 0]

@@ -10,8 +10,8 @@ from conftest import images, make_plain, make_timm_vit, make_tiny_clip
 from torchvision.transforms.functional import gaussian_blur
 
 from reid_explain import AdapterError, explainify
-from reid_explain.masker import grid_to_pixels
-from reid_explain.plugin_manager import get
+from reid_explain.plugin_api.manager import get
+from reid_explain.plugin_api.masker import grid_to_pixels
 
 
 def _masks(n: int = 4, grid=(8, 4), seed: int = 0) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import images, make_osnet
 
 from reid_explain import explainify
-from reid_explain.plugin_manager import get
+from reid_explain.plugin_api.manager import get
 
 curves = importlib.import_module("reid_explain.plugins.metrics.perturbation_curves")
 counterfactual = importlib.import_module("reid_explain.plugins.metrics.counterfactual")

@@ -101,7 +101,7 @@ def test_gradcam_peak_memory_is_one_internal_batch_whatever_k():
 KEEP_CHILD = """
 import ctypes, ctypes.util, json, sys
 import torch
-from reid_explain._memory import keep_freed_memory
+from reid_explain._util.memory import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (

@@ -17,11 +17,11 @@ from reid_explain.data.attributes import attribute_codes, load_attributes, save_
 from reid_explain.data.schema import DUKEMTMC, MARKET1501, AttributeKind
 from reid_explain.errors import InputError
 from reid_explain.evaluation.retrieval import image_reid_metrics
-from reid_explain.explainer import choose_adapter
+from reid_explain.explain.explainer import choose_adapter
 from reid_explain.moe.ablation import ablation_outcomes
 from reid_explain.moe.planted import planted_order_study, rank_agreement
 from reid_explain.moe.train import IdClassifier, train_image_moe
-from reid_explain.plugin_manager import get
+from reid_explain.plugin_api.manager import get
 
 pytest.importorskip("peft")
 

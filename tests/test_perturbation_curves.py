@@ -15,8 +15,8 @@ from conftest import images, make_plain, make_timm_vit
 from torch import Tensor, nn
 
 from reid_explain import GroundingMap, PairExplanation, PluginError, explainify
-from reid_explain.metric import MetricContext
-from reid_explain.plugin_manager import get
+from reid_explain.plugin_api.manager import get
+from reid_explain.plugin_api.metric import MetricContext
 
 # by import_module: ruff sorts the mapped package reid_explain.plugins differently depending
 # on the paths it is run on

@@ -8,10 +8,9 @@ import time
 import pytest
 
 import reid_explain
-from reid_explain.data.synth_plan import SynthConfig, iter_samples, plan
 from reid_explain.errors import PluginError, UnknownPluginError
 from reid_explain.hookspecs import hookimpl
-from reid_explain.phrases import (
+from reid_explain.plugin_api.phrases import (
     PART_NOUNS,
     PartPhrase,
     PhraseExtractor,
@@ -21,6 +20,7 @@ from reid_explain.phrases import (
     part_of,
     span_iou,
 )
+from reid_explain.synthpedes.planning import SynthConfig, iter_samples, plan
 
 U, L, S, H, HAT, BP, BAG, HB, HEAD = ("upper_body", "lower_body", "shoes", "hair", "hat",
                                       "backpack", "bag", "handbag", "head")
@@ -225,7 +225,7 @@ def test_match_counts() -> None:
 
 
 def test_rules_registered_through_entry_point() -> None:
-    from reid_explain.plugin_manager import get
+    from reid_explain.plugin_api.manager import get
 
     entry = get("phrase_extractors", "rules")
     assert entry.plugin == "rule_phrases"
@@ -279,7 +279,7 @@ def test_third_party_extractor(third_party: str) -> None:
     assert [p.text for p in extract_phrases("a b", extractor=instance)] == ["a", "b"]
     with pytest.raises(PluginError, match="shifted"):
         extract_phrases("a red coat", extractor="shifted")
-    with pytest.raises(PluginError, match="not a reid_explain.phrases.PhraseExtractor"):
+    with pytest.raises(PluginError, match="not a reid_explain.plugin_api.phrases.PhraseExtractor"):
         extract_phrases("a red coat", extractor="not_an_extractor")
 
 

@@ -124,7 +124,7 @@ def test_register_lists_and_uses_by_name(third_party, capsys):
                                    atol=1e-7, rtol=1e-5)
     reid_explain.unregister(third_party)
     with pytest.raises(UnknownPluginError):
-        reid_explain.plugin_manager.get("attributions", "test_saliency")
+        reid_explain.plugin_api.manager.get("attributions", "test_saliency")
     reid_explain.register(third_party, name="test-third-party")
 
 
@@ -222,7 +222,7 @@ def test_conflicting_names_are_an_error_naming_both_plugins():
         expected = ("attribution method 'gradcam' is registered by both plugin 'gradcam' and "
                     "plugin 'twin'")
         with pytest.raises(PluginConflictError, match=expected):
-            reid_explain.plugin_manager.registry("attributions")
+            reid_explain.plugin_api.manager.registry("attributions")
     finally:
         reid_explain.unregister(twin)
-    assert "gradcam" in reid_explain.plugin_manager.registry("attributions")
+    assert "gradcam" in reid_explain.plugin_api.manager.registry("attributions")

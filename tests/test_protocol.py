@@ -13,9 +13,9 @@ from conftest import images, make_osnet, make_plain
 import reid_explain
 from reid_explain import Metric, PluginError, explainify, hookimpl
 from reid_explain.data.datasets import default_transform
-from reid_explain.data.synth import SynthConfig, export_synthpedes
 from reid_explain.errors import InputError
 from reid_explain.evaluation.protocol import ReidEvalSet, true_matches
+from reid_explain.synthpedes import SynthConfig, export_synthpedes
 
 
 def test_true_matches_follow_the_market_protocol():
@@ -174,7 +174,7 @@ class _Flaky:
 
     @staticmethod
     def metric():
-        from reid_explain.metric import Metric
+        from reid_explain.plugin_api.metric import Metric
 
         class FlakyMetric(Metric):
             name = "flaky_metric"

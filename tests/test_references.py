@@ -14,10 +14,7 @@ from conftest import make_plain
 
 import reid_explain
 from reid_explain import explainify
-from reid_explain.attribution import Attribution
 from reid_explain.data.datasets import default_transform
-from reid_explain.data.synth import SynthConfig, export_synthpedes
-from reid_explain.data.synth_side import load_synthpedes_side
 from reid_explain.evaluation.grounding_scores import energy_pointing_game
 from reid_explain.evaluation.protocol import ReidEvalSet, _training_reference
 from reid_explain.evaluation.references import (
@@ -28,6 +25,9 @@ from reid_explain.evaluation.references import (
 )
 from reid_explain.evaluation.verdicts import compare, verdict_text
 from reid_explain.hookspecs import hookimpl
+from reid_explain.plugin_api.attribution import Attribution
+from reid_explain.synthpedes import SynthConfig, export_synthpedes
+from reid_explain.synthpedes.side import load_synthpedes_side
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_verdict_is_no_when_the_maps_are_the_reference_maps(export):
                                   metrics=["energy_pointing_game", "pointing_game",
                                            "counterfactual_masking"])
     finally:
-        reid_explain.plugin_manager.unregister(name="reference-copy-test")
+        reid_explain.plugin_api.manager.unregister(name="reference-copy-test")
     comparison = result.comparison.set_index(["metric", "key"])
     assert len(comparison) >= 5  # energy, pointing, gap, top and bottom drops, ranks, ...
     for (metric, key), row in comparison.iterrows():

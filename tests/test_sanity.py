@@ -15,7 +15,6 @@ from scipy.stats import spearmanr
 from torch import nn
 
 import reid_explain
-from reid_explain import plugin_manager as plugins
 from reid_explain.evaluation.sanity import (
     map_ssim,
     model_randomization_check,
@@ -24,8 +23,9 @@ from reid_explain.evaluation.sanity import (
     randomize_modules,
     spearman,
 )
-from reid_explain.maps import GroundingMap, PairExplanation
-from reid_explain.metric import MetricContext
+from reid_explain.plugin_api import manager as plugins
+from reid_explain.plugin_api.maps import GroundingMap, PairExplanation
+from reid_explain.plugin_api.metric import MetricContext
 from reid_explain.plugins.metrics.grounding import energy_pointing_game, part_regions
 
 
@@ -303,7 +303,7 @@ class TinyReID(nn.Module):
 
 def synthpedes_setup(seed: int, epochs: int = 15) -> dict[str, Any]:
     """Render 24 ids at 128x64, train TinyReID with an ID loss on the 12 train ids."""
-    from reid_explain.data.synth import SynthConfig, iter_samples, masks_from_labels, plan
+    from reid_explain.synthpedes import SynthConfig, iter_samples, masks_from_labels, plan
 
     config = SynthConfig(n_ids=24, images_per_id=8, seed=seed, height=128, width=64,
                          occlusion_prob=0.0, captions_per_image=1)

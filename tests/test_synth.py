@@ -13,7 +13,8 @@ import scipy.io
 from PIL import Image
 
 from reid_explain.data.schema import MARKET1501, PARTS
-from reid_explain.data.synth import (
+from reid_explain.errors import InputError
+from reid_explain.synthpedes import (
     DEFAULT_PLANTED_ORDER,
     LABEL,
     SynthConfig,
@@ -28,7 +29,6 @@ from reid_explain.data.synth import (
     render_sample,
     synth_main,
 )
-from reid_explain.errors import InputError
 
 SMALL = SynthConfig(n_ids=10, images_per_id=4, seed=3, occlusion_prob=0.3, captions_per_image=3)
 
@@ -285,14 +285,14 @@ def test_a_killed_export_leaves_nothing_the_next_run_keeps(tmp_path):
     out = tmp_path / "synthpedes_root"
     child = subprocess.Popen([sys.executable, "-c", (
         "import time\n"
-        "from reid_explain._io import atomic_path\n"
+        "from reid_explain._util.io import atomic_path\n"
         f"with atomic_path({str(out)!r}) as tmp:\n"
         "    tmp.mkdir(); (tmp / 'half.jpg').write_bytes(b'x'); print('ready', flush=True)\n"
         "    time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "ready"
     live = [p for p in tmp_path.iterdir() if p.name.startswith(".synthpedes_root.tmp")]
     assert len(live) == 1
-    from reid_explain._io import remove_stale_temporaries
+    from reid_explain._util.io import remove_stale_temporaries
 
     assert remove_stale_temporaries(out) == []  # its writer is alive: not touched
     os.kill(child.pid, signal.SIGKILL)

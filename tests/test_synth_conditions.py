@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from reid_explain.data.schema import PARTS
-from reid_explain.data.synth_crops import Box, apply_index_map, box_index_map
-from reid_explain.data.synth_pairs import (
+from reid_explain.errors import InputError
+from reid_explain.synthpedes.crops import Box, apply_index_map, box_index_map
+from reid_explain.synthpedes.pairs import (
     CHANGEABLE_PARTS,
     ChangedPartPairs,
     change_part,
@@ -23,9 +24,8 @@ from reid_explain.data.synth_pairs import (
     changed_part_pairs,
     check_pair,
 )
-from reid_explain.data.synth_plan import SynthConfig, plan, render_sample
-from reid_explain.data.synth_render import LABEL, masks_from_labels
-from reid_explain.errors import InputError
+from reid_explain.synthpedes.planning import SynthConfig, plan, render_sample
+from reid_explain.synthpedes.rendering import LABEL, masks_from_labels
 
 # sha256 over (name, image, labels, part_pixels, captions, view) of every sample, computed with
 # the code as it was before the crops option existed (git 434e47c)

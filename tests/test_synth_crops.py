@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reid_explain.data.synth_crops import (
+from reid_explain.errors import InputError
+from reid_explain.synthpedes.crops import (
     CANVAS,
     Box,
     apply_index_map,
@@ -14,9 +15,8 @@ from reid_explain.data.synth_crops import (
     canvas_view,
     render_misaligned,
 )
-from reid_explain.data.synth_plan import SynthConfig, iter_samples, plan, render_sample
-from reid_explain.data.synth_render import _background, _Canvas, _draw_person, finish
-from reid_explain.errors import InputError
+from reid_explain.synthpedes.planning import SynthConfig, iter_samples, plan, render_sample
+from reid_explain.synthpedes.rendering import _background, _Canvas, _draw_person, finish
 
 
 def _people(config: SynthConfig) -> list:
@@ -55,14 +55,14 @@ def test_misaligned_masks_move_exactly_with_the_pixels():
         assert np.array_equal(image[i, j], canvas.image[rows[i], cols[j]])
         assert labels[i, j] == canvas.labels[rows[i], cols[j]]
     # the crop of the whole pipeline equals the index map of the canvas (no passer-by drawn)
-    from reid_explain.data.synth_crops import CropDraw
+    from reid_explain.synthpedes.crops import CropDraw
 
     got = render_misaligned(identity, camera, view, CropDraw(box, "", -1, 0, None), None, h, w)
     assert np.array_equal(got.image, image) and np.array_equal(got.labels, labels)
     # the aligned crop is the canvas's central window: the same labels as the aligned render
     centre = Box((CANVAS - 1) / 2 * h, (CANVAS - 1) / 2 * w, h, w)
     aligned = apply_index_map(canvas.labels, *box_index_map(centre, (h, w)))
-    from reid_explain.data.synth_render import render
+    from reid_explain.synthpedes.rendering import render
 
     assert (aligned == render(identity, camera, view, h, w).labels).mean() > 0.99
 

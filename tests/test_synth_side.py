@@ -9,10 +9,10 @@ import pytest
 
 from reid_explain.data.datasets import TextImageDataset, collate_text_batch
 from reid_explain.data.schema import PARTS
-from reid_explain.data.synth import SynthConfig, export_synthpedes
-from reid_explain.data.synth_side import load_synthpedes_side
 from reid_explain.data.text_annotations import load_text_annotations
 from reid_explain.errors import DataFormatError
+from reid_explain.synthpedes import SynthConfig, export_synthpedes
+from reid_explain.synthpedes.side import load_synthpedes_side
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from conftest import images, make_timm_vit, make_tiny_clip, manual_timm_forward
 
-from reid_explain import explainify, plugin_manager
+from reid_explain import explainify
+from reid_explain.plugin_api import manager as plugin_manager
+from reid_explain.plugin_api.targets import CosineSimilarity
 from reid_explain.plugins.attributions.attention_relevance import occurrences
-from reid_explain.targets import CosineSimilarity
 
 
 def _rollout_alone(vit, image):

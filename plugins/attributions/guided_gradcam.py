@@ -27,9 +27,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from reid_explain.attribution import Attribution
 from reid_explain.hookspecs import hookimpl
-from reid_explain.targets import Target
+from reid_explain.plugin_api.attribution import Attribution
+from reid_explain.plugin_api.targets import Target
 
 
 class _Score(nn.Module):

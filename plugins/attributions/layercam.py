@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reid_explain.attribution import Attribution
 from reid_explain.hookspecs import hookimpl
-from reid_explain.targets import Target
+from reid_explain.plugin_api.attribution import Attribution
+from reid_explain.plugin_api.targets import Target
 
 
 class LayerCAM(Attribution):

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reid_explain.attribution import Attribution
 from reid_explain.hookspecs import hookimpl
-from reid_explain.targets import Target
+from reid_explain.plugin_api.attribution import Attribution
+from reid_explain.plugin_api.targets import Target
 
 
 def patch_feature_mask(image_size: tuple[int, int], patch: tuple[int, int],

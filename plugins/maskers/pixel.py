@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from reid_explain.hookspecs import hookimpl
-from reid_explain.masker import Masker, grid_to_pixels
+from reid_explain.plugin_api.masker import Masker, grid_to_pixels
 
 
 class MeanFill(Masker):

@@ -17,10 +17,10 @@ from torch import Tensor
 
 from reid_explain.errors import AdapterError
 from reid_explain.hookspecs import hookimpl
-from reid_explain.masker import Masker
+from reid_explain.plugin_api.masker import Masker
 
 if TYPE_CHECKING:
-    from reid_explain.interfaces import ExplainerLike
+    from reid_explain.plugin_api.interfaces import ExplainerLike
 
 
 class TokenDrop(Masker):

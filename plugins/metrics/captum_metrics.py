@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reid_explain.hookspecs import hookimpl
-from reid_explain.maps import GroundingMap
-from reid_explain.metric import Metric, MetricContext, perturbable_sides
-from reid_explain.targets import CosineSimilarity
+from reid_explain.plugin_api.maps import GroundingMap
+from reid_explain.plugin_api.metric import Metric, MetricContext, perturbable_sides
+from reid_explain.plugin_api.targets import CosineSimilarity
 
 if TYPE_CHECKING:
-    from reid_explain.interfaces import ExplainerLike
+    from reid_explain.plugin_api.interfaces import ExplainerLike
 
 SIDES = ("query", "gallery")
 

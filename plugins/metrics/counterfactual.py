@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reid_explain.hookspecs import hookimpl
-from reid_explain.maps import GroundingMap
-from reid_explain.masker import resolve_masker
-from reid_explain.metric import Metric, MetricContext
+from reid_explain.plugin_api.maps import GroundingMap
+from reid_explain.plugin_api.masker import resolve_masker
+from reid_explain.plugin_api.metric import Metric, MetricContext
 
 __all__ = [
     "CounterfactualMasking",

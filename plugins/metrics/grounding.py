@@ -31,8 +31,8 @@ from reid_explain.evaluation.grounding_scores import (
     top_region_iou,
 )
 from reid_explain.hookspecs import hookimpl
-from reid_explain.maps import GroundingMap
-from reid_explain.metric import Metric, MetricContext
+from reid_explain.plugin_api.maps import GroundingMap
+from reid_explain.plugin_api.metric import Metric, MetricContext
 
 PERSON = "person"
 def part_regions(masks: Tensor, part_names: Sequence[str],

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reid_explain.hookspecs import hookimpl
-from reid_explain.maps import GroundingMap
-from reid_explain.metric import Metric, MetricContext
+from reid_explain.plugin_api.maps import GroundingMap
+from reid_explain.plugin_api.metric import Metric, MetricContext
 
 
 def top_patch_masks(maps: Tensor, fraction: float) -> Tensor:

@@ -14,7 +14,8 @@ All steps of all explained images (both sides of the pair) are one batch of rows
 chunks of ``batch_size``: one host forward per chunk, not one per step per image. Steps that
 remove nothing are the unmodified images, whose embeddings ``evaluate`` already has; steps equal
 for every map (deletion's 100 %, insertion's 0 %) are embedded once per batch of queries, not
-again for the random-map baseline (:meth:`~reid_explain.metric.MetricContext.embed_masked`).
+again for the random-map baseline
+(:meth:`~reid_explain.plugin_api.metric.MetricContext.embed_masked`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reid_explain.hookspecs import hookimpl
-from reid_explain.maps import GroundingMap
-from reid_explain.masker import Masker, resolve_masker
-from reid_explain.metric import Metric, MetricContext, perturbable_sides
+from reid_explain.plugin_api.maps import GroundingMap
+from reid_explain.plugin_api.masker import Masker, resolve_masker
+from reid_explain.plugin_api.metric import Metric, MetricContext, perturbable_sides
 
 if TYPE_CHECKING:
-    from reid_explain.interfaces import ExplainerLike
+    from reid_explain.plugin_api.interfaces import ExplainerLike
 
 #: RISE: 0%, 10%, ..., 100%
 CURVE_STEPS: tuple[float, ...] = tuple(i / 10 for i in range(11))

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reid_explain.adapter import Adapter
 from reid_explain.hookspecs import hookimpl
-from reid_explain.maps import TextImageExplanation
-from reid_explain.metric import Metric, MetricContext
+from reid_explain.plugin_api.adapter import Adapter
+from reid_explain.plugin_api.maps import TextImageExplanation
+from reid_explain.plugin_api.metric import Metric, MetricContext
 
 from .counterfactual import CounterfactualMasking, drop_values
 

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reid_explain.adapter import Adapter
 from reid_explain.hookspecs import hookimpl
 from reid_explain.moe.experts import ExpertLayout
 from reid_explain.moe.mixture import GatedLoraSum, Pooling, RoutingPlan, Workspace, make_plan
-from reid_explain.training_hooks import BackboneModification
+from reid_explain.plugin_api.adapter import Adapter
+from reid_explain.plugin_api.training_hooks import BackboneModification
 
 #: default rank, alpha, dropout and number of blocks (see docs/mosaic.md)
 DEFAULTS: dict[str, Any] = {"schema": "market1501", "attributes": None, "last_n": 2,

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 
 from reid_explain.hookspecs import hookimpl
-from reid_explain.phrases import PART_NOUNS, PartPhrase, PhraseExtractor, part_of
+from reid_explain.plugin_api.phrases import PART_NOUNS, PartPhrase, PhraseExtractor, part_of
 
 _TOKEN = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*|\S")  # words (inner - and '), other chars
 

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reid_explain.hookspecs import hookimpl
+from reid_explain.plugin_api.training_hooks import TrainingLoss
 from reid_explain.training.capture import ForwardCapture, OwnsCapture
 from reid_explain.training.grid import grid_coordinates
 from reid_explain.training.phrase_tokens import phrase_index, pool_phrases
-from reid_explain.training_hooks import TrainingLoss
 
 PENALTIES = ("spread", "entropy")
 MODES = ("rows", "mixture")

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reid_explain.hookspecs import hookimpl
-from reid_explain.phrases import normalise_phrase
+from reid_explain.plugin_api.phrases import normalise_phrase
+from reid_explain.plugin_api.training_hooks import TrainingLoss
 from reid_explain.training.capture import ForwardCapture, OwnsCapture
 from reid_explain.training.grid import fourier_positions
 from reid_explain.training.phrase_tokens import (
@@ -50,7 +51,6 @@ from reid_explain.training.phrase_tokens import (
     phrase_index,
     pool_phrases,
 )
-from reid_explain.training_hooks import TrainingLoss
 
 PHRASE_NEGATIVES = ("caption", "batch")
 IMAGE_NEGATIVES = ("other_identity", "other_text")

@@ -36,11 +36,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from reid_explain.core.inputs import normalised_images
 from reid_explain.data.schema import MARKET1501
-from reid_explain.data.synth_pairs import render_as
-from reid_explain.data.synth_plan import render_sample
 from reid_explain.errors import InputError
-from reid_explain.inputs import normalised_images
+from reid_explain.synthpedes.pairs import render_as
+from reid_explain.synthpedes.planning import render_sample
 
 __all__ = ["ATTRIBUTE_PARTS", "CausalAudit", "agreement", "attribute_codes_of",
            "audit_explainer", "causal_audit", "change_attribute",
@@ -117,7 +117,7 @@ class CausalAudit:
         """Write ``per_query.csv``, ``table.csv`` and ``summary.json`` (all or nothing)."""
         from pathlib import Path
 
-        from reid_explain._io import atomic_path, strict_json
+        from reid_explain._util.io import atomic_path, strict_json
 
         with atomic_path(directory) as tmp:
             tmp.mkdir(parents=True)
@@ -181,7 +181,7 @@ def causal_audit(embed: Callable[[torch.Tensor], torch.Tensor], config: Any, *,
     person it now shows.
     """
     from reid_explain.attributes.outcomes import per_query_outcomes
-    from reid_explain.data.synth_plan import SynthConfig, plan
+    from reid_explain.synthpedes.planning import SynthConfig, plan
 
     synth = plan(config if isinstance(config, SynthConfig) else SynthConfig(**config))
     names = list(attributes) if attributes is not None else list(MARKET1501.names)

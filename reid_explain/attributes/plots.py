@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from reid_explain._io import atomic_path
+from reid_explain._util.io import atomic_path
 
 __all__ = ["consensus_bars", "delta_bars", "importance_bars", "shap_beeswarm"]
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
-from reid_explain._io import atomic_path, strict_json
+from reid_explain._util.io import atomic_path, strict_json
 from reid_explain.data.attributes import NO_CLASS, resolve_schema
 from reid_explain.data.schema import AttributeSchema
 from reid_explain.errors import InputError

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
-from reid_explain._io import atomic_path
+from reid_explain._util.io import atomic_path
 from reid_explain.errors import DataFormatError
 
 from .schema import SCHEMAS, Attribute, AttributeSchema

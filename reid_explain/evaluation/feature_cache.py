@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._io import atomic_path
+from .._util.io import atomic_path
 from ..errors import InputError
 
 

@@ -1,7 +1,8 @@
 """Scoring phrase maps against ground-truth part masks (SynthPedes), and their faithfulness.
 
 Each caption of a split is grounded on its own image (one map per phrase, see
-:mod:`reid_explain.grounding`); a phrase whose ``part`` has a mask in that image is scored with
+:mod:`reid_explain.explain.grounding`); a phrase whose ``part`` has a mask in that image is
+scored with
 the pointing game and the energy pointing game against that part's mask. The counterfactual
 check masks the top-k% cells of the caption's combined phrase map (the mean of its phrase
 maps) in the image, against k% random cells, and measures the drop of the caption-image cosine.
@@ -22,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..masker import grid_to_pixels
+from ..plugin_api.masker import grid_to_pixels
 from .bootstrap import bootstrap_ci
 from .grounding_scores import energy_pointing_game, pointing_game
 
 if TYPE_CHECKING:
-    from ..interfaces import ExplainerLike
+    from ..plugin_api.interfaces import ExplainerLike
     from ..training.text_image import TextImageData
 
 

@@ -4,7 +4,7 @@ For each query the *true match* is the gallery image of the same identity that t
 highest among the valid ones (Market-1501 protocol: same identity from the same camera is not a
 valid match). Queries without a valid match are skipped and counted. Queries are explained in
 batches (one batched attribution per batch); every metric plugin receives a
-:class:`~reid_explain.metric.MetricContext` with the unmodified gallery's embeddings, the
+:class:`~reid_explain.plugin_api.metric.MetricContext` with the unmodified gallery's embeddings, the
 identities and cameras, and (where the data set has them) ground-truth part masks. Each metric
 is also computed on uniform random maps of the same shape (``random_baseline=True``) and on the
 image-blind reference's maps (``reference``, :mod:`.references`): every number comes with the
@@ -28,19 +28,19 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .. import plugin_manager
-from .._io import atomic_path
+from .._util.io import atomic_path
+from ..core.inputs import check_embeddings, check_images, check_same_size
 from ..errors import InputError, PluginError
-from ..inputs import check_embeddings, check_images, check_same_size
-from ..maps import GroundingMap, PairExplanation
-from ..metric import MetricContext
-from ..targets import CosineSimilarity
+from ..plugin_api import manager as plugin_manager
+from ..plugin_api.maps import GroundingMap, PairExplanation
+from ..plugin_api.metric import MetricContext
+from ..plugin_api.targets import CosineSimilarity
 from .distributed import Shard
 from .references import ImageBlindReference, centred_prior, choose_reference
 from .verdicts import compare
 
 if TYPE_CHECKING:
-    from ..interfaces import ExplainerLike
+    from ..plugin_api.interfaces import ExplainerLike
 
 
 class ImageSource:
@@ -122,7 +122,7 @@ class ReidEvalSet:
     def from_market(cls, root: str | os.PathLike, transform: Callable | None = None,
                     side: dict[str, dict[str, Any]] | None = None) -> ReidEvalSet:
         """The query/gallery splits of a Market-1501-style folder; ``side`` (e.g. from
-        :func:`~reid_explain.data.synth_side.load_synthpedes_side`) adds query part masks."""
+        :func:`~reid_explain.synthpedes.side.load_synthpedes_side`) adds query part masks."""
         from ..data.datasets import ImageReidDataset
 
         query = ImageReidDataset(root, "query", transform=transform)
@@ -154,7 +154,7 @@ class ReidEvalSet:
     def from_synthpedes(cls, root: str | os.PathLike,
                         transform: Callable | None = None) -> ReidEvalSet:
         """A SynthPedes export, with the ground-truth part masks of every query."""
-        from ..data.synth_side import load_synthpedes_side
+        from ..synthpedes.side import load_synthpedes_side
 
         return cls.from_market(root, transform=transform, side=load_synthpedes_side(root))
 

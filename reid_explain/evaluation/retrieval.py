@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._memory import release_freed_memory
+from .._util.memory import release_freed_memory
 from ..errors import InputError
 
 __all__ = [

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import plugin_manager as plugins
-from ..adapter_choice import build_adapter
-from ..engine import Engine
+from ..core.adapter_choice import build_adapter
+from ..core.engine import Engine
 from ..errors import InputError, PluginError
-from ..metric import Metric, MetricContext
-from ..targets import CosineSimilarity
+from ..plugin_api import manager as plugins
+from ..plugin_api.metric import Metric, MetricContext
+from ..plugin_api.targets import CosineSimilarity
 
 __all__ = [
     "MEASURES", "RandomMapBaseline", "RandomizationResult", "map_ssim",
@@ -318,7 +318,7 @@ def model_randomization_check(
     ``targets`` give the score explained for each image: ``(B, D)`` reference embeddings held
     fixed, or ``(B, 3, H, W)`` images (e.g. each query's gallery match) re-embedded by each
     randomised model, so that every step explains the same pair under the current weights.
-    ``explainer_factory(copy)`` wraps a copy (default: an :class:`~reid_explain.engine.Engine`
+    ``explainer_factory(copy)`` wraps a copy (default: an :class:`~reid_explain.core.engine.Engine`
     on the adapter ``explainify(copy, **explainify_options)`` would choose;
     a ``layer`` given as a module of ``model`` is mapped to the copy's module of the same name).
     ``units`` are module names to randomise, top first, one step each with all their

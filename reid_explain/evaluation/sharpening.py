@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..interfaces import ExplainerLike
-from ..maps import sharpen_maps
+from ..plugin_api.interfaces import ExplainerLike
+from ..plugin_api.maps import sharpen_maps
 from .grounding_scores import energy_pointing_game
 from .protocol import ImageSource, ReidEvalSet, true_matches
 

@@ -97,6 +97,6 @@ def verdict_text(beaten: Any) -> str:
 
 def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as JSON-safe dicts: NaN and missing values become None."""
-    from .._io import json_safe
+    from .._util.io import json_safe
 
     return [json_safe(record) for record in frame.to_dict(orient="records")]

@@ -124,9 +124,6 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
         ImageReidDataset,
         default_transform,
     )
-    from reid_explain.data.synth_export import export_synthpedes
-    from reid_explain.data.synth_identities import resolve_planted_order
-    from reid_explain.data.synth_plan import SynthConfig
     from reid_explain.moe.routers import LearnedRouter, PixelRouter
     from reid_explain.moe.train import (
         IdClassifier,
@@ -135,6 +132,9 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
         train_image_moe,
         train_router,
     )
+    from reid_explain.synthpedes.export import export_synthpedes
+    from reid_explain.synthpedes.identities import resolve_planted_order
+    from reid_explain.synthpedes.planning import SynthConfig
     from reid_explain.training.session import attach
 
     model, size, stats_ = _planted_host(host, (height, width), depth, seed)

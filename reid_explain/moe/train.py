@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._io import strict_json
+from .._util.io import strict_json
 from ..errors import InputError
 from .routers import LearnedRouter, PixelRouter, learned_embed, router_logits
 
@@ -376,7 +376,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     host = timm.create_model(args.model, pretrained=False, num_classes=0,
                              img_size=(args.height, args.width), depth=args.depth)
     if args.host_weights:
-        from .._io import load_torch_file
+        from .._util.io import load_torch_file
 
         host.load_state_dict(load_torch_file(args.host_weights, "host weights"))
     host.eval()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import plugin_manager
+from ..plugin_api import manager as plugin_manager
 from .html import Section, render
 from .overview import attribute_line, image_lines, overview_section, times_line
 from .stages import StageClock
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..evaluation.protocol import ReidEvalSet
-    from ..interfaces import ExplainerLike
+    from ..plugin_api.interfaces import ExplainerLike
 
 __all__ = ["Section", "image_report", "image_sections", "reproduce_section", "render",
            "text_sections"]
@@ -130,7 +130,7 @@ def image_report(explainer: ExplainerLike, data: ReidEvalSet | None, out: str | 
     """Write the report of a host to ``out`` (whole or not at all): the image ReID sections on
     ``data`` and, for a CLIP-style host given ``captions`` (a ``TextImageData``, e.g. from a
     CUHK-PEDES JSON), the text-to-image section."""
-    from .._io import atomic_path, strict_json
+    from .._util.io import atomic_path, strict_json
     from ..errors import InputError
 
     if data is None and captions is None:

@@ -66,7 +66,7 @@ def signed_legend(sign: str = SIGNED_SIGN, outlier_perc: float = SIGNED_OUTLIER_
 
 def signed_methods(methods: Sequence[str]) -> list[str]:
     """The registered attributions among ``methods`` whose maps are signed (``signed``)."""
-    from .. import plugin_manager
+    from ..plugin_api import manager as plugin_manager
 
     known = plugin_manager.registry("attributions")
     return [m for m in methods if m in known and getattr(known[m].obj, "signed", False)]

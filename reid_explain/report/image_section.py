@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import plugin_manager
 from ..evaluation.bootstrap import bootstrap_ci
 from ..evaluation.protocol import ImageSource, ReidEvalSet, evaluate
+from ..plugin_api import manager as plugin_manager
 from . import figures
 from .html import Section
 
 if TYPE_CHECKING:
-    from ..interfaces import ExplainerLike
+    from ..plugin_api.interfaces import ExplainerLike
 
 #: options that keep the slower attributions affordable on a CPU
 FAST_OPTIONS: dict[str, dict[str, Any]] = {

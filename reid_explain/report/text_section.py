@@ -17,7 +17,7 @@ from .html import Section
 from .image_section import display_images
 
 if TYPE_CHECKING:
-    from ..interfaces import ExplainerLike
+    from ..plugin_api.interfaces import ExplainerLike
     from ..training.text_image import TextImageData
 
 #: the name of the strongest image-blind phrase reference in tables and summaries
@@ -195,7 +195,7 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
 
 
 def _supports(method: str, caps: set[str]) -> bool:
-    from .. import plugin_manager
+    from ..plugin_api import manager as plugin_manager
 
     return set(plugin_manager.get("attributions", method).obj.requires) <= caps
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._io import atomic_write_text
+from .._util.io import atomic_write_text
 from ..evaluation.phrase_grounding import (
     PhraseMaps,
     collect_phrase_maps,
@@ -175,7 +175,7 @@ def run_one(variant: str, seed: int, splits: Splits, config: StudyConfig,
             score_test: bool = True) -> dict[str, Any]:
     """Fine-tune, choose the map method on validation, score it once on the test split
     (``score_test=False``: validation only, for choosing settings)."""
-    from .. import explainify
+    from ..explain.explainer import explainify
     from ..training.text_image import retrieval_metrics
 
     start = time.perf_counter()

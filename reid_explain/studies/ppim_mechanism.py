@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import strict_json
+from .._util.io import strict_json
 from ..training.text_image import (
     OPENAI_MEAN,
     OPENAI_STD,
@@ -143,7 +143,6 @@ def _summary(scores: dict[str, Any]) -> dict[str, Any]:
 
 def run_mechanism(config: MechanismConfig | None = None) -> dict[str, Any]:
     """Train with PPIM on the task, score the head's maps on held-out images."""
-    from .. import explainify
     from ..evaluation.phrase_grounding import (
         best_cell_phrase_maps,
         collect_phrase_maps,
@@ -151,6 +150,7 @@ def run_mechanism(config: MechanismConfig | None = None) -> dict[str, Any]:
         prior_phrase_maps,
         score_phrase_maps,
     )
+    from ..explain.explainer import explainify
 
     config = config or MechanismConfig()
     previous = torch.get_num_threads()

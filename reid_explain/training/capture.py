@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..adapter import Adapter, AttentionCapture, HookSet
 from ..errors import AdapterError
+from ..plugin_api.adapter import Adapter, AttentionCapture, HookSet
 
 #: dense features a ``patch_block`` may name (the adapter's, less its plain ``"tokens"``)
 DENSE_PATCH_FEATURES = ("value", "qq", "kk", "vv")

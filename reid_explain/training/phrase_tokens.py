@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..adapter import Adapter
+from ..plugin_api.adapter import Adapter
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def phrase_index(adapter: Adapter, captions: Sequence[str],
     Phrases truncated away by the text tower's context length are dropped.
     """
     if phrases is None:
-        from ..phrases import extract_phrases
+        from ..plugin_api.phrases import extract_phrases
 
         phrases = [extract_phrases(c, extractor=extractor) for c in captions]
     if len(phrases) != len(captions):

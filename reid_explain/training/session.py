@@ -13,11 +13,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .. import plugin_manager
-from ..adapter import Adapter
-from ..adapter_choice import choose_adapter
+from ..core.adapter_choice import choose_adapter
 from ..errors import PluginError, UnknownPluginError
-from ..training_hooks import BackboneModification, TrainingLoss, build_modification
+from ..plugin_api import manager as plugin_manager
+from ..plugin_api.adapter import Adapter
+from ..plugin_api.training_hooks import BackboneModification, TrainingLoss, build_modification
 from .capture import ForwardCapture
 
 _SESSIONS: weakref.WeakKeyDictionary[nn.Module, TrainingSession] = weakref.WeakKeyDictionary()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._io import atomic_path, load_torch_file
+from .._util.io import atomic_path, load_torch_file
 from ..errors import DataFormatError, InputError
 from .objectives import OBJECTIVES, base_objective
 from .session import TrainingSession
@@ -91,7 +91,7 @@ class TextImageData:
 
 def _to_tensor(images: Sequence[np.ndarray], mean: Sequence[float],
                std: Sequence[float]) -> Tensor:
-    from ..inputs import normalised_images
+    from ..core.inputs import normalised_images
 
     return normalised_images(images, mean, std)
 
@@ -101,8 +101,8 @@ def synthpedes_text_image(n_ids: int = 120, images_per_id: int = 6, seed: int = 
                           captions_per_image: int = 2) -> dict[str, TextImageData]:
     """Train and test splits of a SynthPedes set, rendered in memory (train ids ≠ test ids)."""
     from ..data.schema import PARTS
-    from ..data.synth_plan import SynthConfig, iter_samples, plan
-    from ..data.synth_render import masks_from_labels
+    from ..synthpedes.planning import SynthConfig, iter_samples, plan
+    from ..synthpedes.rendering import masks_from_labels
 
     synth = plan(SynthConfig(n_ids=n_ids, images_per_id=images_per_id, seed=seed,
                              height=image_size[0], width=image_size[1], val_fraction=0.0,
@@ -189,7 +189,7 @@ def identity_phrase_texts(data: TextImageData) -> dict[int, frozenset[str]]:
     """Per identity, the (normalised) texts of every phrase its captions name, so a loss can
     tell which other images of a batch show what a phrase says although the caption sampled
     for them does not say it ({} without phrases)."""
-    from ..phrases import normalise_phrase
+    from ..plugin_api.phrases import normalise_phrase
 
     if not data.phrases:
         return {}

@@ -43,7 +43,7 @@ class ZooSplit:
     def tensor(self, mean: Sequence[float], std: Sequence[float],
                rows: Sequence[int] | Tensor | None = None) -> Tensor:
         """Normalised ``(N, 3, H, W)`` float images (all, or ``rows``)."""
-        from ..inputs import normalised_images
+        from ..core.inputs import normalised_images
 
         images = self.images if rows is None else self.images[np.asarray(rows)]
         return normalised_images(images, mean, std)
@@ -62,8 +62,8 @@ def render_splits(data: dict[str, Any], with_masks: bool = False,
     Validation images are marked query/gallery like the test split: the first image of each
     identity on each camera is a query.
     """
-    from ..data.synth_plan import SynthConfig, iter_samples, plan
-    from ..data.synth_render import masks_from_labels
+    from ..synthpedes.planning import SynthConfig, iter_samples, plan
+    from ..synthpedes.rendering import masks_from_labels
 
     synth = plan(SynthConfig(**data))
     val = set(synth.val_pids)
@@ -145,7 +145,7 @@ def heldout_pid_splits(data: dict[str, Any], test_share: float = 0.25, val_share
     wearing a validation combination is a validation identity; all others train.
     Returns the identities per split and the held-out combinations per split.
     """
-    from ..data.synth_plan import SynthConfig, plan
+    from ..synthpedes.planning import SynthConfig, plan
 
     people = [p for p in plan(SynthConfig(**data)).identities if p.pid != 0]
     pairs = {p.pid: garment_pairs(p) for p in people}

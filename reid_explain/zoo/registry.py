@@ -127,7 +127,7 @@ def build(name: str, card_data: dict[str, Any]) -> nn.Module:
     """The untrained architecture a card describes (random init, nothing downloaded)."""
     arch = card_data["architecture"]
     if card_data["family"] == "torchreid":
-        from .._lazy import import_torchreid
+        from .._util.lazy import import_torchreid
 
         torchreid = import_torchreid()
         return torchreid.models.build_model(arch["name"], num_classes=card_data["num_classes"],

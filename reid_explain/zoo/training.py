@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._io import atomic_path
-from ..adapter import IMAGENET_MEAN, IMAGENET_STD
+from .._util.io import atomic_path
+from ..plugin_api.adapter import IMAGENET_MEAN, IMAGENET_STD
 from .data import ZooSplit, render_splits, text_image_data
 from .registry import (
     CARD_FORMAT,
@@ -98,7 +98,7 @@ def train_image_model(zoo: ZooSpec, splits: dict[str, ZooSplit], device: torch.d
                       steps: int, log: Callable[[dict[str, Any]], None]
                       ) -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
     """A torchreid model trained with torchreid's softmax + triplet losses; the curve."""
-    from .._lazy import import_torchreid
+    from .._util.lazy import import_torchreid
 
     torchreid = import_torchreid()
     from ..moe.train import pk_batches

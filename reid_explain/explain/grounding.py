@@ -23,15 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import InputError
-from .maps import GroundingMap
-from .phrases import extract_phrases
-from .targets import CosineSimilarity
-from .training.capture import ForwardCapture
-from .training.phrase_tokens import isolated_phrase_embeddings, phrase_index, pool_phrases
+from ..errors import InputError
+from ..plugin_api.maps import GroundingMap
+from ..plugin_api.phrases import extract_phrases
+from ..plugin_api.targets import CosineSimilarity
+from ..training.capture import ForwardCapture
+from ..training.phrase_tokens import isolated_phrase_embeddings, phrase_index, pool_phrases
 
 if TYPE_CHECKING:
-    from .interfaces import ExplainerLike
+    from ..plugin_api.interfaces import ExplainerLike
 
 
 @dataclass
@@ -121,7 +121,7 @@ def ground(explainer: ExplainerLike, images: Tensor, captions: Sequence[str] | s
 
     ``temperature``: the softmax temperature of ``"similarity"`` maps (default 0.1), and passed
     on to an attribution that takes one (``dense_similarity``) when given."""
-    from .inputs import check_images, check_texts
+    from ..core.inputs import check_images, check_texts
 
     captions = check_texts(captions)
     images = check_images(images, "images", explainer.adapter)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reid_explain.data.schema import PARTS
-from reid_explain.data.synth_identities import COLOURS, Identity
+from reid_explain.synthpedes.identities import COLOURS, Identity
 
 LABEL: dict[str, int] = {name: i + 1 for i, name in enumerate(PARTS)}
 VIEWPOINTS = ("front", "back", "side")

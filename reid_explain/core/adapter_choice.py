@@ -1,7 +1,7 @@
 """Which adapter wraps a host, and building it: shared by ``explainify`` and training sessions.
 
-Kept out of the façade (:mod:`reid_explain.explainer`) so that the training side and the sanity
-check can wrap a model without importing the Explainer.
+Kept out of the façade (:mod:`reid_explain.explain.explainer`) so that the training side and
+the sanity check can wrap a model without importing the Explainer.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 
 from torch import nn
 
-from . import plugin_manager as plugins
-from .adapter import Adapter
-from .errors import AdapterError, PluginError
-from .host_guard import HostGuard
+from ..errors import AdapterError, PluginError
+from ..plugin_api import manager as plugins
+from ..plugin_api.adapter import Adapter
+from ..plugin_api.host_guard import HostGuard
 
 
 def adapter_listing() -> str:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._io import atomic_path
+from .._util.io import atomic_path
 
 
 def sharpen_maps(maps: Tensor, power: float) -> Tensor:

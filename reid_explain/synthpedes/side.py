@@ -16,7 +16,7 @@ import numpy as np
 
 from reid_explain.errors import DataFormatError
 
-from .schema import PARTS
+from ..data.schema import PARTS
 
 CUHK_IMAGE_PREFIX = "CUHK-PEDES/imgs/"
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from reid_explain.data.synth_identities import Identity
-from reid_explain.data.synth_render import (
+from reid_explain.synthpedes.identities import Identity
+from reid_explain.synthpedes.rendering import (
     PARTS,
     Camera,
     Rendered,

@@ -15,8 +15,8 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginConflictError, PluginError, UnknownPluginError
+from .. import hookspecs
+from ..errors import PluginConflictError, PluginError, UnknownPluginError
 
 #: kind of thing a plugin provides -> the hook that registers it
 KINDS: dict[str, str] = {

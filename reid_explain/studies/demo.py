@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_path, strict_json
-from .report.html import Section, render
-from .report.overview import attribute_line, image_lines, overview_section, times_line
+from .._util.io import atomic_path, strict_json
+from ..report.html import Section, render
+from ..report.overview import attribute_line, image_lines, overview_section, times_line
 
 #: sizes of the run: (test identities, image queries explained, captions scored)
 SIZES = {"quick": {"ids": 30, "queries": 40, "captions": 48, "sanity": 4, "trees": 50,
@@ -37,11 +37,11 @@ def demo_data(seed: int | None, n_ids: int, crops: str = "aligned") -> dict[str,
     prior's reference; the identities' attribute table in the official ``.mat`` format."""
     import scipy.io
 
-    from .data.attributes import attributes_from_mat_dict
-    from .data.synth_export import attribute_mat_bytes
-    from .data.synth_plan import SynthConfig, plan
-    from .zoo.data import render_splits
-    from .zoo.registry import ZOO_DATA
+    from ..data.attributes import attributes_from_mat_dict
+    from ..synthpedes.export import attribute_mat_bytes
+    from ..synthpedes.planning import SynthConfig, plan
+    from ..zoo.data import render_splits
+    from ..zoo.registry import ZOO_DATA
 
     config = dict(ZOO_DATA) | ({} if seed is None else {"seed": seed}) | (
         {} if crops == "aligned" else {"crops": crops})
@@ -59,9 +59,9 @@ def image_eval_set(split: Any, mean: Sequence[float], std: Sequence[float],
                    reference_split: Any = None) -> Any:
     """The test identities as a ``ReidEvalSet``; with ``reference_split`` (validation
     identities, never scored) the image-blind reference is learnt from its masks."""
-    from .data.schema import PARTS
-    from .evaluation.protocol import ReidEvalSet
-    from .evaluation.references import choose_reference
+    from ..data.schema import PARTS
+    from ..evaluation.protocol import ReidEvalSet
+    from ..evaluation.references import choose_reference
 
     q, g = split.is_query, ~split.is_query
     images = split.tensor(mean, std)
@@ -78,8 +78,8 @@ def image_eval_set(split: Any, mean: Sequence[float], std: Sequence[float],
 
 
 def models_section(out: Path) -> tuple[Section, dict[str, Any]]:
-    from .report import figures
-    from .zoo import card
+    from ..report import figures
+    from ..zoo import card
 
     section = Section("Models", "models")
     cards = {name: card(name) for name in (IMAGE_MODEL, TEXT_MODEL)}
@@ -109,11 +109,11 @@ def models_section(out: Path) -> tuple[Section, dict[str, Any]]:
 def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str] | None = None,
              seed: int | None = None, quick: bool = False, top_k: int = 5,
              crops: str = "aligned") -> int:
-    from . import plugin_manager
-    from .explainer import explainify
-    from .report import image_sections, reproduce_section, text_sections
-    from .zoo import load
-    from .zoo.data import text_image_data
+    from ..explain.explainer import explainify
+    from ..plugin_api import manager as plugin_manager
+    from ..report import image_sections, reproduce_section, text_sections
+    from ..zoo import load
+    from ..zoo.data import text_image_data
 
     for name in methods or ():
         plugin_manager.get("attributions", name)  # unknown names fail before any work
@@ -191,7 +191,7 @@ def summary_text(summary: dict[str, Any], cards: dict[str, Any]) -> str:
     chance = grounding["chance"]["energy"]
     line = f"phrase grounding energy: best {best} {g[best]['energy']:.3f}"
     if best in verdicts:
-        from .report.text_section import REFERENCE
+        from ..report.text_section import REFERENCE
 
         v = verdicts[best]
         line += (f", image-blind reference (per-part sharpened prior) "

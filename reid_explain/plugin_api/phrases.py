@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from . import plugin_manager
-from .errors import PluginError
+from ..errors import PluginError
+from . import manager as plugin_manager
 
 __all__ = [
     "MODIFIER_PARTS", "PART_NOUNS", "PartPhrase", "PhraseExtractor", "extract_phrases",
@@ -164,7 +164,8 @@ def get_extractor(name: str = "rules") -> PhraseExtractor:
     cls = entry.obj
     if not (isinstance(cls, type) and issubclass(cls, PhraseExtractor)):
         raise PluginError(f"phrase extractor {name!r} from plugin {entry.plugin!r} is "
-                          f"{cls!r}, not a reid_explain.phrases.PhraseExtractor subclass")
+                          f"{cls!r}, not a reid_explain.plugin_api.phrases.PhraseExtractor "
+                          "subclass")
     instance = _instances.get(cls)
     if instance is None:
         try:

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from .errors import DataFormatError, InputError
+from ..errors import DataFormatError, InputError
 
 FAMILIES = ("torchreid", "open_clip", "timm", "zoo", "train")
 #: ``train:NAME``: the tasks whose checkpoints carry a host (``reid-explain train --task``)
@@ -67,7 +67,7 @@ def check_spec(spec: str, weights: str | os.PathLike | None = None) -> tuple[str
     if family == "zoo":
         if weights is not None:
             raise InputError(f"{spec}: zoo models carry their own weights; drop --weights")
-        from .zoo.registry import spec as zoo_spec
+        from ..zoo.registry import spec as zoo_spec
 
         zoo_spec(name)
     else:
@@ -82,14 +82,14 @@ def native_image_size(spec: str, weights: str | os.PathLike | None = None
     shift, and a CLIP's position embeddings admit no other."""
     family, name = check_spec(spec, weights)
     if family == "zoo":
-        from .zoo.registry import ZOO_DATA
-        from .zoo.registry import spec as zoo_spec
+        from ..zoo.registry import ZOO_DATA
+        from ..zoo.registry import spec as zoo_spec
 
         size = zoo_spec(name).architecture.get("image_size",
                                                (ZOO_DATA["height"], ZOO_DATA["width"]))
         return (int(size[0]), int(size[1]))
     if family == "train":
-        from .training.text_image import read_checkpoint
+        from ..training.text_image import read_checkpoint
 
         return _checkpoint_image_size(read_checkpoint(_weights_file(weights), mmap=True), weights)
     return None
@@ -110,14 +110,14 @@ def load_host(spec: str, weights: str | os.PathLike | None = None,
     checkpoint, the trained PPIM."""
     family, name = check_spec(spec, weights)
     if family == "train":
-        from .training.text_image import load_checkpoint
+        from ..training.text_image import load_checkpoint
 
         model, session, payload = load_checkpoint(_weights_file(weights))
         ppim = session.losses.get("ppim") if session is not None else None
         return Host(model.eval(), _checkpoint_image_size(payload, weights), ppim,
                     fixed_size=True)
     if family == "zoo":
-        from .zoo.registry import spec as zoo_spec
+        from ..zoo.registry import spec as zoo_spec
 
         return Host(build_host(spec, weights, image_size, num_classes),
                     native_image_size(spec, weights),
@@ -132,12 +132,12 @@ def build_host(spec: str, weights: str | os.PathLike | None = None,
     if family == "train":
         return load_host(spec, weights).model
     if family == "zoo":
-        from .zoo import load
+        from ..zoo import load
 
         return load(name)
     path = _weights_file(weights)
     if family == "torchreid":
-        from ._lazy import import_torchreid
+        from .._util.lazy import import_torchreid
 
         torchreid = import_torchreid()
         try:

@@ -2,9 +2,9 @@
 
 Grounding, the evaluation protocol, maskers, metrics and the report run the host through an
 explainer they are handed; typing them against this Protocol rather than
-:class:`reid_explain.explainer.Explainer` keeps every dependency pointing from the façade to
+:class:`reid_explain.explain.explainer.Explainer` keeps every dependency pointing from the façade to
 the parts (the Explainer satisfies it, and so does the lighter
-:class:`reid_explain.engine.Engine`).
+:class:`reid_explain.core.engine.Engine`).
 """
 
 from __future__ import annotations

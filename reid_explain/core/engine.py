@@ -1,8 +1,9 @@
 """The Engine: an adapter's host run through attribution plugins, inside a HostGuard.
 
-It is what the :class:`~reid_explain.explainer.Explainer` façade is built on (embeddings and one
-attribution method on a batch), kept in its own module so that parts which must wrap a model
-themselves (the model-randomisation check wraps copies of the host) need not import the façade.
+It is what the :class:`~reid_explain.explain.explainer.Explainer` façade is built on
+(embeddings and one attribution method on a batch), kept in its own module so that parts
+which must wrap a model themselves (the model-randomisation check wraps copies of the host)
+need not import the façade.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import plugin_manager as plugins
-from ._memory import release_freed_memory
-from .adapter import Adapter
-from .attribution import Attribution
-from .errors import AdapterError, InputError, PluginError
-from .host_guard import HostGuard
+from .._util.memory import release_freed_memory
+from ..errors import AdapterError, InputError, PluginError
+from ..plugin_api import manager as plugins
+from ..plugin_api.adapter import Adapter
+from ..plugin_api.attribution import Attribution
+from ..plugin_api.host_guard import HostGuard
+from ..plugin_api.maps import sharpen_maps
+from ..plugin_api.targets import Target
 from .inputs import check_images, check_texts
-from .maps import sharpen_maps
-from .targets import Target
 
 #: rows per attribution pass when the caller names none and the rows are not images (token ids):
 #: peak memory stays that of one such batch however many pairs are explained
@@ -136,8 +137,8 @@ class Engine:
         (without it, heap fragmentation adds ~+50 % at 256 rows), at some time per batch.
 
         ``sharpen=p`` returns the maps' positive part to the power ``p``, each map keeping its
-        maximum (:func:`~reid_explain.maps.sharpen_maps`), any method's (as the image-blind
-        reference's location prior is sharpened; p chosen on validation identities with
+        maximum (:func:`~reid_explain.plugin_api.maps.sharpen_maps`), any method's (as the
+        image-blind reference's location prior is sharpened; p chosen on validation identities with
         :func:`~reid_explain.evaluation.sharpening.choose_sharpen`: docs/metrics.md, "The
         image-blind reference"). It is meant for the energy-type figures: pointing, top-region
         IoU, masking and deletion/insertion depend on the order of the positive values alone,

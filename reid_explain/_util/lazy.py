@@ -8,12 +8,21 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 
-def lazy_exports(package: str, exports: Mapping[str, str], namespace: dict[str, Any]
+def lazy_exports(package: str, exports: Mapping[str, str], namespace: dict[str, Any],
+                 moved: Mapping[str, str] | None = None
                  ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package``: ``exports`` maps a name to the submodule
-    that defines it; a name is imported once and then kept in ``namespace``."""
+    that defines it; a name is imported once and then kept in ``namespace``. ``moved`` maps a
+    name that left the package to the module that now holds it: still served, with a
+    DeprecationWarning, and not listed by ``dir()``."""
+    moved = dict(moved or {})
 
     def __getattr__(name: str) -> Any:
+        if name in moved:
+            from .moved import warn_moved
+
+            warn_moved(f"{package}.{name}", f"{moved[name]}.{name}")
+            return getattr(importlib.import_module(moved[name]), name)
         module = exports.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")

@@ -6,7 +6,7 @@ that only guesses where a person usually stands cannot. A pair keeps everything 
 colour or pattern, never its shape. So the two images differ **only inside the changed part's
 mask**, and both have the same label map: the mask is exact ground truth for "what changed".
 
-How: the second image is rendered by :func:`~reid_explain.data.synth_plan.render_sample` from a
+How: the second image is rendered by :func:`~reid_explain.synthpedes.planning.render_sample` from a
 copy of the plan in which only this identity is replaced by the changed one, so every other
 draw (the image's own seed, the crop's generator, the passer-by) is the same. This holds for
 ``crops="aligned"`` and ``"misaligned"`` alike. The renderer's noise depends on the noise seed
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from reid_explain.data.schema import MARKET1501, PARTS
-from reid_explain.data.synth_identities import (
+from reid_explain.errors import InputError
+from reid_explain.synthpedes.identities import (
     ACCESSORY_COLOURS,
     COLOURS,
     HAIR_COLOURS,
@@ -33,9 +34,8 @@ from reid_explain.data.synth_identities import (
     SHOE_COLOURS,
     Identity,
 )
-from reid_explain.data.synth_plan import SampleSpec, SynthConfig, SynthPlan, plan, render_sample
-from reid_explain.data.synth_render import LABEL, Rendered, masks_from_labels
-from reid_explain.errors import InputError
+from reid_explain.synthpedes.planning import SampleSpec, SynthConfig, SynthPlan, plan, render_sample
+from reid_explain.synthpedes.rendering import LABEL, Rendered, masks_from_labels
 
 #: parts a pair can change, and the identity field holding each part's colour
 COLOUR_FIELDS: dict[str, str] = {

@@ -27,18 +27,18 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from reid_explain._io import atomic_path
+from reid_explain._util.io import atomic_path
 from reid_explain.data.schema import MARKET1501, PARTS
-from reid_explain.data.synth_identities import (
+from reid_explain.errors import InputError
+from reid_explain.synthpedes.identities import (
     Identity,
     attribute_entropies,
     market_codes,
     planted_entropies,
     resolve_planted_order,
 )
-from reid_explain.data.synth_plan import SynthConfig, SynthPlan, iter_samples, plan
-from reid_explain.data.synth_render import LABEL
-from reid_explain.errors import InputError
+from reid_explain.synthpedes.planning import SynthConfig, SynthPlan, iter_samples, plan
+from reid_explain.synthpedes.rendering import LABEL
 
 FORMATS: tuple[str, ...] = ("market", "attributes", "cuhk", "masks")
 MARKET_DIR = Path("market1501") / "Market-1501-v15.09.15"

@@ -1,7 +1,8 @@
 """Input checks shared by the Explainer and the parts it fronts (grounding, evaluation).
 
 They live here, below the façade, so that a part can check images and captions without
-importing :mod:`reid_explain.explainer` (which would make an import circle). Every refusal is an
+importing :mod:`reid_explain.explain.explainer` (which would make an import circle). Every
+refusal is an
 :class:`~reid_explain.errors.InputError` that names the input and the reason.
 """
 
@@ -13,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .adapter import Adapter
-from .errors import InputError
+from ..errors import InputError
+from ..plugin_api.adapter import Adapter
 
 
 def check_images(images: Tensor, what: str, adapter: Adapter | None = None) -> Tensor:

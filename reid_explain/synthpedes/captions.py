@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reid_explain.data.synth_identities import Identity
+from reid_explain.synthpedes.identities import Identity
 
 
 @dataclass(frozen=True)

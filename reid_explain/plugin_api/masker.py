@@ -48,7 +48,7 @@ class Masker:
 
 
 class MaskingContext(Protocol):
-    """What :func:`resolve_masker` reads of a :class:`~reid_explain.metric.MetricContext`
+    """What :func:`resolve_masker` reads of a :class:`~reid_explain.plugin_api.metric.MetricContext`
     (a Protocol, so that this module and metric.py need not import each other)."""
 
     @property
@@ -62,7 +62,7 @@ def resolve_masker(context: MaskingContext, masker: str | Masker | None = None,
                    masker_options: dict[str, Any] | None = None) -> Masker:
     """The masker a metric's options name, else the context's, else ``"mean"``; checked
     against the host's capabilities so a ViT-only masker on a CNN fails with a reason."""
-    from . import plugin_manager
+    from . import manager as plugin_manager
 
     if isinstance(masker, Masker):
         chosen = masker

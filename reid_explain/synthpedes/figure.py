@@ -1,7 +1,7 @@
 """The SynthPedes sample grid (docs/img/synthpedes_grid.png): images, mask overlays, captions.
 
 Why: one look shows what the generator makes and that masks and phrases line up. Made by
-``python -m reid_explain.data.synth --grid docs/img/synthpedes_grid.png``.
+``python -m reid_explain.synthpedes --grid docs/img/synthpedes_grid.png``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from reid_explain._io import atomic_write_bytes
+from reid_explain._util.io import atomic_write_bytes
 from reid_explain.data.schema import PARTS
-from reid_explain.data.synth_plan import SynthConfig, plan, render_sample
+from reid_explain.synthpedes.planning import SynthConfig, plan, render_sample
 
 #: One colour per part (tab10), index = label - 1.
 PART_COLOURS = np.array([

@@ -14,14 +14,15 @@ from functools import cached_property
 
 import numpy as np
 
-from reid_explain.data.synth_captions import Caption, make_captions
-from reid_explain.data.synth_identities import (
+from reid_explain.errors import InputError
+from reid_explain.synthpedes.captions import Caption, make_captions
+from reid_explain.synthpedes.identities import (
     Identity,
     make_identities,
     planted_entropies,
     resolve_planted_order,
 )
-from reid_explain.data.synth_render import (
+from reid_explain.synthpedes.rendering import (
     Camera,
     Rendered,
     View,
@@ -29,7 +30,6 @@ from reid_explain.data.synth_render import (
     render,
     sample_view,
 )
-from reid_explain.errors import InputError
 
 MAX_MARKET_PID = 1501  # torchreid's Market1501 asserts 0 <= pid <= 1501
 MAX_MARKET_CAMS = 6  # and 1 <= camid <= 6
@@ -251,7 +251,7 @@ def _misaligned(synth_plan: SynthPlan, spec: SampleSpec, identity: Identity, cam
                 view: View) -> Rendered:
     """The detector-like crop of one image, drawn from its own generator (never the image's,
     so aligned sets stay byte-identical)."""
-    from reid_explain.data.synth_crops import draw_crop, render_misaligned
+    from reid_explain.synthpedes.crops import draw_crop, render_misaligned
 
     c = synth_plan.config
     others = synth_plan.distractor_identities or synth_plan.identities

@@ -4,14 +4,15 @@ Real ReID data has no part masks and no known attribute importance, so claims ab
 maps and attribute audits cannot be checked on it. SynthPedes renders pedestrians procedurally
 (numpy, no downloads) and knows, per image, every part's mask, every attribute, and which caption
 words name which part; the importance of each attribute for identity is planted. See
-docs/synthpedes.md. This module is the public face and the ``reid-explain synth`` command:
+docs/synthpedes.md. This module is the ``reid-explain synth`` command and re-exports
+the public names (the package :mod:`reid_explain.synthpedes` serves them lazily):
 
-* identities and planted structure: :mod:`reid_explain.data.synth_identities`
-* drawing one image with its masks: :mod:`reid_explain.data.synth_render`
-* captions with phrase spans: :mod:`reid_explain.data.synth_captions`
-* the Market-1501-style split and per-image seeds: :mod:`reid_explain.data.synth_plan`
-* writing the real formats: :mod:`reid_explain.data.synth_export`
-* the sample grid picture: :mod:`reid_explain.data.synth_figure`
+* identities and planted structure: :mod:`reid_explain.synthpedes.identities`
+* drawing one image with its masks: :mod:`reid_explain.synthpedes.rendering`
+* captions with phrase spans: :mod:`reid_explain.synthpedes.captions`
+* the Market-1501-style split and per-image seeds: :mod:`reid_explain.synthpedes.planning`
+* writing the real formats: :mod:`reid_explain.synthpedes.export`
+* the sample grid picture: :mod:`reid_explain.synthpedes.figure`
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import argparse
 import json
 import sys
 
-from reid_explain.data.synth_captions import Caption, Phrase, make_captions
-from reid_explain.data.synth_export import (
+from reid_explain.errors import ReidExplainError
+from reid_explain.synthpedes.captions import Caption, Phrase, make_captions
+from reid_explain.synthpedes.export import (
     FORMATS,
     ExportSummary,
     export_synthpedes,
     parse_formats,
 )
-from reid_explain.data.synth_identities import (
+from reid_explain.synthpedes.identities import (
     DEFAULT_PLANTED_ORDER,
     Identity,
     IdentityDetail,
@@ -36,7 +38,7 @@ from reid_explain.data.synth_identities import (
     market_codes,
     planted_entropies,
 )
-from reid_explain.data.synth_plan import (
+from reid_explain.synthpedes.planning import (
     Sample,
     SampleSpec,
     SynthConfig,
@@ -45,7 +47,7 @@ from reid_explain.data.synth_plan import (
     plan,
     render_sample,
 )
-from reid_explain.data.synth_render import (
+from reid_explain.synthpedes.rendering import (
     LABEL,
     Camera,
     Occluder,
@@ -56,7 +58,6 @@ from reid_explain.data.synth_render import (
     render,
     sample_view,
 )
-from reid_explain.errors import ReidExplainError
 
 __all__ = [
     "DEFAULT_PLANTED_ORDER", "FORMATS", "LABEL", "Camera", "Caption", "ExportSummary",
@@ -119,7 +120,7 @@ def synth_main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             out["export"] = export_synthpedes(args.out, config, formats).to_json()
         if args.grid is not None:
-            from reid_explain.data.synth_figure import save_grid
+            from reid_explain.synthpedes.figure import save_grid
 
             out["grid"] = str(save_grid(args.grid, config))
     except ReidExplainError as exc:

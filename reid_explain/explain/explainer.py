@@ -18,12 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import plugin_manager as plugins
-from .adapter import Adapter
-from .adapter_choice import adapter_listing, build_adapter, choose_adapter
-from .engine import Engine
-from .errors import InputError, PluginError, ReidExplainError
-from .inputs import (
+from ..core.adapter_choice import adapter_listing, build_adapter, choose_adapter
+from ..core.engine import Engine
+from ..core.inputs import (
     check_embeddings,
     check_images,
     check_same_size,
@@ -31,10 +28,13 @@ from .inputs import (
     input_channels,
     select_pairs,
 )
-from .maps import GroundingMap, PairExplanation, TextImageExplanation, TokenRelevance
-from .metric import MetricContext
-from .targets import CosineSimilarity, RecordingCosine
-from .training_hooks import BackboneModification, build_modification
+from ..errors import InputError, PluginError, ReidExplainError
+from ..plugin_api import manager as plugins
+from ..plugin_api.adapter import Adapter
+from ..plugin_api.maps import GroundingMap, PairExplanation, TextImageExplanation, TokenRelevance
+from ..plugin_api.metric import MetricContext
+from ..plugin_api.targets import CosineSimilarity, RecordingCosine
+from ..plugin_api.training_hooks import BackboneModification, build_modification
 
 __all__ = ["SIDES", "Explainer", "choose_adapter", "explainify"]
 
@@ -73,7 +73,7 @@ def explainify(model: nn.Module, layer: str | nn.Module | None = None,
 
 def _eval_set(data: Any, transform: Any = None) -> Any:
     """A ReidEvalSet from a ReidEvalSet, a data set folder, or a (query, gallery) pair."""
-    from .evaluation.protocol import ReidEvalSet
+    from ..evaluation.protocol import ReidEvalSet
 
     if isinstance(data, (str, os.PathLike)):
         side = Path(data) / "synthpedes" / "annotations.json"
@@ -91,7 +91,7 @@ def _eval_set(data: Any, transform: Any = None) -> Any:
 class Explainer(Engine):
     """Explanations of a wrapped host model; see :func:`explainify`.
 
-    Embedding and attribution come from :class:`~reid_explain.engine.Engine`; this class adds
+    Embedding and attribution come from :class:`~reid_explain.core.engine.Engine`; this class adds
     pair and caption explanations, grounding, evaluation, the report, metrics, and the
     backbone modifications it applied (removed again, last first, on ``close()``).
     """
@@ -297,7 +297,7 @@ class Explainer(Engine):
         """One map per part phrase of each caption over its image (``images[i]`` with
         ``captions[i]``). ``method``: ``"ppim"`` (the head of ``explainify(..., ppim=)``, or
         pass ``ppim=`` here),
-        ``"similarity"`` or an image attribution; see :mod:`reid_explain.grounding`."""
+        ``"similarity"`` or an image attribution; see :mod:`reid_explain.explain.grounding`."""
         from .grounding import ground
 
         self._check_open()
@@ -316,7 +316,7 @@ class Explainer(Engine):
         :class:`~reid_explain.evaluation.protocol.EvaluationResult` (``.table``, ``.summary``,
         ``.save(dir)``). Options: see :func:`reid_explain.evaluation.protocol.evaluate`.
         """
-        from .evaluation.protocol import evaluate
+        from ..evaluation.protocol import evaluate
 
         self._check_open()
         data = _eval_set(data, options.pop("transform", None))
@@ -327,7 +327,7 @@ class Explainer(Engine):
         (identities never scored, with part masks; ``data`` forms as for :meth:`evaluate`).
         Returns a :class:`~reid_explain.evaluation.sharpening.SharpenChoice`; pass its
         ``power`` as ``method_options={"sharpen": power}`` when scoring the test split."""
-        from .evaluation.sharpening import choose_sharpen
+        from ..evaluation.sharpening import choose_sharpen
 
         self._check_open()
         validation = _eval_set(validation, options.pop("transform", None))
@@ -339,7 +339,7 @@ class Explainer(Engine):
         with match marks, maps of every method, faithfulness beside random maps, the
         model-randomisation check and, given the identities' ``attributes`` table, the
         attribute study. ``data`` as for :meth:`evaluate`; see :mod:`reid_explain.report`."""
-        from .report import image_report
+        from ..report import image_report
 
         self._check_open()
         data = _eval_set(data, options.pop("transform", None))

@@ -12,9 +12,9 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from . import plugin_manager
+from ..errors import AdapterError, PluginError, ReidExplainError
+from . import manager as plugin_manager
 from .adapter import Adapter
-from .errors import AdapterError, PluginError, ReidExplainError
 
 
 class _OnHost:

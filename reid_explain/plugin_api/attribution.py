@@ -4,7 +4,7 @@ A subclass sets ``name`` and implements ``attribute(inputs, target, baselines=No
 returning one map per input row: ``(B, h, w)`` over the image (any resolution; the patch grid is
 typical) for ``modality = "image"``, ``(B, L)`` over text tokens for ``modality = "text"``.
 ``target`` is a callable turning embeddings into the score to explain (see
-:mod:`reid_explain.targets`), so the same method explains image-image similarity and
+:mod:`reid_explain.plugin_api.targets`), so the same method explains image-image similarity and
 text-image similarity. Inputs are batched: one call explains many pairs at once.
 """
 
@@ -32,7 +32,7 @@ class Attribution:
     needs_parameter_gradients: ClassVar[bool] = True
     #: True: ``attribute`` accepts ``image_index`` (row -> input image) with one input per
     #: distinct image, so an image explained against many references is run through the host
-    #: once up to the explained layer (see :class:`~reid_explain.engine.Engine`)
+    #: once up to the explained layer (see :class:`~reid_explain.core.engine.Engine`)
     shares_images: ClassVar[bool] = False
     #: True: maps are signed and pixel-level (integrated gradients): drawn as Captum's
     #: ``visualize_image_attr`` draws them, not min-max scaled (report figures)

@@ -72,7 +72,7 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint",
     caller that wants the plain fields of a large file."""
     import torch
 
-    from .errors import DataFormatError, InputError
+    from ..errors import DataFormatError, InputError
 
     path = Path(path)
     if not path.is_file():
