@@ -2,8 +2,7 @@
 
 They live here, below the façade, so that a part can check images and captions without
 importing :mod:`reid_explain.explain.explainer` (which would make an import circle). Every
-refusal is an
-:class:`~reid_explain.errors.InputError` that names the input and the reason.
+refusal is an :class:`~reid_explain.errors.InputError` that names the input and the reason.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Each caption of a split is grounded on its own image (one map per phrase, see
 :mod:`reid_explain.explain.grounding`); a phrase whose ``part`` has a mask in that image is
-scored with
-the pointing game and the energy pointing game against that part's mask. The counterfactual
-check masks the top-k% cells of the caption's combined phrase map (the mean of its phrase
-maps) in the image, against k% random cells, and measures the drop of the caption-image cosine.
+scored with the pointing game and the energy pointing game against that part's mask. The
+counterfactual check masks the top-k% cells of the caption's combined phrase map (the mean of
+its phrase maps) in the image, against k% random cells, and measures the drop of the
+caption-image cosine.
 
 Maps are collected once (:func:`collect_phrase_maps`, on the host's patch grid) and scored
 separately (:func:`score_phrase_maps`), so that controls built from the same maps (scored on
