@@ -12,7 +12,8 @@ both sides are drawn at pixel resolution:
 * ``relevance x grad`` / ``relevance x ig+`` / ``relevance x |ig|``: the upsampled relevance
   times the pixel factor, as Guided Grad-CAM multiplies Grad-CAM by guided backpropagation.
 
-The reference is each part's mean training mask at *pixel* resolution, raised to a power.
+The reference is each part's mean training mask at *pixel* resolution, raised to a power
+(the library's ``choose_phrase_reference`` / ``prior_phrase_maps`` with the image as the grid).
 Choices (each method's power, each part's prior power) are made on the validation seed's
 identities, the prior built on one half and chosen on the other; the test seed is scored
 once with those choices, on the same protocol.
@@ -36,9 +37,11 @@ import reid_explain
 from reid_explain import zoo
 from reid_explain.evaluation.phrase_grounding import (
     PhraseMaps,
+    choose_phrase_reference,
     collect_phrase_maps,
     identity_subset,
     phrase_verdict,
+    prior_phrase_maps,
     score_phrase_maps,
 )
 from reid_explain.plugin_api.maps import sharpen_maps
@@ -105,20 +108,6 @@ def candidates(exp: Any, data: Any) -> dict[str, PhraseMaps]:
     }
 
 
-def prior_maps(build: Any, data: Any, powers: dict[str, float] | float) -> PhraseMaps:
-    """Each phrase's part's mean mask over ``build`` at pixel resolution, to its power."""
-    mean = build.masks.float().mean(0)
-    size = tuple(data.images.shape[-2:])
-    out = PhraseMaps("pixel prior", size)
-    for row in range(len(data)):
-        parts = [p.get("part") for p in data.phrases[row]]
-        maps = [mean[data.part_names.index(p)].pow(
-            powers if isinstance(powers, (int, float)) else powers.get(p, 1.0))
-            if p in data.part_names else torch.zeros(size) for p in parts]
-        out.append(row, data.phrases[row], torch.stack(maps) if maps else None)
-    return out
-
-
 def sharpened(maps: PhraseMaps, power: float) -> PhraseMaps:
     return maps if power == 1 else maps.mapped(maps.method, lambda i, m: sharpen_maps(m, power))
 
@@ -147,15 +136,14 @@ def main() -> None:
         pids = np.unique(data.image_pids)
         build, scored = identity_subset(data, pids[0::2]), identity_subset(data, pids[1::2])
         maps = candidates(exp, scored)
+        size = tuple(data.images.shape[-2:])  # the prior's "grid" is every pixel
         if role == "validation":
-            per_power = {p: score_phrase_maps(scored, prior_maps(build, scored, p))["by_part"]
-                         for p in POWERS}
-            chosen["prior"] = {part: max(POWERS, key=lambda p: per_power[p][part]["energy"])
-                               for part in per_power[1]}
+            chosen["prior"] = choose_phrase_reference(data, size, powers=POWERS)["powers"]
             chosen["methods"] = {name: max(POWERS, key=lambda p: score_phrase_maps(
                 scored, sharpened(m, p))["energy"]) for name, m in maps.items()}
             result["chosen"] = chosen
-        reference = score_phrase_maps(scored, prior_maps(build, scored, chosen["prior"]))
+        reference = score_phrase_maps(scored, prior_phrase_maps(build, scored, size,
+                                                                power=chosen["prior"]))
         rows = {"pixel prior (per-part power)": brief(reference)}
         for name, m in maps.items():
             power = chosen["methods"][name]
