@@ -107,8 +107,11 @@ def test_finetuning_from_the_zoo_runs_end_to_end_on_two_seeds(tmp_path):
     tables = markdown_tables(result)
     assert "| ppim+constraint |" in tables and "| chance |" in tables
     assert "nan" not in tables  # an interval that cannot exist is said so, not printed as NaN
-    saved = json.loads(out.read_text())
+    # strict JSON: the one-seed variant's interval is null, not a bare NaN (issue 27)
+    saved = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
     assert len(saved["runs"]) == 5 and saved["summary"] is not None
+    assert saved["summary"]["variants"]["pretrained"]["energy"]["image_dependent"]["low"] is None
+    assert "nan" not in markdown_tables(saved)  # the tables read back from the file too
     lines.clear()
     again = run_study(config, [0, 1], variants, out=out, log=lines.append)  # resumes
     assert any("resuming: 5 runs" in line for line in lines)

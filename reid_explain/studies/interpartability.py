@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._util.io import atomic_write_text
+from .._util.io import atomic_write_text, strict_json
 from ..evaluation.phrase_grounding import (
     PhraseMaps,
     collect_phrase_maps,
@@ -402,10 +402,10 @@ def run_study(config: StudyConfig, seeds: Sequence[int], variants: Sequence[str]
             runs.append(run_one(variant, seed, splits, config, references, log,
                                 score_test=not validation_only))
             if path is not None:
-                atomic_write_text(path, json.dumps(payload(), indent=1, default=float))
+                atomic_write_text(path, strict_json(payload(), indent=1))
     result = payload()
     if path is not None:
-        atomic_write_text(path, json.dumps(result, indent=1, default=float))
+        atomic_write_text(path, strict_json(result, indent=1))
     return result
 
 
@@ -416,7 +416,8 @@ def markdown_tables(result: dict[str, Any]) -> str:
     ref_test = refs["test"][strongest]
 
     def ci(item: dict[str, float], scale: float = 100.0) -> str:
-        if not (np.isfinite(item["low"]) and np.isfinite(item["high"])):  # one seed: no interval
+        if item["low"] is None or item["high"] is None or not (
+                np.isfinite(item["low"]) and np.isfinite(item["high"])):  # one seed: none
             return f"{scale * item['mean']:+.1f} [no CI: one seed]"
         return (f"{scale * item['mean']:+.1f} [{scale * item['low']:+.1f}, "
                 f"{scale * item['high']:+.1f}]")
