@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             machine = {"cpu": platform.processor() or platform.machine(),
                        "threads": torch.get_num_threads(), "torch": torch.__version__}
             with open(args.json, "w") as f:
-                json.dump({"machine": machine, "rows": results}, f, indent=2)
+                json.dump({"machine": machine, "rows": results}, f, indent=2, allow_nan=False)
     return results
 
 

@@ -137,7 +137,7 @@ def main() -> None:
         atomic_write_text(Path(args.out), json.dumps(
             {"args": vars(args), "location_prior": priors,
              "results": [{k: v for k, v in r.items()} for r in results]},
-            indent=2, default=float))
+            indent=2, default=float, allow_nan=False))
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                   "machine": platform.platform(), "processor": platform.processor(),
                   "figures": figures}
         with open(args.json, "w") as fh:
-            json.dump(record, fh, indent=2)
+            json.dump(record, fh, indent=2, allow_nan=False)
     return 0 if worst <= 1e-6 else 1
 
 

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def save() -> None:  # after each figure: a later one that fails keeps the earlier ones
         if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2))
+            Path(args.json).write_text(json.dumps(figures, indent=2, allow_nan=False))
 
     for host in hosts:
         row = child(["rss", host, str(calls)])

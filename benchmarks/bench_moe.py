@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                        "moe_s": statistics.median(t["moe"]), "ratio": ratio,
                        "ratio_q1": quartiles[0], "ratio_q3": quartiles[2],
                        "control_ratio": control_ratio, "ratio_min": ratio_min,
-                       "ratio_median": ratio_med}, fh, indent=2)
+                       "ratio_median": ratio_med}, fh, indent=2, allow_nan=False)
 
 
 if __name__ == "__main__":

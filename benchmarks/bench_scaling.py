@@ -118,7 +118,7 @@ def main() -> None:
                           f"{torch.get_num_threads()} threads; torch {torch.__version__}",
                "device": "cpu", "rows": rows}
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+        Path(args.json).write_text(json.dumps(figures, indent=2, allow_nan=False))
     if args.docs:
         write_table(Path(args.docs), figures)
 

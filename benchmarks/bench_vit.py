@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
                               "threads": torch.get_num_threads(), "torch": torch.__version__,
                               "model": "vit_small_patch16_224 (timm, random init)"}
         with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+            json.dump(figures, f, indent=2, allow_nan=False)
     return figures
 
 
