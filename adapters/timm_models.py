@@ -61,7 +61,15 @@ class TimmAdapter(CNNAdapter):
         if embed is not None and getattr(embed, "strict_img_size", False) and \
                 getattr(embed, "img_size", None) is not None:
             return int(embed.img_size[0]), int(embed.img_size[1])
-        if cfg.get("fixed_input_size") and cfg.get("input_size"):
+        if not cfg.get("fixed_input_size"):
+            return None
+        # a model built with img_size= (MaxViT, CoAtNet at a ReID 256x128) keeps that size on
+        # itself; its pretrained_cfg still names the size of the published weights
+        own = getattr(self.model, "img_size", None)
+        if own is not None:
+            own = (own, own) if isinstance(own, int) else tuple(own)
+            return int(own[0]), int(own[1])
+        if cfg.get("input_size"):
             return int(cfg["input_size"][1]), int(cfg["input_size"][2])
         return None
 

@@ -55,18 +55,21 @@ TORCHREID = [
     "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "squeezenet1_0",
     "squeezenet1_0_fc512", "squeezenet1_1", "xception",
 ]
-#: timm names and the size they are built for (fixed-size models at their own size)
+#: timm names and the size they are built for: a ReID-shaped 128x64 wherever timm rebuilds the
+#: model for it (``img_size=``: windows, relative positions and patch grids follow), LeViT at
+#: its own size
 TIMM = {
     "vit_small_patch16_224": (128, 64), "deit_tiny_patch16_224": (128, 64),
     "deit_tiny_distilled_patch16_224": (128, 64), "vit_base_patch16_clip_224": (128, 64),
-    "eva02_tiny_patch14_224": (126, 70), "swin_tiny_patch4_window7_224": (224, 224),
-    "maxvit_tiny_tf_224": (224, 224), "coatnet_0_rw_224": (224, 224), "resnet18": (128, 64),
+    "eva02_tiny_patch14_224": (126, 70), "swin_tiny_patch4_window7_224": (128, 64),
+    "maxvit_tiny_tf_224": (128, 64), "coatnet_0_rw_224": (128, 64), "resnet18": (128, 64),
     "resnet50": (128, 64), "convnext_atto": (128, 64), "efficientnet_b0": (128, 64),
     "mobilenetv3_small_100": (128, 64), "regnetx_002": (128, 64), "pvt_v2_b0": (128, 64),
     "fastvit_t8": (128, 64), "repvit_m1": (128, 64), "levit_128s": (224, 224),
 }
+#: open_clip names and sizes (the ResNets' attention pool takes a square size only)
 OPEN_CLIP = {"ViT-B-32": (128, 64), "ViT-S-16": (128, 64), "ViT-M-32": (128, 64),
-             "RN50": (224, 224), "RN101": (224, 224), "convnext_tiny": (128, 64)}
+             "RN50": (128, 128), "RN101": (128, 128), "convnext_tiny": (128, 64)}
 #: hosts that cannot be explained here: the words their error must say, and why
 EXPECTED_ERRORS = {
     "torchreid:hacnn": ("failed on a 160x64 probe image on cpu",
@@ -113,11 +116,13 @@ def build(family: str, name: str, size: tuple[int, int]) -> nn.Module:
     if family == "timm":
         import timm
 
-        kwargs = {"img_size": size} if "patch" in name and size != (224, 224) else {}
+        sized = "patch" in name or name.startswith(("maxvit", "coatnet"))  # take img_size=
+        kwargs = {"img_size": size} if sized and size != (224, 224) else {}
         return timm.create_model(name, pretrained=False, **kwargs)
     import open_clip
 
-    kwargs = {"force_image_size": size} if size != (224, 224) else {}
+    square = size[0] if size[0] == size[1] else size  # ModifiedResNet wants an int
+    kwargs = {"force_image_size": square} if size != (224, 224) else {}
     return open_clip.create_model(name, **kwargs)
 
 
