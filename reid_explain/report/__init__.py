@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._util.provenance import code_digest
 from ..plugin_api import manager as plugin_manager
 from .html import Section, render
 from .overview import attribute_line, image_lines, overview_section, times_line
@@ -154,7 +155,7 @@ def image_report(explainer: ExplainerLike, data: ReidEvalSet | None, out: str | 
             names.append(f"{len(captions)} captions")
         times["total"] = round(time.perf_counter() - start, 1)
         settings = {"data": " + ".join(names), "methods": list(methods) if methods else "all",
-                    "queries": n_queries, **(settings or {})}
+                    "queries": n_queries, "code": code_digest(), **(settings or {})}
         summary |= {"settings": settings, "times": times,
                     "plugins": plugin_manager.list_plugins()}
         title = f"{type(explainer.model).__name__} on {' + '.join(names)}"

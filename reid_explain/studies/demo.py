@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .._util.io import atomic_path, strict_json
+from .._util.provenance import code_digest
 from ..report.html import Section, render
 from ..report.overview import attribute_line, image_lines, overview_section, times_line
 
@@ -128,7 +129,8 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
     times["load models and render data"] = round(time.perf_counter() - start, 1)
     settings = {"quick": quick, "seed": seed, "crops": crops, "data": data["config"],
                 "sizes": size,
-                "methods": list(methods) if methods else "all", "top_k": top_k}
+                "methods": list(methods) if methods else "all", "top_k": top_k,
+                "code": code_digest()}  # which code and libraries made it
     summary: dict[str, Any] = {"settings": settings}
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
