@@ -249,10 +249,15 @@ SECOND_ORDER = ["lower_color", "bag", "age", "hair", "upper_color", "hat", "clot
 @pytest.mark.slow
 @pytest.mark.parametrize("order", [None, SECOND_ORDER], ids=["default", "second"])
 def test_planted_order_is_recovered_by_the_ablation_consensus(order):
-    """Acceptance 2: SynthPedes with a planted order -> experts -> ablation -> study."""
+    """Acceptance 2: SynthPedes with a planted order -> experts -> ablation -> study.
+
+    6 training epochs, not the study's 12: on data seeds 0-2 and both orders the two settings
+    pass and fail alike (oracle mAP 0.91-0.96 / 0.71-0.76 at either; seed 0 passes both orders;
+    seed 2 of the default order and seeds 1-2 of the second fail at both, on the third place:
+    clothes for gender, hair for age), and 6 take half the time."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = planted_order_study(order, seed=0, threads=1, study_options=TINY)
+        result = planted_order_study(order, seed=0, threads=1, study_options=TINY, epochs=6)
     assert result.metrics["oracle_mAP"] > 0.5
     assert result.rho >= 0.8, result.summary()
     assert set(result.order[:3]) == set(result.planted_order[:3]), result.summary()
