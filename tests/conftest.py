@@ -27,6 +27,20 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with more end-to-end (``slow``) tests first, the rest in their own order.
+
+    ``--dist loadfile`` hands whole files to the workers in collection order; a long file that
+    happens to sort last starts when the other worker is nearly done and runs alone at the end.
+    Longest first (the ``slow`` count stands in for the length) keeps both workers busy."""
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[item.nodeid.split("::")[0]] = slow.get(item.nodeid.split("::")[0], 0) + (
+            item.get_closest_marker("slow") is not None)
+    order = {item.nodeid: i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-slow[item.nodeid.split("::")[0]], order[item.nodeid]))
+
+
 warnings.filterwarnings("ignore", message=".*Cython evaluation.*")
 
 CLIP_CFG = {
