@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 
 # Under pytest-xdist (the README's test command runs one worker per core) each worker gets an
 # equal share of the cores, set before torch is imported so that child processes the tests
@@ -33,12 +34,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ``--dist loadfile`` hands whole files to the workers in collection order; a long file that
     happens to sort last starts when the other worker is nearly done and runs alone at the end.
     Longest first (the ``slow`` count stands in for the length) keeps both workers busy."""
-    slow: dict[str, int] = {}
-    for item in items:
-        slow[item.nodeid.split("::")[0]] = slow.get(item.nodeid.split("::")[0], 0) + (
-            item.get_closest_marker("slow") is not None)
-    order = {item.nodeid: i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (-slow[item.nodeid.split("::")[0]], order[item.nodeid]))
+    def file_of(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    slow = Counter(file_of(item) for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[file_of(item)])  # stable: each file keeps its order
 
 
 warnings.filterwarnings("ignore", message=".*Cython evaluation.*")
