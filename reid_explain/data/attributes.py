@@ -287,9 +287,9 @@ def load_attribute_mat(path: str | os.PathLike, schema: str | AttributeSchema | 
 #: (``("ok", mat)``, ``("v7.3", None)``, ``("error", message)``)
 READ_MAT = """
 import pickle, sys
-import scipy.io
+from scipy.io.matlab import loadmat  # not all of scipy.io: a third of the child's start
 try:
-    result = ("ok", scipy.io.loadmat(sys.argv[1], squeeze_me=False, struct_as_record=True))
+    result = ("ok", loadmat(sys.argv[1], squeeze_me=False, struct_as_record=True))
 except NotImplementedError:
     result = ("v7.3", None)
 except Exception as exc:  # scipy raises several types for a corrupt file
