@@ -134,3 +134,19 @@ def test_host_guard_undoes_what_a_careless_plugin_does_inside_it():
     assert not model[1]._forward_pre_hooks and not model[2]._forward_hooks
     model(torch.zeros(1, 3, 5, 5))
     assert calls == [0]  # only the user's hook runs
+
+
+def test_host_guard_takes_a_module_that_lacks_a_hook_dict():
+    """A module unpickled from an older torch may lack a newer hook dict: the guard still
+    undoes hooks in the dicts it has and leaves the missing one missing."""
+    from reid_explain.plugin_api.host_guard import HostGuard
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    del model[1].__dict__["_forward_hooks_always_called"]
+    before = host_state(model)
+    with HostGuard(model):
+        model[1]._forward_hooks[7] = lambda *_: None
+        model[0].register_forward_pre_hook(lambda *_: None)
+    assert host_state(model) == before
+    assert not model[1]._forward_hooks and not model[0]._forward_pre_hooks
+    assert "_forward_hooks_always_called" not in model[1].__dict__
