@@ -121,6 +121,7 @@ def test_demo_puts_every_figure_beside_the_image_blind_reference(demo):
 @pytest.mark.slow
 def test_demo_writes_a_complete_report(demo, capsys):
     out, summary = demo
+    assert summary["settings"]["code"] == code_digest()  # which code made it
     page = _Page()
     page.feed((out / "index.html").read_text())
     assert tuple(page.ids) == SECTIONS
@@ -226,6 +227,7 @@ def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys)
         assert re.search(rf"reid-explain: {stage} done in \d+\.\d s", printed.err)
     assert "Warning" not in printed.err  # no raw library warning reaches the terminal
     summary = strict_load(out / "summary.json")
+    assert summary["settings"]["code"] == code_digest()
     gap = summary["image"]["explanations"]["methods"]["gradcam"]["gap"]
     assert gap["n"] > 0 and np.isfinite(gap["method"])
     assert "energy" in summary["image"]["explanations"]["methods"]["gradcam"]  # SynthPedes
