@@ -418,6 +418,10 @@ def run_study(outcomes: pd.DataFrame, attributes: pd.DataFrame,
            "schema": chosen.name, "consensus_responses": list(consensus_responses),
            "consensus": consensus, "min_identities": min_identities}
     with warnings.catch_warnings(record=True) as caught:
+        # every warning recorded: one filter, not "always" in front of the ~20 the libraries
+        # installed (unreachable behind it, yet sklearn's joblib wrapper re-applies each of
+        # them for every tree of every forest fit and prediction)
+        warnings.resetwarnings()
         warnings.simplefilter("always")
         analyses = {name: _analyse(name, kind, table[name].to_numpy(), pids, design, cfg)
                     for name, kind in responses.items()}
