@@ -4,6 +4,7 @@ importing the package (as plugin registration and the CLI's input checks do) sta
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,7 +22,10 @@ def lazy_exports(package: str, exports: Mapping[str, str], namespace: dict[str, 
         if name in moved:
             from .moved import warn_moved
 
-            warn_moved(f"{package}.{name}", f"{moved[name]}.{name}")
+            # ``from package import name`` asks twice (importlib's hasattr, then the import
+            # itself): the user's line is warned once, by the second
+            if sys._getframe(1).f_code.co_name != "_handle_fromlist":
+                warn_moved(f"{package}.{name}", f"{moved[name]}.{name}")
             return getattr(importlib.import_module(moved[name]), name)
         module = exports.get(name)
         if module is None:
