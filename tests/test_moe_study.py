@@ -19,7 +19,11 @@ from reid_explain.errors import InputError
 from reid_explain.evaluation.retrieval import image_reid_metrics
 from reid_explain.explain.explainer import choose_adapter
 from reid_explain.moe.ablation import ablation_outcomes
-from reid_explain.moe.planted import planted_order_study, rank_agreement
+from reid_explain.moe.planted import (
+    planted_order_study,
+    rank_agreement,
+    separated_discordance,
+)
 from reid_explain.moe.train import IdClassifier, train_image_moe
 from reid_explain.plugin_api.manager import get
 
@@ -251,22 +255,28 @@ SECOND_ORDER = ["lower_color", "bag", "age", "hair", "upper_color", "hat", "clot
 def test_planted_order_is_recovered_by_the_ablation_consensus(order):
     """Acceptance 2: SynthPedes with a planted order -> experts -> ablation -> study.
 
-    6 training epochs, not the study's 12: on data seeds 0-2 and both orders the two settings
-    pass and fail alike (oracle mAP 0.91-0.96 / 0.71-0.76 at either; seed 0 passes both orders;
-    seed 2 of the default order and seeds 1-2 of the second fail at both, on the third place:
-    clothes for gender, hair for age, which the causal audit of the same model puts first:
-    docs/results.md, "The planted order is not the model's reliance"), and 6 take half the
-    time."""
+    What a planted order can demand: the order over attributes whose planted information
+    differs clearly. Adjacent places differ by 12 % of their bits (decay 0.88), less than the
+    renderer's visibility changes which one the model uses (gender vs clothes, age vs hair:
+    docs/results.md, "The planted order is not the model's reliance"). So: Spearman rho >= 0.8
+    over all 12, and at most 10 % of the 45 pairs planted >= 3 places (>= 1.47x the bits)
+    apart in the wrong order. Data seeds 0-4, both orders, 6 epochs: rho 0.71-0.97, those
+    pairs 0-4 of 45 wrong in 9 cells, 8 in one (default order, seed 2, rho 0.71: fails both);
+    the exact planted top 3 (asserted here before) held in 5 of 10, of the second order on
+    seed 0 only. 6 training epochs, not the study's 12: on seeds 0-2 the two pass and fail
+    alike, and 6 take half the time."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = planted_order_study(order, seed=0, threads=1, study_options=TINY, epochs=6)
     assert result.metrics["oracle_mAP"] > 0.5
     assert result.rho >= 0.8, result.summary()
-    assert set(result.order[:3]) == set(result.planted_order[:3]), result.summary()
+    wrong, pairs = separated_discordance(result.planted_order, result.order)
+    assert pairs == 45 and wrong <= 0.1 * pairs, (wrong, result.summary())
     assert result.study.config["consensus"] == "ablation"
     if order is not None:
         assert set(result.order[:3]) != {"lower_color", "upper_color", "gender"}
     assert rank_agreement(result.planted_order, result.planted_order) == (1.0, 3)
+    assert separated_discordance(result.planted_order, result.planted_order[::-1]) == (45, 45)
 
 
 def test_planted_study_checks_its_routing_options_before_any_work():

@@ -35,7 +35,7 @@ from reid_explain.attributes.study import AttributeStudy, run_study
 from reid_explain.moe.ablation import ablation_outcomes, oracle_embed
 
 __all__ = ["PlantedResult", "moe_causal_audit", "planted_order_study", "predicted_codes",
-           "rank_agreement"]
+           "rank_agreement", "separated_discordance"]
 
 
 @dataclass
@@ -68,6 +68,20 @@ def rank_agreement(planted: Sequence[str], found: Sequence[str]) -> tuple[float,
     rho = float(stats.spearmanr([planted.index(a) for a in found], np.arange(len(found)))
                 .statistic)
     return rho, len(set(planted[:3]) & set(found[:3]))
+
+
+def separated_discordance(planted: Sequence[str], found: Sequence[str],
+                          steps: int = 3) -> tuple[int, int]:
+    """``(discordant, pairs)`` over the pairs planted at least ``steps`` places apart (each
+    place ``decay`` = 0.88 times less entropy, so 3 places is >= 1.47x): how often ``found``
+    ranks the attribute planted with clearly less identity information above the one with
+    more. Adjacent places differ by 12 % of their bits, less than what the renderer's
+    visibility of an attribute changes, so their order is not a property the study can owe."""
+    planted, found = list(planted), list(found)
+    if sorted(planted) != sorted(found):
+        raise ValueError(f"orders name different attributes: {sorted(planted)} vs {sorted(found)}")
+    pairs = [(a, b) for i, a in enumerate(planted) for b in planted[i + steps:]]
+    return sum(found.index(a) > found.index(b) for a, b in pairs), len(pairs)
 
 
 def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
