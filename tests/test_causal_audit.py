@@ -157,7 +157,7 @@ def test_an_oracle_routed_moe_is_audited_through_its_experts():
     most; the host alone barely sees gender, and ranks it nowhere near first."""
     from conftest import make_timm_vit
 
-    from reid_explain.moe.planted import moe_causal_audit
+    from reid_explain.moe.audit import moe_causal_audit
     from reid_explain.training.session import attach
 
     model = make_timm_vit()

@@ -288,8 +288,8 @@ def test_planted_study_checks_its_routing_options_before_any_work():
 
 def test_predicted_codes_route_by_what_the_router_reads_from_the_zoo_host():
     """The less circular check: routing by the router's predictions, from the pixels."""
-    from reid_explain.moe.planted import _planted_host, predicted_codes
-    from reid_explain.moe.routers import LearnedRouter
+    from reid_explain.moe.planted import _planted_host
+    from reid_explain.moe.routers import LearnedRouter, predicted_codes
 
     model, size, stats = _planted_host("zoo:clip-synthpedes", (64, 32), depth=2, seed=0)
     assert size == (128, 64) and stats is not None  # the host's own input size and means

@@ -32,7 +32,9 @@ from scipy import stats
 
 from reid_explain.attributes.causal import agreement
 from reid_explain.attributes.study import AttributeStudy, run_study
-from reid_explain.moe.ablation import ablation_outcomes, oracle_embed
+from reid_explain.moe.ablation import ablation_outcomes
+from reid_explain.moe.audit import moe_causal_audit
+from reid_explain.moe.routers import predicted_codes
 
 __all__ = ["PlantedResult", "moe_causal_audit", "planted_order_study", "predicted_codes",
            "rank_agreement", "separated_discordance"]
@@ -258,39 +260,6 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
                          seconds, causal_summary)
 
 
-def moe_causal_audit(moe: Any, config: Any, mean: Sequence[float], std: Sequence[float], *,
-                     router: Any = None, experts: bool = True, seed: int = 0) -> Any:
-    """The causal audit (:func:`~reid_explain.attributes.causal.causal_audit`) of a trained
-    MoSAIC model on the SynthPedes set ``config``, in eval mode (modes restored).
-
-    Routing: by the oracle from each rendered person's codes (a changed render is routed as
-    the person it now shows), or, with ``router``, by the router's hard predictions from the
-    pixels (the deployable model). ``experts=False`` audits the host alone (every expert off),
-    to tell what the experts add from what the host already relies on."""
-    from reid_explain.attributes.causal import causal_audit
-
-    model = moe.model
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        if not experts:
-            def host(images: torch.Tensor) -> torch.Tensor:
-                with moe.bypass():
-                    return moe.adapter.embed_image(images)
-
-            return causal_audit(host, config, mean=mean, std=std, seed=seed)
-        if router is not None:
-            router.eval()
-            return causal_audit(lambda images: oracle_embed(
-                moe, images, predicted_codes(moe, router, images)), config, mean=mean, std=std,
-                seed=seed)
-        return causal_audit(lambda images, codes: oracle_embed(moe, images, codes), config,
-                            mean=mean, std=std, seed=seed, with_codes=True)
-    finally:
-        for module, mode in modes:
-            module.training = mode
-
-
 def _planted_host(host: str, size: tuple[int, int], depth: int, seed: int
                   ) -> tuple[torch.nn.Module, tuple[int, int], tuple | None]:
     """The host, its input size and its normalisation (None: ImageNet's)."""
@@ -313,16 +282,3 @@ def _planted_host(host: str, size: tuple[int, int], depth: int, seed: int
                              "image tower (an open_clip CLIP)")
         return model, tuple(architecture["image_size"]), (OPENAI_MEAN, OPENAI_STD)
     raise ValueError(f"host must be 'random' or 'zoo:NAME', got {host!r}")
-
-
-@torch.no_grad()
-def predicted_codes(moe: Any, router: Any, images: torch.Tensor,
-                    batch_size: int = 64) -> torch.Tensor:
-    """The router's attribute predictions ``(N, A)`` (from the expert-free features, or the
-    pixels for a pixel router)."""
-    from reid_explain.moe.routers import router_logits
-
-    out = []
-    for start in range(0, len(images), batch_size):
-        out.append(router.predict(router_logits(moe, router, images[start:start + batch_size])))
-    return torch.cat(out)

@@ -187,3 +187,14 @@ def learned_embed(moe: Any, router: LearnedRouter, images: Tensor,
     logits = router_logits(moe, router, images)
     with moe.route(gates=router.gates(logits, mode)):
         return moe.adapter.embed_image(images), logits
+
+
+@torch.no_grad()
+def predicted_codes(moe: Any, router: Any, images: torch.Tensor,
+                    batch_size: int = 64) -> torch.Tensor:
+    """The router's attribute predictions ``(N, A)`` (from the expert-free features, or the
+    pixels for a pixel router)."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        out.append(router.predict(router_logits(moe, router, images[start:start + batch_size])))
+    return torch.cat(out)
