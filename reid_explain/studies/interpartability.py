@@ -44,8 +44,8 @@ from ..evaluation.phrase_grounding import (
 
 #: PPIM as chosen on validation (seeds 0-1, docs/results.md, issue 26): MaskCLIP's value
 #: embeddings of the last block as its keys (energy of its own maps 0.26-0.30 against 0.11-0.13
-#: for the patch embeddings and 0.05 for block 0's tokens), the attention sharpened over the
-#: first 90 of 240 steps, and the whole image as a phrase's negative
+#: for the patch embeddings, and 0.05-0.06 for block 0's tokens without the next two), the
+#: attention sharpened over the first 90 of 240 steps, and the whole image as a phrase's negative
 PPIM_OPTIONS = {"weight": 1.0, "patch_block": "value", "position_frequencies": 4,
                 "position_values": True, "temperature_warmup": 90,
                 "whole_image_negative": True}
