@@ -58,6 +58,7 @@ class PlantedResult:
     def summary(self) -> dict[str, Any]:
         return {"planted_order": self.planted_order, "consensus": self.consensus,
                 "order": self.order, "rho": round(self.rho, 4), "top3": self.top3,
+                "separated_wrong": list(separated_discordance(self.planted_order, self.order)),
                 "other": self.other, "metrics": self.metrics, "causal": self.causal,
                 "seconds": {k: round(v, 1) for k, v in self.seconds.items()}}
 
