@@ -463,7 +463,9 @@ def test_a_pixel_router_learns_attributes_from_the_image_alone():
     from reid_explain.moe.train import router_accuracy, train_router
     from reid_explain.synthpedes.planning import SynthConfig, plan, render_sample
 
-    synth = plan(SynthConfig(n_ids=60, images_per_id=6, seed=3, height=64, width=32))
+    # 120 identities: with 60 the held-out accuracy depended on the seed (data seeds 3-7:
+    # 0.07-0.54, two of six runs under the bound); with 120, data seeds 3, 4, 6 and 8-14: 0.57-0.78
+    synth = plan(SynthConfig(n_ids=120, images_per_id=6, seed=3, height=64, width=32))
     specs = [s for s in synth.samples if s.pid != 0]
     people = [synth.identity_of(s) for s in specs]
     images = normalised_images([render_sample(synth, s, with_captions=False).rendered.image
@@ -482,8 +484,8 @@ def test_a_pixel_router_learns_attributes_from_the_image_alone():
     history = train_router(moe, router, train, epochs=8, lr=3e-3)
     after = router_accuracy(moe, router, held_out)
     assert history[-1]["router"] < 0.5 * history[0]["router"]
-    # 8 colours, chance 1/8 (the untrained router: 0.13); 0.48 measured after 12 epochs
-    assert after["upper_color"] > max(0.3, before + 0.15), (before, after)
+    # 8 colours, chance 1/8 (the untrained router: 0.09-0.16); 0.71 here after 8 epochs
+    assert after["upper_color"] > max(0.45, before + 0.3), (before, after)
     assert not router.training
     calls = []
     handle = model.blocks[0].register_forward_hook(lambda *_: calls.append(1))
