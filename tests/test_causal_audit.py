@@ -177,6 +177,8 @@ def test_an_oracle_routed_moe_is_audited_through_its_experts():
         session.detach()
     routed, host = routed.set_index("attribute"), host.set_index("attribute")
     assert routed["shift"].idxmax() == "gender"
-    assert routed.loc["gender", "shift"] > 3 * routed.drop(index="gender")["shift"].max()
+    # by a margin: 4.2x the next attribute here; 2.5-5.1x over five other pairs of expert and
+    # data seeds (the bound was 3x, which three of them missed)
+    assert routed.loc["gender", "shift"] > 2 * routed.drop(index="gender")["shift"].max()
     assert host.loc["gender", "shift"] < 0.5 * host["shift"].max()
     assert not model.training  # the audit left the modes as it found them (eval)
