@@ -53,8 +53,8 @@ def main() -> None:
     from reid_explain.moe.planted import planted_order_study
 
     runs = []
-    print(f"{'order':<8} {'seed':>4} {'rho':>6} {'top3':>4} | {'AP/hit rho':>10} {'top3':>4} | "
-          f"{'mAP':>5} {'secs':>5}")
+    print(f"{'order':<8} {'seed':>4} {'rho':>6} {'top3':>4} {'sep':>5} | {'AP/hit rho':>10} "
+          f"{'top3':>4} | {'mAP':>5} {'secs':>5}")  # sep: separated pairs in the wrong order
     for i, order in enumerate(args.orders):
         for seed in args.seeds:
             start = time.perf_counter()
@@ -69,8 +69,9 @@ def main() -> None:
             seconds = time.perf_counter() - start
             resp = result.other["responses"]
             name = "default" if order == "default" else f"order{i}"
-            print(f"{name:<8} {seed:>4} {result.rho:>6.3f} {result.top3:>4} | "
-                  f"{resp['rho']:>10.3f} {resp['top3']:>4} | "
+            wrong, pairs = result.summary()["separated_wrong"]
+            print(f"{name:<8} {seed:>4} {result.rho:>6.3f} {result.top3:>4} "
+                  f"{f'{wrong}/{pairs}':>5} | {resp['rho']:>10.3f} {resp['top3']:>4} | "
                   f"{result.metrics['oracle_mAP']:>5.3f} {seconds:>5.0f}", flush=True)
             if "learned:hard_mAP" in result.metrics:
                 m = result.metrics
