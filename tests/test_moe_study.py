@@ -279,6 +279,16 @@ def test_planted_order_is_recovered_by_the_ablation_consensus(order):
     assert separated_discordance(result.planted_order, result.planted_order[::-1]) == (45, 45)
 
 
+def test_separated_discordance_counts_by_hand():
+    planted = ["a", "b", "c", "d", "e"]  # pairs 3+ places apart: (a, d), (a, e), (b, e)
+    assert separated_discordance(planted, planted) == (0, 3)
+    assert separated_discordance(planted, ["d", "b", "c", "a", "e"]) == (1, 3)  # d above a
+    assert separated_discordance(planted, ["e", "d", "c", "b", "a"]) == (3, 3)
+    assert separated_discordance(planted, ["b", "a", "d", "c", "e"], steps=1) == (2, 10)
+    with pytest.raises(ValueError, match="different attributes"):
+        separated_discordance(planted, ["a", "b", "c", "d", "x"])
+
+
 def test_planted_study_checks_its_routing_options_before_any_work():
     with pytest.raises(ValueError, match="needs router=True"):
         planted_order_study(None, ablation_routing="learned")
