@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from reid_explain.attributes.causal import causal_audit
 from reid_explain.moe.ablation import oracle_embed
 from reid_explain.moe.routers import predicted_codes
 
@@ -29,8 +30,6 @@ def moe_causal_audit(moe: Any, config: Any, mean: Sequence[float], std: Sequence
     the person it now shows), or, with ``router``, by the router's hard predictions from the
     pixels (the deployable model). ``experts=False`` audits the host alone (every expert off),
     to tell what the experts add from what the host already relies on."""
-    from reid_explain.attributes.causal import causal_audit
-
     model = moe.model
     modes = [(m, m.training) for m in model.modules()]
     model.eval()

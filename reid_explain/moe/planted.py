@@ -63,11 +63,17 @@ class PlantedResult:
                 "seconds": {k: round(v, 1) for k, v in self.seconds.items()}}
 
 
-def rank_agreement(planted: Sequence[str], found: Sequence[str]) -> tuple[float, int]:
-    """Spearman ρ between two orders of the same attributes, and the top-3 overlap."""
+def _same_attributes(planted: Sequence[str], found: Sequence[str]) -> tuple[list, list]:
+    """Both orders as lists, refused unless they order the same attributes."""
     planted, found = list(planted), list(found)
     if sorted(planted) != sorted(found):
         raise ValueError(f"orders name different attributes: {sorted(planted)} vs {sorted(found)}")
+    return planted, found
+
+
+def rank_agreement(planted: Sequence[str], found: Sequence[str]) -> tuple[float, int]:
+    """Spearman ρ between two orders of the same attributes, and the top-3 overlap."""
+    planted, found = _same_attributes(planted, found)
     rho = float(stats.spearmanr([planted.index(a) for a in found], np.arange(len(found)))
                 .statistic)
     return rho, len(set(planted[:3]) & set(found[:3]))
@@ -80,9 +86,7 @@ def separated_discordance(planted: Sequence[str], found: Sequence[str],
     ranks the attribute planted with clearly less identity information above the one with
     more. Adjacent places differ by 12 % of their bits, less than what the renderer's
     visibility of an attribute changes, so their order is not a property the study can owe."""
-    planted, found = list(planted), list(found)
-    if sorted(planted) != sorted(found):
-        raise ValueError(f"orders name different attributes: {sorted(planted)} vs {sorted(found)}")
+    planted, found = _same_attributes(planted, found)
     pairs = [(a, b) for i, a in enumerate(planted) for b in planted[i + steps:]]
     return sum(found.index(a) > found.index(b) for a, b in pairs), len(pairs)
 
