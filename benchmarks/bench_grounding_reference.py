@@ -40,7 +40,8 @@ def figures(result: Any) -> dict[str, Any]:
 
 
 def run_condition(exp: Any, seed: int, crops: str, n_test: int, n_val: int,
-                  queries: int, methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
+                  queries: int, methods: tuple[str, ...] = METHODS,
+                  score: str = "centred") -> dict[str, Any]:
     from reid_explain.studies.demo import image_eval_set
     from reid_explain.zoo.data import render_splits
     from reid_explain.zoo.registry import ZOO_DATA
@@ -51,17 +52,17 @@ def run_condition(exp: Any, seed: int, crops: str, n_test: int, n_val: int,
     mean, std = exp.adapter.pixel_mean, exp.adapter.pixel_std
     val = image_eval_set(splits["val"], mean, std)
     test = image_eval_set(splits["test"], mean, std, reference_split=splits["val"])
-    out: dict[str, Any] = {"seed": seed, "crops": crops, "reference": test.reference.to_json(),
-                           "methods": {}}
+    out: dict[str, Any] = {"seed": seed, "crops": crops, "score": score,
+                           "reference": test.reference.to_json(), "methods": {}}
     for method in methods:
         start = time.perf_counter()
         chosen = exp.choose_sharpen(val, method, powers=POWERS, max_queries=queries,
-                                    method_options=OPTIONS.get(method)).to_json()
+                                    method_options=OPTIONS.get(method), score=score).to_json()
         result = exp.evaluate(test, method=method, metrics=list(METRICS),
-                              max_queries=queries, progress=False,
+                              max_queries=queries, progress=False, score=score,
                               method_options=OPTIONS.get(method))
         sharp = exp.evaluate(test, method=method, metrics=["energy_pointing_game"],
-                             max_queries=queries, progress=False,
+                             max_queries=queries, progress=False, score=score,
                              method_options=OPTIONS.get(method, {}) | {
                                  "sharpen": chosen["power"]})
         record = figures(result)
@@ -107,6 +108,8 @@ def main() -> None:
     parser.add_argument("--val-ids", type=int, default=40)
     parser.add_argument("--queries", type=int, default=80)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--score", choices=("centred", "cosine"), default="centred",
+                        help="the pair score explained (evaluate's score=)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
@@ -119,7 +122,7 @@ def main() -> None:
         for seed in args.seeds:
             for crops in args.crops:
                 runs.append(run_condition(exp, seed, crops, args.test_ids, args.val_ids,
-                                          args.queries, tuple(args.methods)))
+                                          args.queries, tuple(args.methods), args.score))
     if args.out:
         Path(args.out).write_text(json.dumps(runs, indent=1, allow_nan=False))
     if args.markdown:

@@ -30,7 +30,7 @@ from .plugin_api.maps import GroundingMap, PairExplanation, TextImageExplanation
 from .plugin_api.masker import Masker
 from .plugin_api.metric import Metric, MetricContext
 from .plugin_api.phrases import PartPhrase, PhraseExtractor, extract_phrases
-from .plugin_api.targets import CosineSimilarity, Target
+from .plugin_api.targets import CentredCosine, CosineSimilarity, Target
 from .plugin_api.training_hooks import BackboneModification, TrainingLoss
 from .training.session import TrainingSession, attach, auxiliary_losses
 
@@ -39,9 +39,9 @@ _install_moved_paths()  # the paths before issue 29's layout keep working, with 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adapter", "AdapterError", "Attribution", "CosineSimilarity", "DataFormatError",
-    "Explainer", "GroundingMap", "InputError", "Masker", "Metric", "MetricContext",
-    "PairExplanation", "PartPhrase", "PhraseExtractor", "extract_phrases",
+    "Adapter", "AdapterError", "Attribution", "CentredCosine", "CosineSimilarity",
+    "DataFormatError", "Explainer", "GroundingMap", "InputError", "Masker", "Metric",
+    "MetricContext", "PairExplanation", "PartPhrase", "PhraseExtractor", "extract_phrases",
     "PluginConflictError", "PluginError", "ReidExplainError", "Target", "TextImageExplanation",
     "TokenRelevance", "UnknownPluginError", "explainify", "hookimpl", "hookspec",
     "list_plugins", "register", "unregister", "attach", "auxiliary_losses", "TrainingSession",

@@ -202,7 +202,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   random_baseline=not args.no_random_baseline,
                                   reference=None if args.reference == "none" else
                                   args.reference, progress=bars, log=log, checkpoint=partial,
-                                  resume=args.resume, feature_cache=args.feature_cache)
+                                  resume=args.resume, feature_cache=args.feature_cache,
+                                  score=args.score)
         shard.barrier()  # every process is done with the checkpoint folder
     finally:
         close_distributed()
@@ -406,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="local checkpoint file")
     p.add_argument("--layer", default=None, help="spatial layer name for other models")
     p.add_argument("--method", default="gradcam")
+    p.add_argument("--score", choices=("centred", "cosine"), default="centred",
+                   help="pair score the maps explain: the cosine minus each image's mean "
+                        "cosine with the gallery (centred, default: same ranking, without what "
+                        "every gallery image shares), or the plain cosine")
     p.add_argument("--metrics", nargs="+", default=["counterfactual_masking"])
     p.add_argument("--masker", default="mean")
     _add_size_arguments(p)

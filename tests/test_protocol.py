@@ -81,13 +81,24 @@ def test_evaluate_rows_summary_baseline_and_skips(metrics_plugin, tmp_path):
         table = result.table
         assert sorted(table["query"].unique()) == [0, 1, 2]
         assert set(table["method"]) == {"gradcam", "random", "reference"}
-        direct = exp.explain(data.query[:3], data.gallery[table[table.method == "gradcam"]
-                                                           .sort_values("query")["match"]
-                                                           .to_numpy().copy()],
-                             pairs=[(0, 0), (1, 1), (2, 2)], method="gradcam")
+        matches = data.gallery[table[table.method == "gradcam"].sort_values("query")["match"]
+                               .to_numpy().copy()]
+        # the default score is centred on the whole gallery's mean embedding
+        centre = exp.embed(data.gallery).mean(dim=0)
+        direct = exp.explain(data.query[:3], matches, pairs=[(0, 0), (1, 1), (2, 2)],
+                             method="gradcam", centre=centre)
+        cosine = exp.evaluate(data, method="gradcam", metrics=["test_map_max"], batch_size=3,
+                              progress=False, score="cosine", reference=None)
+        plain = exp.explain(data.query[:3], matches, pairs=[(0, 0), (1, 1), (2, 2)],
+                            method="gradcam")
     expected = direct.query.maps.flatten(1).amax(1).numpy()
     got = table[table.method == "gradcam"].sort_values("query")["value"].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    got_cosine = cosine.table[cosine.table.method == "gradcam"].sort_values("query")["value"]
+    np.testing.assert_allclose(got_cosine.to_numpy(), plain.query.maps.flatten(1).amax(1),
+                               rtol=1e-5, atol=1e-7)
+    assert result.info["score"] == "centred" and cosine.info["score"] == "cosine"
+    assert not np.allclose(got, got_cosine.to_numpy(), rtol=1e-3)  # the centre changes maps
     summary = result.summary.set_index(["method", "key"])["value"]
     # evaluate reuses the embeddings of its one gallery pass (explain re-embeds the matches in
     # another batch: float rounding), so the maps agree to the tolerance above

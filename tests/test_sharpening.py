@@ -22,8 +22,10 @@ def _validation(masks: torch.Tensor | None) -> ReidEvalSet:
 def _maps_and_matches(exp, data):
     match = true_matches(exp.embed(data.query), exp.embed(data.gallery), data.query_pids,
                          data.query_camids, data.gallery_pids, data.gallery_camids)
+    # choose_sharpen explains evaluate's default score: centred on the whole gallery's mean
     expl = exp.explain(data.query, data.gallery[torch.as_tensor(match)], method="gradcam",
-                       pairs=[(i, i) for i in range(4)], side="query")
+                       pairs=[(i, i) for i in range(4)], side="query",
+                       centre=exp.embed(data.gallery).mean(dim=0))
     return expl.query.upsampled(size=(128, 64)).clamp_min(0), match
 
 

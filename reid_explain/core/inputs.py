@@ -96,6 +96,29 @@ def check_embeddings(embeddings: Tensor, what: str) -> None:
                          "nothing to explain")
 
 
+def pair_centre(centre: Tensor | str | None, gallery_emb: Tensor) -> Tensor | None:
+    """The centre a pair score is taken about (see ``CentredCosine``): None (plain cosine),
+    ``"gallery"`` (the mean of the normalised gallery embeddings ``gallery_emb``) or a
+    ``(D,)`` embedding."""
+    if centre is None:
+        return None
+    if isinstance(centre, str):
+        if centre != "gallery":
+            raise InputError(f"centre must be 'gallery', a (D,) embedding or None, got "
+                             f"{centre!r}")
+        if len(gallery_emb) < 2:
+            raise InputError(f"centre='gallery' needs two gallery images or more, got "
+                             f"{len(gallery_emb)}: about one image's own embedding every "
+                             "pair score is 0; pass centre=None (plain cosine) or a (D,) "
+                             "centre from a larger gallery")
+        return torch.nn.functional.normalize(gallery_emb.float(), dim=-1).mean(dim=0)
+    centre = torch.as_tensor(centre)
+    if centre.shape != (gallery_emb.shape[1],) or not torch.isfinite(centre).all():
+        raise InputError(f"centre must be a finite ({gallery_emb.shape[1]},) embedding, got "
+                         f"shape {tuple(centre.shape)}")
+    return centre.to(gallery_emb.device, torch.float32)
+
+
 def check_texts(texts: Sequence[str] | str) -> list[str]:
     """A list of non-empty captions (one string is a list of one)."""
     texts = [texts] if isinstance(texts, str) else list(texts)

@@ -29,12 +29,12 @@ import torch
 from torch import Tensor
 
 from .._util.io import atomic_path
-from ..core.inputs import check_embeddings, check_images, check_same_size
+from ..core.inputs import check_embeddings, check_images, check_same_size, pair_centre
 from ..errors import InputError, PluginError
 from ..plugin_api import manager as plugin_manager
 from ..plugin_api.maps import GroundingMap, PairExplanation
 from ..plugin_api.metric import MetricContext
-from ..plugin_api.targets import CosineSimilarity
+from ..plugin_api.targets import similarity_target
 from .distributed import Shard
 from .references import ImageBlindReference, centred_prior, choose_reference
 from .verdicts import compare
@@ -183,6 +183,9 @@ class EvaluationResult:
     #: one row per figure: the method beside random maps and the image-blind reference, paired
     #: differences with 95 % CIs and verdicts (:func:`.verdicts.compare`)
     comparison: pd.DataFrame | None = None
+    #: the ``(D,)`` centre the maps' score was taken about (``score="centred"``), else None:
+    #: more maps of the same pairs (``explain(..., centre=result.centre)``) explain the same score
+    centre: Tensor | None = None
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``per_query.csv``, ``summary.csv``, ``comparison.csv`` and ``summary.json``
@@ -259,16 +262,23 @@ def resolve_reference(reference: ImageBlindReference | str | None, data: ReidEva
                      f"got {reference!r}")
 
 
+#: the pair scores ``evaluate`` can explain (``score=``)
+SCORES = ("centred", "cosine")
+
+
 def explain_matches(explainer: ExplainerLike, query: Tensor, gallery: Tensor,
                     query_emb: Tensor, gallery_emb: Tensor, method: str,
-                    options: dict[str, Any] | None = None) -> PairExplanation:
+                    options: dict[str, Any] | None = None,
+                    centre: Tensor | None = None) -> PairExplanation:
     """``explainer.explain(query, gallery, method, pairs=[(i, i), ...], **options)`` on
     images whose embeddings the caller has already (``evaluate`` embedded every image once):
     only the attribution runs the host.
 
     ``query[i]`` is explained against ``gallery[i]``; ``query_emb`` / ``gallery_emb`` are
     their L2-normalised embeddings. ``options`` are ``explain``'s: ``side``,
-    ``internal_batch_size``, ``baselines`` and the method's own.
+    ``internal_batch_size``, ``baselines`` and the method's own. ``centre`` (a ``(D,)``
+    embedding, e.g. the whole gallery's mean) explains the centred score
+    (:class:`~reid_explain.plugin_api.targets.CentredCosine`) instead of the cosine.
     """
     options = dict(options or {})
     for name in ("pairs", "top_k"):
@@ -297,7 +307,7 @@ def explain_matches(explainer: ExplainerLike, query: Tensor, gallery: Tensor,
     if side in ("both", "gallery"):
         parts.append(("gallery", gallery, query_emb))
     maps = explainer.attribute(torch.cat([p[1] for p in parts]),
-                               CosineSimilarity(torch.cat([p[2] for p in parts])),
+                               similarity_target(torch.cat([p[2] for p in parts]), centre),
                                method=method, baselines=options.pop("baselines", None),
                                internal_batch_size=options.pop("internal_batch_size", None),
                                **options)
@@ -435,7 +445,8 @@ def _score_batch(explainer: ExplainerLike, data: ReidEvalSet, query_src: ImageSo
                  method: str, entries: list, masker_obj: Any, seed: int, random_baseline: bool,
                  reference: ImageBlindReference | None,
                  method_options: dict[str, Any] | None,
-                 metric_options: dict[str, dict[str, Any]], clock: _Clock) -> dict[str, Any]:
+                 metric_options: dict[str, dict[str, Any]], clock: _Clock,
+                 centre: Tensor | None = None) -> dict[str, Any]:
     """One query batch explained and scored: its table rows, metric values and skip count
     (a function of the batch alone, so any process computes it the same)."""
     rows: list[dict[str, Any]] = []
@@ -461,7 +472,8 @@ def _score_batch(explainer: ExplainerLike, data: ReidEvalSet, query_src: ImageSo
         g_emb = gallery_emb[torch.as_tensor(match).to(gallery_emb.device)]
         with clock("explain"):
             explanation = explain_matches(explainer, query_images, match_images, q_emb,
-                                          g_emb, method, method_options)
+                                          g_emb, method, method_options,
+                                          None if centre is None else centre.to(q_emb.device))
         embeddings = {"query": q_emb, "gallery": g_emb}
         variants = [(method, explanation)]
         if random_baseline:
@@ -528,8 +540,13 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
              resume: bool = False,
              log: Callable[[str], None] | None = None,
              feature_cache: str | os.PathLike | None = None,
-             distributed: bool | None = None) -> EvaluationResult:
+             distributed: bool | None = None, score: str = "centred") -> EvaluationResult:
     """Explain each query against its true match with ``method`` and score with ``metrics``.
+
+    ``score`` is the pair score the maps explain: ``"centred"`` (default), the cosine minus
+    each image's mean cosine with the whole gallery
+    (:class:`~reid_explain.plugin_api.targets.CentredCosine`: the same ranking, with what every
+    gallery image shares taken out), or ``"cosine"``, the plain cosine.
 
     With ``checkpoint`` (a folder), every completed batch of queries is written there
     atomically; ``resume=True`` reuses the batches a killed run completed and computes the
@@ -581,6 +598,8 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
     masker_entry = plugin_manager.get("maskers", masker)
     masker_obj = masker_entry.obj(**(masker_options or {}))
     plugin_manager.get("attributions", method)
+    if score not in SCORES:
+        raise InputError(f"score must be one of {SCORES}, got {score!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     query_src = ImageSource(data.query, "query")
@@ -609,6 +628,7 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
             cache.save("gallery", key, gallery_emb)
     if len(gallery_emb) != n_gallery:
         raise InputError(f"{len(gallery_emb)} stored gallery features for {n_gallery} images")
+    centre = pair_centre("gallery", gallery_emb) if score == "centred" else None
     n_queries = len(query_src) if max_queries is None else min(max_queries, len(query_src))
     store = None if checkpoint is None else BatchStore(checkpoint, {
         "data": data.name, "queries": n_queries, "gallery": n_gallery, "method": method,
@@ -616,7 +636,8 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
         "batch_size": batch_size, "seed": seed, "random_baseline": random_baseline,
         "reference": None if reference_obj is None else
         [reference_obj.name, tensor_digest(reference_obj.prior)],
-        "method_options": method_options, "metric_options": metric_options}, resume, shard)
+        "method_options": method_options, "metric_options": metric_options,
+        "score": score}, resume, shard)
     batches = range(0, n_queries, batch_size)
     n_batches = len(batches)
     records: dict[int, dict[str, Any]] = {}
@@ -633,7 +654,8 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
             computed += len(idx)
             done = _score_batch(explainer, data, query_src, gallery_src, gallery_emb, idx,
                                 start, method, entries, masker_obj, seed, random_baseline,
-                                reference_obj, method_options, metric_options, clock)
+                                reference_obj, method_options, metric_options, clock,
+                                centre)
             if store is not None:
                 store.save(start, done)
         records[start] = done
@@ -660,7 +682,8 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
                                  "higher_is_better": metric.higher_is_better})
     timing = _timing([p["clock"] for p in gathered], [p["total"] for p in gathered],
                      sum(p["computed"] for p in gathered), shard.world_size)
-    info = {"data": data.name, "method": method, "metrics": list(metrics), "masker": masker,
+    info = {"data": data.name, "method": method, "score": score, "metrics": list(metrics),
+            "masker": masker,
             "queries": n_queries, "skipped_no_valid_match": skipped,
             "gallery": len(gallery_src), "seed": seed, "adapter": explainer.adapter.describe(),
             "reference": None if reference_obj is None else reference_obj.to_json(),
@@ -672,7 +695,8 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
                                 "method", "metric", "key", "value", "higher_is_better"]),
                             info=info,
                             comparison=compare(table, method, metric_orientation(metric_options),
-                                               seed=seed))
+                                               seed=seed),
+                            centre=None if centre is None else centre.cpu())
 
 
 def metric_orientation(metric_options: dict[str, dict[str, Any]] | None = None

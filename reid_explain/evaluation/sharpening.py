@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.inputs import pair_centre
 from ..errors import InputError
 from ..plugin_api.interfaces import ExplainerLike
 from ..plugin_api.maps import sharpen_maps
 from .grounding_scores import energy_pointing_game
-from .protocol import ImageSource, ReidEvalSet, true_matches
+from .protocol import SCORES, ImageSource, ReidEvalSet, true_matches
 
 #: powers tried (1: the maps as produced)
 SHARPEN_POWERS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -46,9 +47,10 @@ class SharpenChoice:
 
 
 def validation_pairs(explainer: ExplainerLike, validation: ReidEvalSet, limit: int | None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validation queries with a valid true match, their highest-ranked match and their
-    ``(N, H, W)`` person masks (the first ``limit``)."""
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validation queries with a valid true match, their highest-ranked match, their
+    ``(N, H, W)`` person masks (the first ``limit``) and the gallery's mean embedding (the
+    centre of ``score="centred"``)."""
     if validation.query_masks is None:
         raise InputError(f"{validation.name}: choosing a sharpen power needs part masks of "
                          "the validation queries")
@@ -66,23 +68,29 @@ def validation_pairs(explainer: ExplainerLike, validation: ReidEvalSet, limit: i
         raise InputError(f"{validation.name}: no validation query has a true match from "
                          "another camera")
     person = torch.as_tensor(validation.query_masks)[torch.as_tensor(keep)].bool().any(dim=1)
-    return query.get(keep.tolist()), gallery.get(match[keep].tolist()), person
+    return (query.get(keep.tolist()), gallery.get(match[keep].tolist()), person,
+            pair_centre("gallery", g_emb))
 
 
 def choose_sharpen(explainer: ExplainerLike, validation: ReidEvalSet, method: str, *,
                    powers: Sequence[float] = SHARPEN_POWERS, max_queries: int | None = 80,
-                   method_options: dict[str, Any] | None = None) -> SharpenChoice:
+                   method_options: dict[str, Any] | None = None,
+                   score: str = "centred") -> SharpenChoice:
     """The ``sharpen`` power of ``method`` with the highest mean person energy on
-    ``validation`` (identities never scored), ties to the smaller power."""
+    ``validation`` (identities never scored), ties to the smaller power; ``score`` as in
+    :func:`~.protocol.evaluate` (the maps chosen on are those that will be scored)."""
     options = dict(method_options or {})
     if "sharpen" in options:
         raise InputError("method_options already hold a sharpen power; choose_sharpen "
                          "chooses it")
     if not powers or any(not (isinstance(p, (int, float)) and p > 0) for p in powers):
         raise InputError(f"powers must be positive numbers, got {list(powers)}")
-    query, match, person = validation_pairs(explainer, validation, max_queries)
+    if score not in SCORES:
+        raise InputError(f"score must be one of {SCORES}, got {score!r}")
+    query, match, person, centre = validation_pairs(explainer, validation, max_queries)
     expl = explainer.explain(query, match, method=method,
-                             pairs=[(i, i) for i in range(len(query))], side="query", **options)
+                             pairs=[(i, i) for i in range(len(query))], side="query",
+                             centre=centre if score == "centred" else None, **options)
     maps = expl.query.upsampled(size=tuple(person.shape[-2:])).double()
     energy = {float(p): float(energy_pointing_game(sharpen_maps(maps, float(p)),
                                                    person[:, None])[:, 0].nanmean())

@@ -26,6 +26,7 @@ from ..core.inputs import (
     check_same_size,
     check_texts,
     input_channels,
+    pair_centre,
     select_pairs,
 )
 from ..errors import InputError, PluginError, ReidExplainError
@@ -33,7 +34,7 @@ from ..plugin_api import manager as plugins
 from ..plugin_api.adapter import Adapter
 from ..plugin_api.maps import GroundingMap, PairExplanation, TextImageExplanation, TokenRelevance
 from ..plugin_api.metric import MetricContext
-from ..plugin_api.targets import CosineSimilarity, RecordingCosine
+from ..plugin_api.targets import CosineSimilarity, RecordingCosine, similarity_target
 from ..plugin_api.training_hooks import BackboneModification, build_modification
 
 __all__ = ["SIDES", "Explainer", "choose_adapter", "explainify"]
@@ -166,13 +167,19 @@ class Explainer(Engine):
                 pairs: Tensor | Sequence[tuple[int, int]] | None = None,
                 top_k: int | None = None, side: str = "both",
                 internal_batch_size: int | None = None, baselines: Any = None,
-                **options: Any) -> PairExplanation:
+                centre: Tensor | str | None = None, **options: Any) -> PairExplanation:
         """Explain the similarity of query/gallery pairs on both images, in one batch.
 
         Pairs are ``pairs`` if given, else each query's ``top_k`` gallery matches, else all.
         The score explained is the cosine of the two embeddings; on the query image the gallery
         embedding is the fixed reference and vice versa. All pairs and both sides go through the
         host as one batch (``internal_batch_size`` splits it).
+
+        ``centre``: ``"gallery"`` (the mean normalised embedding of ``gallery``, which then
+        needs two images or more) or a ``(D,)`` embedding explains the cosine minus each image's
+        similarity to that centre instead (:class:`~reid_explain.plugin_api.targets.CentredCosine`,
+        what ``evaluate`` explains by default): what this pair shares beyond what every
+        gallery image shares.
         """
         if side not in SIDES:
             raise InputError(f"side must be one of {SIDES}, got {side!r}")
@@ -182,12 +189,13 @@ class Explainer(Engine):
         q_emb = self.embed(query, batch_size=internal_batch_size)
         check_embeddings(q_emb, "query")
         every_pair = pairs is None and (top_k is None or top_k >= len(gallery))
-        if every_pair and side == "both" and baselines is None and \
+        if every_pair and side == "both" and baselines is None and centre is None and \
                 plugins.get("attributions", method).obj.shares_images:
             return self._explain_every_pair(query, gallery, q_emb, method, top_k,
                                             internal_batch_size, options)
         g_emb = self.embed(gallery, batch_size=internal_batch_size)
         check_embeddings(g_emb, "gallery")
+        centre = pair_centre(centre, g_emb)
         scores = q_emb @ g_emb.T
         pairs = select_pairs(scores, pairs, top_k)
         qi, gi = pairs[:, 0], pairs[:, 1]
@@ -205,7 +213,7 @@ class Explainer(Engine):
                             zip(parts, distinct, strict=True)])
         image_index = torch.cat([d[1] + offsets[k] for k, d in enumerate(distinct)])
         references = torch.cat([p[3] for p in parts])
-        maps = self.attribute(inputs, CosineSimilarity(references), method=method,
+        maps = self.attribute(inputs, similarity_target(references, centre), method=method,
                               baselines=baselines, internal_batch_size=internal_batch_size,
                               image_index=image_index, **options)
         return self._pair_explanation(pairs, pair_scores, method, parts, maps)

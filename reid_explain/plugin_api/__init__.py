@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "PartPhrase": "phrases",
     "PhraseExtractor": "phrases",
     "extract_phrases": "phrases",
+    "CentredCosine": "targets",
     "CosineSimilarity": "targets",
     "Target": "targets",
     "GroundingMap": "maps",

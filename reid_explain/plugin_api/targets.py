@@ -48,6 +48,49 @@ class CosineSimilarity(Target):
         return CosineSimilarity(self.references[index])
 
 
+class CentredCosine(Target):
+    """Cosine similarity with the reference minus the similarity with a centre: the mean of
+    the L2-normalised gallery embeddings, i.e. ``cos(e, r) - mean_j cos(e, g_j)``.
+
+    The score a retrieval ranks by, with what every gallery image shares taken out: on the
+    query image it is the match's cosine minus the query's mean cosine with the gallery, so
+    it orders the gallery for that query exactly as the cosine does, but features that raise
+    the similarity to *any* gallery image (background, clothing common to everyone) add
+    nothing to it. ``evaluate`` explains this score by default (``score="centred"``;
+    docs/metrics.md, "The explained score", says which figure chose it).
+    """
+
+    def __init__(self, references: Tensor, centre: Tensor) -> None:
+        if references.dim() != 2:
+            raise ValueError(f"references must be (B, D), got {tuple(references.shape)}")
+        centre = centre.detach().to(references.device, references.dtype)
+        if centre.shape not in ((references.shape[1],), tuple(references.shape)):
+            raise ValueError(f"centre must be (D,) or (B, D) for references "
+                             f"{tuple(references.shape)}, got {tuple(centre.shape)}")
+        self.directions = F.normalize(references.detach(), dim=-1) - centre
+        self.args = (self.directions,)
+
+    @classmethod
+    def _of(cls, directions: Tensor) -> CentredCosine:
+        target = cls.__new__(cls)
+        target.directions = directions
+        target.args = (directions,)
+        return target
+
+    def __call__(self, embeddings: Tensor, directions: Tensor | None = None) -> Tensor:
+        directions = self.directions if directions is None else directions
+        return (F.normalize(embeddings, dim=-1) * directions.to(embeddings.dtype)).sum(dim=-1)
+
+    def select(self, index: Tensor | slice) -> CentredCosine:
+        return CentredCosine._of(self.directions[index])
+
+
+def similarity_target(references: Tensor, centre: Tensor | None = None) -> Target:
+    """The pair score explained: :class:`CosineSimilarity`, or :class:`CentredCosine` about
+    ``centre`` when one is given."""
+    return CosineSimilarity(references) if centre is None else CentredCosine(references, centre)
+
+
 class CosineDistance(CosineSimilarity):
     """``1 - cos``: the pair's loss, for explaining what makes two images *differ* (e.g. an
     image and its re-render with one part changed)."""

@@ -193,6 +193,7 @@ def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Seque
     for method in methods:
         expl = explainer.explain(q_imgs, g_imgs, method=method,
                                  pairs=[(i, i) for i in range(len(pairs))],
+                                 centre=results[methods[0]].centre,
                                  **FAST_OPTIONS.get(method, {}))
         maps[method] = (expl.query.upsampled().numpy(), expl.gallery.upsampled().numpy(),
                         expl.scores.numpy())
@@ -211,7 +212,9 @@ def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Seque
     section.heading("Maps of every method")
     section.figure(fig, "Each query (odd rows) and its highest-ranked true match (even rows): "
                         "the image, its ground-truth parts (where the data has them), then "
-                        "each method's map of the pair's cosine similarity.", out)
+                        "each method's map of the pair's score: its cosine minus each "
+                        "image's mean cosine with the gallery (the same ranking, without "
+                        "what every gallery image shares).", out)
     # faithfulness and grounding, each beside the random-map baseline
     summary: dict[str, Any] = {"methods": {}, "seconds": seconds,
                                "reference": first_result.info["reference"]}
