@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
 from conftest import images, make_osnet, make_timm_vit, make_tiny_clip, manual_timm_forward
 
-from reid_explain import AdapterError, InputError, explainify
+from reid_explain import AdapterError, InputError, PluginError, explainify
 
 
 def _cos_forward(embed, reference):
@@ -233,8 +233,9 @@ class _GuidedReLUModule(torch.nn.Module):
 
 
 def test_guided_gradcam_is_upsampled_gradcam_times_guided_backprop_by_hand():
-    """Guided Grad-CAM = |bilinear-upsampled Grad-CAM x guided-backprop input gradient| summed
-    over colour channels, at the image's full resolution."""
+    """Guided Grad-CAM = bilinear-upsampled Grad-CAM x guided-backprop input gradient, summed
+    over colour channels and then its magnitude (or the other reductions), at the image's full
+    resolution."""
     import copy
 
     model = make_osnet()
@@ -246,7 +247,11 @@ def test_guided_gradcam_is_upsampled_gradcam_times_guided_backprop_by_hand():
         layer_name = exp.adapter.layer_name
         result = exp.explain(q, g, method="guided_gradcam", pairs=[(0, 1), (1, 0)], side="query")
         signed = exp.explain(q, g, method="guided_gradcam", pairs=[(0, 1)], side="query",
-                             absolute=False).query.maps
+                             channels="sum").query.maps
+        per_channel = exp.explain(q, g, method="guided_gradcam", pairs=[(0, 1)], side="query",
+                                  channels="sum_abs").query.maps
+        with pytest.raises(PluginError, match="channels must be one of"):
+            exp.explain(q, g, method="guided_gradcam", pairs=[(0, 1)], channels="max")
     assert result.query.maps.shape == (2, 128, 64)
     assert not [str(w.message) for w in caught]  # nothing for a user's terminal
     guided = copy.deepcopy(model)
@@ -267,10 +272,12 @@ def test_guided_gradcam_is_upsampled_gradcam_times_guided_backprop_by_hand():
         scale = float(expected.abs().sum(dim=1).max())  # random-init gradients are tiny
         assert scale > 0
         torch.testing.assert_close(result.query.maps[p] / scale,
-                                   expected.abs().sum(dim=1)[0] / scale, atol=1e-4, rtol=0)
+                                   expected.sum(dim=1).abs()[0] / scale, atol=1e-4, rtol=0)
         if p == 0:
             torch.testing.assert_close(signed[0] / scale, expected.sum(dim=1)[0] / scale,
                                        atol=1e-4, rtol=0)
+            torch.testing.assert_close(per_channel[0] / scale,
+                                       expected.abs().sum(dim=1)[0] / scale, atol=1e-4, rtol=0)
 
 
 def test_sharpen_raises_the_positive_part_to_a_power_for_any_method():
@@ -336,7 +343,6 @@ def test_dense_embeddings_equal_torch_attention_with_the_mixing_replaced(feature
 
 
 def test_dense_similarity_scores_each_patch_embedding_with_the_target():
-    from reid_explain.errors import PluginError
     from reid_explain.plugin_api.targets import CosineSimilarity
 
     clip = make_tiny_clip()
