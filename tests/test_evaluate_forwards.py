@@ -97,7 +97,8 @@ def _reference(exp, data, n_queries, seed=0):
         if not len(idx):
             continue
         expl = exp.explain(q_all[idx], g_all[match], method="gradcam",
-                           pairs=[(i, i) for i in range(len(idx))])
+                           pairs=[(i, i) for i in range(len(idx))],
+                           centre=gallery_emb.mean(dim=0))  # evaluate's default score
         generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
         for variant, e in (("gradcam", expl), ("random", random_maps(expl, generator))):
             context = MetricContext(
