@@ -316,6 +316,7 @@ def explanation_part(explainer: ExplainerLike, data: ReidEvalSet, methods: Seque
     section.figure(fig, "Deletion (cells removed most relevant first) and insertion (revealed "
                         "most relevant first) on the query image, mean over queries.", out)
     summary["queries"] = results[methods[0]].info["queries"]
+    summary["score"] = results[methods[0]].info["score"]
     summary["skipped_no_valid_match"] = results[methods[0]].info["skipped_no_valid_match"]
     return summary
 

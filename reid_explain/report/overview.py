@@ -60,7 +60,8 @@ def image_lines(image: dict[str, Any]) -> list[str]:
              + ", ".join(f"{k} {v}" for k, v in beating_counts(rows, "reference").items())
              + "; beating random maps: "
              + ", ".join(f"{k} {v}" for k, v in beating_counts(rows, "random").items()),
-             f"image maps ({explanations['queries']} queries), each: value [95% CI], then "
+             f"image maps ({explanations['queries']} queries, "
+             f"{explanations.get('score', 'cosine')} score), each: value [95% CI], then "
              f"> or ≤ the image-blind reference ({reference.get('name', '?')}) and its value:",
              f"  {'method':22s}" + "".join(f" {short:>30s}" for _, short in HEADLINE)]
     for row in rows:
