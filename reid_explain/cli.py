@@ -395,9 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "held-out test split; another seed draws identities never seen)")
     p.add_argument("--quick", action="store_true",
                    help="fewer identities and queries (about a minute)")
-    p.add_argument("--crops", choices=("aligned", "misaligned"), default="aligned",
-                   help="SynthPedes crops explained: as rendered, or detector-like misaligned "
-                        "boxes where a map must look at the image to find the person")
+    p.add_argument("--crops", choices=("aligned", "misaligned"), default="misaligned",
+                   help="SynthPedes crops explained: detector-like misaligned boxes (default), "
+                        "where a map must look at the image to find the person, or the crops "
+                        "as rendered, where a map drawn without the image is near perfect")
     p = sub.add_parser("evaluate", help="explain and score every query of a data set")
     p.add_argument("--data", required=True,
                    help="root of a Market-1501-style folder or a SynthPedes export")
