@@ -75,3 +75,8 @@ def test_explain_with_a_gallery_centre_refuses_what_it_cannot_centre():
             exp.explain(q, g, method="gradcam", centre=torch.full((3,), float("nan")))
         with pytest.raises(InputError, match="score must be one of"):
             exp.evaluate((q, g), method="gradcam", score="dot")
+    from reid_explain.evaluation.protocol import score_centre
+
+    with pytest.raises(InputError, match="score='centred' needs two gallery images.*'cosine'"):
+        score_centre("centred", torch.ones(1, 4))
+    assert score_centre("cosine", torch.ones(1, 4)) is None

@@ -266,6 +266,24 @@ def resolve_reference(reference: ImageBlindReference | str | None, data: ReidEva
 SCORES = ("centred", "cosine")
 
 
+def check_score(score: str) -> None:
+    if score not in SCORES:
+        raise InputError(f"score must be one of {SCORES}, got {score!r}")
+
+
+def score_centre(score: str, gallery_emb: Tensor) -> Tensor | None:
+    """The centre ``score`` takes the pair cosine about: the gallery's mean normalised
+    embedding for ``"centred"``, None for ``"cosine"``."""
+    check_score(score)
+    if score == "cosine":
+        return None
+    if len(gallery_emb) < 2:
+        raise InputError(f"score='centred' needs two gallery images or more, got "
+                         f"{len(gallery_emb)} (about one image's own embedding every pair "
+                         "score is 0): pass score='cosine'")
+    return pair_centre("gallery", gallery_emb)
+
+
 def explain_matches(explainer: ExplainerLike, query: Tensor, gallery: Tensor,
                     query_emb: Tensor, gallery_emb: Tensor, method: str,
                     options: dict[str, Any] | None = None,
@@ -598,8 +616,7 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
     masker_entry = plugin_manager.get("maskers", masker)
     masker_obj = masker_entry.obj(**(masker_options or {}))
     plugin_manager.get("attributions", method)
-    if score not in SCORES:
-        raise InputError(f"score must be one of {SCORES}, got {score!r}")
+    check_score(score)  # before any work
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     query_src = ImageSource(data.query, "query")
@@ -628,7 +645,7 @@ def evaluate(explainer: ExplainerLike, data: ReidEvalSet, method: str = "gradcam
             cache.save("gallery", key, gallery_emb)
     if len(gallery_emb) != n_gallery:
         raise InputError(f"{len(gallery_emb)} stored gallery features for {n_gallery} images")
-    centre = pair_centre("gallery", gallery_emb) if score == "centred" else None
+    centre = score_centre(score, gallery_emb)
     n_queries = len(query_src) if max_queries is None else min(max_queries, len(query_src))
     store = None if checkpoint is None else BatchStore(checkpoint, {
         "data": data.name, "queries": n_queries, "gallery": n_gallery, "method": method,

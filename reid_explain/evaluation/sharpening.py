@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.inputs import pair_centre
 from ..errors import InputError
 from ..plugin_api.interfaces import ExplainerLike
 from ..plugin_api.maps import sharpen_maps
 from .grounding_scores import energy_pointing_game
-from .protocol import SCORES, ImageSource, ReidEvalSet, true_matches
+from .protocol import ImageSource, ReidEvalSet, check_score, score_centre, true_matches
 
 #: powers tried (1: the maps as produced)
 SHARPEN_POWERS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -49,8 +48,8 @@ class SharpenChoice:
 def validation_pairs(explainer: ExplainerLike, validation: ReidEvalSet, limit: int | None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validation queries with a valid true match, their highest-ranked match, their
-    ``(N, H, W)`` person masks (the first ``limit``) and the gallery's mean embedding (the
-    centre of ``score="centred"``)."""
+    ``(N, H, W)`` person masks (the first ``limit``) and the validation gallery's embeddings
+    (which ``score="centred"`` takes its centre from)."""
     if validation.query_masks is None:
         raise InputError(f"{validation.name}: choosing a sharpen power needs part masks of "
                          "the validation queries")
@@ -68,8 +67,7 @@ def validation_pairs(explainer: ExplainerLike, validation: ReidEvalSet, limit: i
         raise InputError(f"{validation.name}: no validation query has a true match from "
                          "another camera")
     person = torch.as_tensor(validation.query_masks)[torch.as_tensor(keep)].bool().any(dim=1)
-    return (query.get(keep.tolist()), gallery.get(match[keep].tolist()), person,
-            pair_centre("gallery", g_emb))
+    return query.get(keep.tolist()), gallery.get(match[keep].tolist()), person, g_emb
 
 
 def choose_sharpen(explainer: ExplainerLike, validation: ReidEvalSet, method: str, *,
@@ -85,12 +83,11 @@ def choose_sharpen(explainer: ExplainerLike, validation: ReidEvalSet, method: st
                          "chooses it")
     if not powers or any(not (isinstance(p, (int, float)) and p > 0) for p in powers):
         raise InputError(f"powers must be positive numbers, got {list(powers)}")
-    if score not in SCORES:
-        raise InputError(f"score must be one of {SCORES}, got {score!r}")
-    query, match, person, centre = validation_pairs(explainer, validation, max_queries)
+    check_score(score)  # before any work
+    query, match, person, g_emb = validation_pairs(explainer, validation, max_queries)
     expl = explainer.explain(query, match, method=method,
                              pairs=[(i, i) for i in range(len(query))], side="query",
-                             centre=centre if score == "centred" else None, **options)
+                             centre=score_centre(score, g_emb), **options)
     maps = expl.query.upsampled(size=tuple(person.shape[-2:])).double()
     energy = {float(p): float(energy_pointing_game(sharpen_maps(maps, float(p)),
                                                    person[:, None])[:, 0].nanmean())
