@@ -1,4 +1,4 @@
-"""Phrase maps of the zoo CLIP against the per-part image-blind reference (issue 25's phrase target).
+"""Phrase maps of the zoo CLIP against the per-part image-blind reference (issue 25).
 
 For each SynthPedes seed (identities the zoo never saw) and crop condition: the per-part
 location prior and each part's power are chosen on 40 validation identities

@@ -7,6 +7,7 @@ host spec that cannot be built (``timm:no_such_model``), so an error about the i
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -125,7 +126,7 @@ def test_cli_prints_one_line_per_stage_when_stderr_is_not_a_terminal(tmp_path):
     run = subprocess.run([sys.executable, "-m", "reid_explain", "evaluate", "--data",
                           str(tmp_path / "data"), "--model", "torchreid:osnet_x0_25",
                           "--height", "64", "--width", "32", "--max-queries", "4",
-                          "--batch-size", "2", "--no-random-baseline",
+                          "--batch-size", "2", "--no-random-baseline", "--score", "cosine",
                           "--out", str(tmp_path / "out")],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
@@ -139,3 +140,5 @@ def test_cli_prints_one_line_per_stage_when_stderr_is_not_a_terminal(tmp_path):
                       "explaining batch 2/2 (queries 2-3, gradcam + 1 metric(s))",
                       f"writing {tmp_path / 'out'}"]
     assert (tmp_path / "out" / "summary.csv").is_file()
+    info = json.loads((tmp_path / "out" / "summary.json").read_text())["info"]
+    assert info["score"] == "cosine"  # --score reaches evaluate (the default is "centred")
