@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +304,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.data is None and args.captions is None:
         raise InputError("give --data (a Market-1501-style folder), --captions (a "
                          "CUHK-PEDES-style JSON, CLIP hosts) or both")
+    if args.trees < 1 or args.rank_bootstrap < 0:
+        raise InputError(f"--trees must be at least 1 and --rank-bootstrap at least 0, got "
+                         f"{args.trees} and {args.rank_bootstrap}")
     attributes = None
     if args.attributes:
         from .data.attributes import load_attribute_mat
@@ -326,7 +331,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             causal = None if config is None else {"config": config}
         exp.report(data, args.out, methods=args.methods, n_queries=args.queries,
                    attributes=attributes, captions=captions, causal=causal,
-                   **({"sanity_images": args.sanity_images} if data is not None else {}),
+                   **({"sanity_images": args.sanity_images, "trees": args.trees,
+                       "rank_bootstrap": args.rank_bootstrap} if data is not None else {}),
                    command="reid-explain " + " ".join(args.argv),
                    settings={"model": args.model, "weights": args.weights,
                              "image_size": list(size), "layer": args.layer})
@@ -458,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=100, help="queries explained and scored")
     p.add_argument("--sanity-images", type=int, default=8,
                    help="queries whose maps the model-randomisation check recomputes")
+    p.add_argument("--trees", type=int, default=100,
+                   help="trees of the attribute study's random forests")
+    p.add_argument("--rank-bootstrap", type=int, default=20,
+                   help="bootstrap draws of the attribute ranks' intervals (0: none)")
     _add_size_arguments(p)
     p.add_argument("--out", default="reid_explain_output/report")
     p = sub.add_parser("audit", help="causal attribute audit: re-render each query of a "
@@ -511,8 +521,26 @@ def _train(argv: list[str]) -> int:
     return getattr(importlib.import_module(module), function)(argv[:at] + argv[at + 2:])
 
 
+@contextmanager
+def _warnings_as_notes() -> Iterator[None]:
+    """A warning raised during a command reaches the terminal as one ``reid-explain: note:``
+    line, not as Python's ``file:line: UserWarning:`` dump with a source line: it is advice
+    about the run (an exploratory study, a coarse layer), not a fault of the program. Which
+    warnings are shown (the filters) is left as it is; library calls are untouched."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"reid-explain: note: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    with _warnings_as_notes():
+        return _main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     if os.environ.get("REID_EXPLAIN_MALLOC") == "keep":
         from ._util.memory import keep_freed_memory
 
