@@ -34,10 +34,11 @@ def image_sections(explainer: ExplainerLike, data: ReidEvalSet, out: Path,
                    methods: Sequence[str] | None = None, n_queries: int = 100,
                    attributes: pd.DataFrame | None = None, sanity_images: int = 8,
                    trees: int = 100, top_k: int = 5, times: dict[str, float] | None = None,
-                   causal: dict[str, Any] | None = None
+                   causal: dict[str, Any] | None = None, rank_bootstrap: int = 20
                    ) -> tuple[list[Section], dict[str, Any]]:
     """Retrieval, explanations + faithfulness, sanity check and (with ``attributes``) the
-    attribute study of an image ReID host, as report sections and a summary. ``causal``
+    attribute study of an image ReID host (``trees`` per forest, ``rank_bootstrap`` draws of
+    the rank intervals, 0: none), as report sections and a summary. ``causal``
     (``{"config": SynthConfig fields, "max_ids": int | None}``, a SynthPedes data set) adds
     the causal attribute audit beside the study (:mod:`reid_explain.attributes.causal`)."""
     from . import image_section as img
@@ -62,9 +63,11 @@ def image_sections(explainer: ExplainerLike, data: ReidEvalSet, out: Path,
     sections = [retrieval, explanations, sanity]
     if attributes is not None:
         study = Section("Attribute study", "attributes")
-        with clock.stage("attribute study", f"{len(got['outcomes'])} queries, rank intervals"):
+        with clock.stage("attribute study", f"{len(got['outcomes'])} queries, "
+                                            f"{rank_bootstrap} rank-interval draws"):
             summary["attributes"] = img.attribute_part(got["outcomes"], attributes, out, study,
-                                                       n_estimators=trees)
+                                                       n_estimators=trees,
+                                                       rank_bootstrap=rank_bootstrap)
         if causal is not None:
             from ..attributes.causal import audit_explainer
 
