@@ -29,16 +29,25 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files with more end-to-end (``slow``) tests first, the rest in their own order.
+    """The order and the units of work pytest-xdist hands out (``--dist loadgroup
+    --no-loadscope-reorder``: units go to whichever worker is free, in this order).
 
-    ``--dist loadfile`` hands whole files to the workers in collection order; a long file that
-    happens to sort last starts when the other worker is nearly done and runs alone at the end.
-    Longest first (the ``slow`` count stands in for the length) keeps both workers busy."""
+    A test file is one unit (its module fixtures are built once), files with more end-to-end
+    (``slow``) tests first, as the slow count stands in for a file's length: a long file that
+    started last would run alone at the end. A file that sets ``DISTRIBUTE_PER_TEST = True``
+    (many independent, mid-sized tests: the host compatibility rows) goes last, each test its
+    own unit, filling whichever worker finishes early."""
     def file_of(item: pytest.Item) -> str:
         return item.nodeid.split("::")[0]
 
+    def per_test(item: pytest.Item) -> bool:
+        return bool(getattr(item.module, "DISTRIBUTE_PER_TEST", False))
+
     slow = Counter(file_of(item) for item in items if item.get_closest_marker("slow"))
-    items.sort(key=lambda item: -slow[file_of(item)])  # stable: each file keeps its order
+    items.sort(key=lambda item: (per_test(item), -slow[file_of(item)]))  # stable per file
+    for item in items:
+        if not per_test(item):
+            item.add_marker(pytest.mark.xdist_group(file_of(item)))
 
 
 warnings.filterwarnings("ignore", message=".*Cython evaluation.*")
