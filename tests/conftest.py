@@ -29,25 +29,19 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The order and the units of work pytest-xdist hands out (``--dist loadgroup
-    --no-loadscope-reorder``: units go to whichever worker is free, in this order).
+    """The order in which pytest-xdist hands test files to the workers (``--dist loadfile
+    --no-loadscope-reorder``: each file one unit, its module fixtures built once, given to
+    whichever worker is free, in this order).
 
-    A test file is one unit (its module fixtures are built once), files with more end-to-end
-    (``slow``) tests first, as the slow count stands in for a file's length: a long file that
-    started last would run alone at the end. A file that sets ``DISTRIBUTE_PER_TEST = True``
-    (many independent, mid-sized tests: the host compatibility rows) goes last, each test its
-    own unit, filling whichever worker finishes early."""
+    Longest first, so that no long file starts when the other worker is nearly done: a file's
+    ``XDIST_COST_S`` (its measured seconds on 2 cores, set in the few files that take more than
+    20 s), then its count of end-to-end (``slow``) tests."""
     def file_of(item: pytest.Item) -> str:
         return item.nodeid.split("::")[0]
 
-    def per_test(item: pytest.Item) -> bool:
-        return bool(getattr(item.module, "DISTRIBUTE_PER_TEST", False))
-
     slow = Counter(file_of(item) for item in items if item.get_closest_marker("slow"))
-    items.sort(key=lambda item: (per_test(item), -slow[file_of(item)]))  # stable per file
-    for item in items:
-        if not per_test(item):
-            item.add_marker(pytest.mark.xdist_group(file_of(item)))
+    items.sort(key=lambda item: (-getattr(item.module, "XDIST_COST_S", 0),
+                                 -slow[file_of(item)]))  # stable: each file keeps its order
 
 
 warnings.filterwarnings("ignore", message=".*Cython evaluation.*")

@@ -31,6 +31,8 @@ from reid_explain.data.attributes import load_attributes, save_attribute_mat
 from reid_explain.data.schema import DUKEMTMC, MARKET1501, AttributeKind, AttributeSchema
 from reid_explain.errors import InputError
 
+XDIST_COST_S = 32  # seconds on 2 cores: pytest-xdist starts the longest files first
+
 FAST = {"n_estimators": 40, "n_splits": 3, "n_repeats": 3}
 TINY = {"n_estimators": 10, "n_splits": 2, "n_repeats": 1}
 

@@ -213,9 +213,8 @@ def _no_onednn_warmup():
 CASES = ([("torchreid", n) for n in TORCHREID] + [("timm", n) for n in TIMM]
          + [("open_clip", n) for n in OPEN_CLIP])
 ROWS: dict[str, Row] = {}
-#: each row is its own unit of work under pytest-xdist (tests/conftest.py): the 75 rows fill
-#: the workers' idle ends instead of running as one 3-minute file on one worker
-DISTRIBUTE_PER_TEST = True
+#: seconds this file takes on 2 cores: pytest-xdist starts it first (tests/conftest.py)
+XDIST_COST_S = 180
 WRITE_DOCS = os.environ.get("REID_EXPLAIN_WRITE_DOCS") == "1"
 
 

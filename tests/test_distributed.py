@@ -18,6 +18,8 @@ import pytest
 
 from reid_explain.cli import main
 
+XDIST_COST_S = 35  # seconds on 2 cores: pytest-xdist starts the longest files first
+
 pytestmark = pytest.mark.slow
 
 BASE = ["evaluate", "--model", "zoo:osnet-synthpedes", "--height", "128", "--width", "64",

@@ -19,6 +19,8 @@ from reid_explain.studies.interpartability import (
 from reid_explain.synthpedes.planning import SynthConfig, plan
 from reid_explain.zoo.data import garment_pairs, heldout_pid_splits
 
+XDIST_COST_S = 37  # seconds on 2 cores: pytest-xdist starts the longest files first
+
 DATA = {"n_ids": 60, "images_per_id": 4, "seed": 15, "height": 128, "width": 64,
         "train_fraction": 0.75, "val_fraction": 0.1, "captions_per_image": 1}
 

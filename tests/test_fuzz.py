@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from fuzzing import build_targets, run
 
+XDIST_COST_S = 26  # seconds on 2 cores: pytest-xdist starts the longest files first
+
 # each .mat case starts a child process (the crash-isolated reader, ~0.5 s); the benchmark
 # benchmarks/fuzz_loaders.py runs thousands of each
 CASES = {"side file": 300, ".mat": 60, "CUHK-PEDES JSON": 300, "attribute CSV": 300,

@@ -27,6 +27,8 @@ from reid_explain.moe.train import (
 )
 from reid_explain.plugin_api.manager import get
 
+XDIST_COST_S = 21  # seconds on 2 cores: pytest-xdist starts the longest files first
+
 peft = pytest.importorskip("peft")
 from peft.tuners.lora import LoraLayer  # noqa: E402
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+XDIST_COST_S = 85  # seconds on 2 cores: pytest-xdist starts the longest files first
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_memory.py"
 GALLERY = 50_000
 

@@ -27,6 +27,8 @@ from reid_explain.moe.planted import (
 from reid_explain.moe.train import IdClassifier, train_image_moe
 from reid_explain.plugin_api.manager import get
 
+XDIST_COST_S = 85  # seconds on 2 cores: pytest-xdist starts the longest files first
+
 pytest.importorskip("peft")
 
 TINY = {"n_estimators": 10, "n_splits": 2, "n_repeats": 1}

@@ -17,6 +17,8 @@ from reid_explain.errors import InputError
 from reid_explain.evaluation.protocol import ReidEvalSet, true_matches
 from reid_explain.synthpedes import SynthConfig, export_synthpedes
 
+XDIST_COST_S = 21  # seconds on 2 cores: pytest-xdist starts the longest files first
+
 
 def test_true_matches_follow_the_market_protocol():
     q = torch.eye(3)[:2]                       # two queries

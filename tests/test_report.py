@@ -19,6 +19,10 @@ from PIL import Image
 from reid_explain._util.provenance import code_digest
 from reid_explain.cli import main
 
+# seconds on 2 cores (pytest-xdist starts the longest files first): 95 more where the demo's
+# report is not given to read (its fixture runs demo --quick)
+XDIST_COST_S = 35 if os.environ.get("REID_EXPLAIN_DEMO_OUTPUT") else 130
+
 SECTIONS = ("overview", "models", "image-retrieval", "image-explanations", "sanity", "text",
             "attributes", "reproduce")
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")

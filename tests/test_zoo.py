@@ -16,6 +16,8 @@ from reid_explain.errors import DataFormatError, InputError
 from reid_explain.zoo.registry import TOKEN_ROWS, TOKEN_VALUES
 from reid_explain.zoo.training import train
 
+XDIST_COST_S = 50  # seconds on 2 cores: pytest-xdist starts the longest files first
+
 
 @pytest.fixture(scope="module")
 def tiny_zoo(tmp_path_factory):
