@@ -403,3 +403,28 @@ def test_guided_gradcam_refuses_a_host_without_relu_modules():
             plugin.attribute(images(1), lambda e: e.sum(dim=1))
     with explainify(make_osnet()) as exp:
         assert "relu" in exp.adapter.capabilities
+
+
+@pytest.mark.parametrize("make", [make_timm_vit, make_tiny_clip], ids=["timm", "open_clip"])
+def test_relevance_ig_is_upsampled_relevance_times_positive_captum_ig(make):
+    """``relevance_ig`` = bilinear-upsampled attention relevance (>= 0) x the positive part of
+    Captum's integrated gradients summed over colours, per pixel; offered by name only."""
+    from reid_explain.report.image_section import image_methods
+
+    model = make()
+    q, g = images(2), images(1, seed=4)
+    with explainify(model) as exp:
+        got = exp.explain(q, g, method="relevance_ig", side="query", n_steps=8)
+        relevance = exp.explain(q, g, method="attention_relevance", side="query").query.maps
+        assert "relevance_ig" not in image_methods(exp, None)  # costly: never by default
+        assert image_methods(exp, ["relevance_ig"]) == ["relevance_ig"]
+        with torch.no_grad():
+            reference = exp.adapter.embed_image(g)
+        ig = IntegratedGradients(_cos_forward(exp.adapter.embed_image, reference)).attribute(
+            q, n_steps=8, method="gausslegendre").sum(dim=1)
+    coarse = F.interpolate(relevance[:, None], size=q.shape[-2:], mode="bilinear",
+                           align_corners=False)[:, 0]
+    expected = coarse.clamp_min(0) * ig.clamp_min(0)
+    assert got.query.maps.shape == (2, *q.shape[-2:])
+    torch.testing.assert_close(got.query.maps, expected, atol=1e-6, rtol=1e-4)
+    assert (expected > 0).float().mean() > 0.05  # not trivially zero on both sides

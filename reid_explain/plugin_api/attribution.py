@@ -37,6 +37,9 @@ class Attribution:
     #: True: maps are signed and pixel-level (integrated gradients): drawn as Captum's
     #: ``visualize_image_attr`` draws them, not min-max scaled (report figures)
     signed: ClassVar[bool] = False
+    #: False: a costly method run only when asked for by name; the report's "every method the
+    #: host supports" leaves it out
+    by_default: ClassVar[bool] = True
 
     def __init__(self, adapter: Adapter) -> None:
         self.adapter = adapter

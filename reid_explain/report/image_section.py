@@ -57,15 +57,17 @@ def display_images(explainer: ExplainerLike, images: torch.Tensor) -> np.ndarray
 
 
 def image_methods(explainer: ExplainerLike, methods: Sequence[str] | None) -> list[str]:
-    """The requested image attributions (default: every registered one the host supports);
-    unknown names fail here, before any work."""
+    """The requested image attributions (default: every registered one the host supports,
+    except those offered by name only, ``by_default = False``); unknown names fail here,
+    before any work."""
     entries = plugin_manager.registry("attributions")
     if methods:
         for name in methods:
             plugin_manager.get("attributions", name)
         names = list(methods)
     else:
-        names = sorted(n for n, e in entries.items() if e.obj.modality == "image")
+        names = sorted(n for n, e in entries.items()
+                       if e.obj.modality == "image" and e.obj.by_default)
     caps = set(explainer.adapter.capabilities)
     return [n for n in names if set(entries[n].obj.requires) <= caps]
 
