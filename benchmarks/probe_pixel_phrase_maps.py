@@ -19,6 +19,8 @@ identities, the prior built on one half and chosen on the other; the test seed i
 once with those choices, on the same protocol.
 
     python benchmarks/probe_pixel_phrase_maps.py --val-seed 778 --test-seed 779 --ids 40
+    python benchmarks/probe_pixel_phrase_maps.py --crops misaligned \
+        --out benchmarks/results_pixel_phrase_maps_misaligned.json
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ from reid_explain.zoo.registry import card
 POWERS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def load(exp: Any, seed: int, ids: int) -> Any:
-    config = {**card("clip-synthpedes")["data"]["config"], "seed": seed}
+def load(exp: Any, seed: int, ids: int, crops: str = "aligned") -> Any:
+    config = {**card("clip-synthpedes")["data"]["config"], "seed": seed, "crops": crops}
     split = render_splits(config, with_masks=True, max_ids={"train": ids},
                           splits=("train",))["train"]
     return text_image_data(split, exp.adapter.pixel_mean, exp.adapter.pixel_std)
@@ -122,6 +124,8 @@ def main() -> None:
     parser.add_argument("--val-seed", type=int, default=778)
     parser.add_argument("--test-seed", type=int, default=779)
     parser.add_argument("--ids", type=int, default=40)
+    parser.add_argument("--crops", choices=("aligned", "misaligned"), default="aligned",
+                        help="SynthPedes crops, both seeds")
     parser.add_argument("--out", default="benchmarks/results_pixel_phrase_maps.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -129,10 +133,10 @@ def main() -> None:
     exp = reid_explain.explainify(zoo.load("clip-synthpedes"))
     result: dict[str, Any] = {"command": "python benchmarks/probe_pixel_phrase_maps.py "
                               f"--val-seed {args.val_seed} --test-seed {args.test_seed} "
-                              f"--ids {args.ids}"}
+                              f"--ids {args.ids} --crops {args.crops}"}
     chosen: dict[str, Any] = {}
     for role, seed in (("validation", args.val_seed), ("test", args.test_seed)):
-        data = load(exp, seed, args.ids)
+        data = load(exp, seed, args.ids, args.crops)
         pids = np.unique(data.image_pids)
         build, scored = identity_subset(data, pids[0::2]), identity_subset(data, pids[1::2])
         maps = candidates(exp, scored)
