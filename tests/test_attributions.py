@@ -280,6 +280,44 @@ def test_guided_gradcam_is_upsampled_gradcam_times_guided_backprop_by_hand():
                                        expected.abs().sum(dim=1)[0] / scale, atol=1e-4, rtol=0)
 
 
+def test_guided_layercam_is_upsampled_layercam_times_guided_backprop_by_hand():
+    """Guided LayerCAM = the LayerCAM map (checked by hand above), bilinear-upsampled, times
+    the guided-backprop input gradient, summed over colour channels, then its magnitude."""
+    import copy
+
+    from reid_explain.report.image_section import image_methods
+
+    model = make_osnet()
+    q, g = images(2, (128, 64)), images(2, (128, 64), seed=1)
+    with explainify(model) as exp:
+        result = exp.explain(q, g, method="guided_layercam", pairs=[(0, 1), (1, 0)],
+                             side="query")
+        layercam = exp.explain(q, g, method="layercam", pairs=[(0, 1), (1, 0)],
+                               side="query").query.maps
+        with pytest.raises(PluginError, match="relu_attributions=False has no meaning"):
+            exp.explain(q, g, method="guided_layercam", pairs=[(0, 1)],
+                        relu_attributions=False)
+        assert "guided_layercam" not in image_methods(exp, None)  # by name only
+    assert result.query.maps.shape == (2, 128, 64) and layercam.shape[-2:] != (128, 64)
+    guided = copy.deepcopy(model)
+    for module in list(guided.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.ReLU):
+                setattr(module, child_name, _GuidedReLUModule())
+    for p, (qi, gi) in enumerate([(0, 1), (1, 0)]):
+        with torch.no_grad():
+            g_emb = model(g[gi: gi + 1])
+        x = q[qi: qi + 1].clone().requires_grad_(True)
+        grad = torch.autograd.grad(_cos_forward(guided, g_emb)(x).sum(), x)[0]
+        cam = F.interpolate(layercam[p][None, None], size=(128, 64), mode="bilinear",
+                            align_corners=False)
+        expected = (cam * grad).detach().sum(dim=1).abs()[0]
+        scale = float(expected.max())
+        assert scale > 0
+        torch.testing.assert_close(result.query.maps[p] / scale, expected / scale, atol=1e-4,
+                                   rtol=0)
+
+
 def test_sharpen_raises_the_positive_part_to_a_power_for_any_method():
     q, g = images(1, (128, 64)), images(2, (128, 64), seed=1)
     with explainify(make_osnet()) as exp:

@@ -63,7 +63,7 @@ class GuidedGradCAM(Attribution):
     def attribute(self, inputs: Tensor, target: Target, baselines: Any = None,
                   interpolate_mode: str = "bilinear", channels: str = "abs_sum",
                   relu_attributions: bool = True, **options: Any) -> Tensor:
-        from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam
+        from captum.attr import GuidedBackprop, LayerAttribution
 
         if baselines is not None:
             raise ValueError("guided_gradcam takes no baselines")
@@ -75,10 +75,7 @@ class GuidedGradCAM(Attribution):
             raise ValueError(f"guided_gradcam: {type(host).__name__} has no nn.ReLU module, "
                              "so guided backpropagation would be plain gradients")
         forward = self.forward_func(target)
-        with self.adapter.spatial_tap() as layer:
-            cam = LayerGradCam(forward, layer).attribute(
-                inputs, additional_forward_args=target.args,
-                relu_attributions=relu_attributions, **options)
+        cam = self.coarse_map(inputs, target, relu_attributions=relu_attributions, **options)
         with warnings.catch_warnings():
             # Captum announces the ReLU hooks it sets (and removes) on every call
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
@@ -92,6 +89,17 @@ class GuidedGradCAM(Attribution):
             return maps.abs().sum(dim=1)
         summed = maps.sum(dim=1)
         return summed.abs() if channels == "abs_sum" else summed
+
+    def coarse_map(self, inputs: Tensor, target: Target, relu_attributions: bool = True,
+                   **options: Any) -> Tensor:
+        """The class-discriminative factor, ``(B, 1, h, w)`` on its layer's grid: Grad-CAM
+        at the adapter's spatial layer."""
+        from captum.attr import LayerGradCam
+
+        with self.adapter.spatial_tap() as layer:
+            return LayerGradCam(self.forward_func(target), layer).attribute(
+                inputs, additional_forward_args=target.args,
+                relu_attributions=relu_attributions, **options)
 
 
 @hookimpl
