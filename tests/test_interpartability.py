@@ -250,6 +250,37 @@ def test_shared_random_cells_give_each_method_the_gap_it_gets_alone(synth_splits
     assert alone["similarity"]["top_drop"] != alone["gradcam"]["top_drop"]
 
 
+def test_pixel_level_phrase_maps_are_scored_at_pixels_and_masked_on_the_grid(synth_splits):
+    """A pixel-level phrase method (relevance_ig) is scored at the resolution it draws, not
+    pooled to the patch grid first (which scored it as a coarser method than it is); its
+    counterfactual gap masks grid cells as every other method's does, so it equals the gap of
+    the same maps area-averaged onto the grid."""
+    from reid_explain.evaluation.phrase_grounding import (
+        collect_phrase_maps,
+        maps_counterfactual_gap,
+        score_phrase_maps,
+    )
+
+    model = tiny_clip(SMALL)
+    data = synth_splits["test"]
+    size = tuple(data.images.shape[-2:])
+    with explainify(model) as exp:
+        grid = exp.adapter.grid_size(size)
+        pixel = collect_phrase_maps(exp, data, "relevance_ig", max_captions=6, batch_size=4,
+                                    n_steps=2)
+        pooled = pixel.mapped("pooled", lambda _i, m: F.adaptive_avg_pool2d(m[:, None], grid)
+                              [:, 0])
+        gaps = [maps_counterfactual_gap(exp, data, maps, batch_size=4)
+                for maps in (pixel, pooled)]
+    shapes = {tuple(m.shape[-2:]) for m in pixel.maps if m is not None}
+    assert shapes == {size} and tuple(grid) != size
+    at_pixels, on_grid = score_phrase_maps(data, pixel), score_phrase_maps(data, pooled)
+    assert at_pixels["phrases"] == on_grid["phrases"] > 0
+    assert abs(at_pixels["energy"] - on_grid["energy"]) > 1e-4  # the resolution is kept
+    for key in ("top_drop", "random_drop", "gap"):
+        assert gaps[0][key] == pytest.approx(gaps[1][key], abs=1e-6), key
+
+
 def test_location_prior_knows_where_parts_usually_are(synth_splits):
     train, test = synth_splits["train"], synth_splits["test"]
     prior = location_prior_scores(train, test, grid=(8, 4))

@@ -7,9 +7,10 @@ counterfactual check masks the top-k% cells of the caption's combined phrase map
 its phrase maps) in the image, against k% random cells, and measures the drop of the
 caption-image cosine.
 
-Maps are collected once (:func:`collect_phrase_maps`, on the host's patch grid) and scored
-separately (:func:`score_phrase_maps`), so that controls built from the same maps (scored on
-another image's masks, combined with a prior, sharpened) cost no further forward pass.
+Maps are collected once (:func:`collect_phrase_maps`, at each method's own resolution: the
+host's patch grid, or pixels for ``relevance_ig``) and scored separately
+(:func:`score_phrase_maps`), so that controls built from the same maps (scored on another
+image's masks, combined with a prior, sharpened) cost no further forward pass.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class PhraseMaps:
-    """Per caption row: its phrases and their ``(K, h, w)`` maps on the patch grid."""
+    """Per caption row: its phrases and their ``(K, h, w)`` maps, at the method's resolution
+    (the patch grid, or the image's pixels); scoring upsamples them to the masks."""
 
     method: str
     image_size: tuple[int, int]
@@ -73,7 +75,9 @@ def collect_phrase_maps(explainer: ExplainerLike, data: TextImageData, method: s
                                       method=method, phrases=[data.phrases[r] for r in rows],
                                       ppim=ppim, **options)
         for r, g in zip(rows, groundings, strict=True):
-            out.append(r, g.phrases, g.maps.on_grid() if len(g) else None)
+            # as the method drew them: pooling a pixel-level map to the grid would score it
+            # as a coarser method than it is
+            out.append(r, g.phrases, g.maps.maps if len(g) else None)
     return out
 
 
@@ -337,13 +341,22 @@ def _random_drops(explainer: ExplainerLike, images: Tensor, text_emb: Tensor, ba
     return (base[None] - sims.view(n_random, n)).mean(dim=0).cpu()
 
 
+def _on_grid(maps: Tensor, grid: tuple[int, ...]) -> Tensor:
+    """A map on the patch grid (area-averaged if finer), so every method's top cells are
+    masked at the same granularity."""
+    if tuple(maps.shape[-2:]) == tuple(grid):
+        return maps
+    return F.adaptive_avg_pool2d(maps[None, None], tuple(grid))[0, 0]
+
+
 def maps_counterfactual_gap(explainer: ExplainerLike, data: TextImageData, phrase_maps: PhraseMaps,
                             fraction: float = 0.2, n_random: int = 5, seed: int = 0,
                             batch_size: int = 64, shared: dict | None = None
                             ) -> dict[str, float]:
     """Caption-image cosine drop when the top ``fraction`` cells of each caption's mean phrase
     map are set to 0 (the mean colour), minus the drop for random cells (bootstrap CI over
-    captions). Works for any maps, a model's or an image-blind prior's.
+    captions). Works for any maps, a model's or an image-blind prior's; maps finer than the
+    host's patch grid are area-averaged onto it first.
 
     ``shared``: a dict kept across calls on the same explainer and data. The random cells
     depend only on the captions scored, the grid, ``fraction``, ``n_random`` and ``seed``, not
@@ -352,18 +365,18 @@ def maps_counterfactual_gap(explainer: ExplainerLike, data: TextImageData, phras
     generator = torch.Generator().manual_seed(seed)
     entries = [(r, m) for r, m in zip(phrase_maps.rows, phrase_maps.maps, strict=True)
                if m is not None and len(m)]
-    key = (tuple(r for r, _ in entries), tuple(entries[0][1].shape[-2:]) if entries else (),
-           fraction, n_random, seed, batch_size)
+    grid = tuple(explainer.adapter.grid_size(tuple(data.images.shape[-2:])))
+    key = (tuple(r for r, _ in entries), grid, fraction, n_random, seed, batch_size)
     cached = None if shared is None else shared.get(key)
     computed = []
     top_drops, random_drops = [], []
     for b, start in enumerate(range(0, len(entries), batch_size)):
         chunk = entries[start: start + batch_size]
         rows = [r for r, _ in chunk]
-        maps = torch.stack([m.mean(dim=0) for _, m in chunk])
+        maps = torch.stack([_on_grid(m.mean(dim=0), grid) for _, m in chunk])
         images = data.images[torch.as_tensor(data.caption_image[rows])]
         text_emb = explainer.embed_text([data.captions[r] for r in rows])
-        n, (h, w) = len(rows), maps.shape[-2:]
+        n, (h, w) = len(rows), grid
         k = max(1, round(fraction * h * w))
         top = torch.zeros(n, h * w, dtype=torch.bool)
         top.scatter_(1, maps.flatten(1).argsort(dim=1, descending=True, stable=True)[:, :k],
