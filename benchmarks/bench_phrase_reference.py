@@ -1,8 +1,9 @@
 """Phrase maps of the zoo CLIP against the per-part image-blind reference (issue 25).
 
 For each SynthPedes seed (identities the zoo never saw) and crop condition: the per-part
-location prior and each part's power are chosen on 40 validation identities
-(``choose_phrase_reference``), then every caption of the test identities (up to
+location prior, each part's power and (``--resolutions grid pixels``, the default, as the
+report) whether the part is drawn on the patch grid or at pixels are chosen on 40 validation
+identities (``choose_phrase_reference``), then every caption of the test identities (up to
 ``--captions``) is scored once: each phrase map's energy on the part its phrase names, beside
 the reference's map of the same phrase, paired difference with its 95 % bootstrap CI
 (``phrase_verdict``) and the parts beaten.
@@ -21,11 +22,12 @@ from typing import Any
 
 import torch
 
-METHODS = ("attention_relevance", "dense_similarity", "similarity")
+METHODS = ("attention_relevance", "dense_similarity", "similarity", "relevance_ig")
 
 
 def run_condition(exp: Any, seed: int, crops: str, n_test: int, n_val: int, captions: int,
-                  methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
+                  methods: tuple[str, ...] = METHODS,
+                  resolutions: tuple[str, ...] = ("grid", "pixels")) -> dict[str, Any]:
     from reid_explain.evaluation.phrase_grounding import (
         choose_phrase_reference,
         phrase_grounding_scores,
@@ -43,11 +45,15 @@ def run_condition(exp: Any, seed: int, crops: str, n_test: int, n_val: int, capt
     test = text_image_data(splits["test"], mean, std)
     validation = text_image_data(splits["val"], mean, std)
     grid = exp.adapter.grid_size(tuple(test.images.shape[-2:]))
-    chosen = choose_phrase_reference(validation, grid)
+    size = tuple(test.images.shape[-2:])
+    chosen = choose_phrase_reference(validation, grid, resolutions=[
+        {"grid": grid, "pixels": size}[r] for r in resolutions])
     reference = score_phrase_maps(test, prior_phrase_maps(chosen["build"], test, grid, captions,
-                                                          chosen["powers"]))
+                                                          chosen["powers"], chosen["grids"]))
     out: dict[str, Any] = {"seed": seed, "crops": crops, "captions": min(captions, len(test)),
                            "reference": {"powers": chosen["powers"],
+                                         "grids": {p: f"{h}x{w}" for p, (h, w) in
+                                                   chosen["grids"].items()},
                                          "energy": reference["energy"],
                                          "by_part": {p: v["energy"] for p, v in
                                                      reference["by_part"].items()}},
@@ -79,6 +85,9 @@ def main() -> None:
     parser.add_argument("--val-ids", type=int, default=40)
     parser.add_argument("--captions", type=int, default=320)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--resolutions", nargs="+", choices=("grid", "pixels"),
+                        default=["grid", "pixels"],
+                        help="where the reference may draw each part (chosen on validation)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -90,7 +99,8 @@ def main() -> None:
         for seed in args.seeds:
             for crops in args.crops:
                 runs.append(run_condition(exp, seed, crops, args.test_ids, args.val_ids,
-                                          args.captions, tuple(args.methods)))
+                                          args.captions, tuple(args.methods),
+                                          tuple(args.resolutions)))
     if args.out:
         Path(args.out).write_text(json.dumps(runs, indent=1, allow_nan=False))
 

@@ -452,7 +452,7 @@ def test_relevance_ig_is_upsampled_relevance_times_positive_captum_ig(make):
     model = make()
     q, g = images(2), images(1, seed=4)
     with explainify(model) as exp:
-        got = exp.explain(q, g, method="relevance_ig", side="query", n_steps=8)
+        got = exp.explain(q, g, method="relevance_ig", side="query")  # default: 8 steps
         relevance = exp.explain(q, g, method="attention_relevance", side="query").query.maps
         assert "relevance_ig" not in image_methods(exp, None)  # costly: never by default
         assert image_methods(exp, ["relevance_ig"]) == ["relevance_ig"]

@@ -293,6 +293,40 @@ def test_location_prior_knows_where_parts_usually_are(synth_splits):
         location_prior_scores(dataclasses.replace(train, masks=None), test, grid=(8, 4))
 
 
+def test_phrase_reference_chooses_grid_or_pixels_per_part_on_validation(synth_splits):
+    """The strongest image-blind phrase reference may draw each part on the patch grid or at
+    pixels: per part, the (resolution, power) with the highest energy on the selection half
+    wins; with one resolution it is the grid-only reference, and a part drawn on the grid
+    scores as the grid-only prior at its power does."""
+    from reid_explain.evaluation.phrase_grounding import (
+        choose_phrase_reference,
+        prior_phrase_maps,
+        score_phrase_maps,
+    )
+
+    train, test = synth_splits["train"], synth_splits["test"]
+    grid, size = (8, 4), tuple(test.images.shape[-2:])
+    only_grid = choose_phrase_reference(train, grid)
+    assert choose_phrase_reference(train, grid, resolutions=[grid])["powers"] == \
+        only_grid["powers"]
+    assert set(only_grid["grids"].values()) == {grid}
+    both = choose_phrase_reference(train, grid, resolutions=[grid, size])
+    assert set(both["grids"]) == set(both["powers"]) == set(only_grid["powers"])
+    for part, by_res in both["resolution_selection"].items():
+        chosen = f"{both['grids'][part][0]}x{both['grids'][part][1]}"
+        assert by_res[chosen] == max(by_res.values())  # the winner on the selection half
+        assert by_res[chosen] >= max(only_grid["selection"][part].values())
+    assert len(set(both["grids"].values())) == 2, both["resolution_selection"]  # mixed here
+    mixed = prior_phrase_maps(both["build"], test, grid, None, both["powers"], both["grids"])
+    assert {tuple(m.shape[-2:]) for m in mixed.maps if m is not None} == {size}
+    scored = score_phrase_maps(test, mixed)["by_part"]
+    for part, g in both["grids"].items():
+        if g == grid and part in scored:
+            alone = score_phrase_maps(test, prior_phrase_maps(
+                both["build"], test, grid, None, {part: both["powers"][part]}))["by_part"]
+            assert scored[part]["energy"] == pytest.approx(alone[part]["energy"], abs=1e-6)
+
+
 def test_part_wise_similarity_adds_phrase_region_agreement(synth_splits):
     model = tiny_clip(SMALL)
     data = synth_splits["test"]

@@ -92,19 +92,32 @@ def prior_grid(reference: TextImageData, grid: tuple[int, int]) -> Tensor:
 
 def prior_phrase_maps(reference: TextImageData, data: TextImageData, grid: tuple[int, int],
                       max_captions: int | None = None,
-                      power: float | Mapping[str, float] = 1.0) -> PhraseMaps:
+                      power: float | Mapping[str, float] = 1.0,
+                      grids: Mapping[str, tuple[int, int]] | None = None) -> PhraseMaps:
     """Image-blind phrase maps: each phrase's map is its part's mean training mask on the grid,
     raised to ``power`` (> 1 sharpens it toward where the part is most often; a mapping gives
-    each part its own power)."""
+    each part its own power). ``grids`` (part -> grid) draws a part on its own grid instead;
+    where they differ, every map is drawn at image size, each upsampled as scoring would."""
     if tuple(reference.part_names) != tuple(data.part_names):
         raise ValueError("the location prior needs a reference split with the same parts")
-    prior = prior_grid(reference, grid)
-    if isinstance(power, Mapping):
-        prior = torch.stack([prior[k].pow(float(power.get(p, 1.0)))
-                             for k, p in enumerate(data.part_names)])
+    size = tuple(data.images.shape[-2:])
+    part_grid = {p: tuple((grids or {}).get(p, grid)) for p in data.part_names}
+    mixed = len(set(part_grid.values())) > 1  # parts on different grids: all at image size
+    priors = {g: prior_grid(reference, g) for g in set(part_grid.values())}
+
+    def draw(k: int, part: str) -> Tensor:
+        p = float(power.get(part, 1.0)) if isinstance(power, Mapping) else float(power)
+        drawn = priors[part_grid[part]][k].pow(p)
+        if mixed:
+            drawn = F.interpolate(drawn[None, None], size=size, mode="bilinear",
+                                  align_corners=False)[0, 0]
+        return drawn
+
+    prior = torch.stack([draw(k, p) for k, p in enumerate(data.part_names)])
+    grid = tuple(prior.shape[-2:])
+    if isinstance(power, Mapping) or mixed:
         name = "location_prior^per-part"
     else:
-        prior = prior.pow(power)
         name = "location_prior" if power == 1 else f"location_prior^{power:g}"
     out = PhraseMaps(name, tuple(data.images.shape[-2:]))
     n = len(data) if max_captions is None else min(max_captions, len(data))
@@ -267,32 +280,47 @@ def identity_subset(data: TextImageData, pids: Sequence[int] | np.ndarray) -> Te
 
 def choose_phrase_reference(reference: TextImageData, grid: tuple[int, int],
                             powers: Sequence[float] | None = None,
-                            max_captions: int | None = None) -> dict[str, Any]:
+                            max_captions: int | None = None,
+                            resolutions: Sequence[tuple[int, int]] | None = None
+                            ) -> dict[str, Any]:
     """The strongest image-blind phrase reference learnt from ``reference`` (validation or
     training identities, never scored): the per-part location prior of half of its identities,
     each part's power chosen by that part's phrase energy on the captions of the other half.
+    ``resolutions``: the grids the prior may be drawn on (default: ``grid`` only; e.g. the
+    host's grid and the image's pixels), chosen per part with its power the same way.
 
-    Returns ``{"build": TextImageData, "powers": {part: power}, "selection": {part: {power:
-    energy}}}``: :func:`prior_phrase_maps` with ``build`` and ``powers`` draws the maps."""
+    Returns ``{"build": TextImageData, "powers": {part: power}, "grids": {part: grid},
+    "selection": {part: {power: energy}} (at the part's chosen grid), "resolution_selection":
+    {part: {"hxw": best energy}}}``: :func:`prior_phrase_maps` with ``build``, ``powers`` and
+    ``grids`` draws the maps."""
     from .references import PRIOR_POWERS
 
     powers = tuple(powers or PRIOR_POWERS)
+    candidates = [tuple(g) for g in (resolutions or (grid,))]
     pids = np.unique(reference.image_pids)
     if len(pids) < 2:
         raise ValueError("choosing the phrase reference needs at least two reference "
                          "identities")
     build, select = identity_subset(reference, pids[0::2]), identity_subset(reference, pids[1::2])
-    per_power = {p: score_phrase_maps(select, prior_phrase_maps(build, select, grid,
-                                                                max_captions, p))["by_part"]
-                 for p in powers}
-    selection: dict[str, dict[float, float]] = {}
+    per_grid: dict[tuple[int, int], dict[str, dict[float, float]]] = {}
+    for g in candidates:
+        per_power = {p: score_phrase_maps(select, prior_phrase_maps(build, select, g,
+                                                                    max_captions, p))["by_part"]
+                     for p in powers}
+        per_grid[g] = {part: {p: per_power[p][part]["energy"] for p in powers
+                              if part in per_power[p]} for part in reference.part_names}
+    chosen, grids, selection, by_resolution = {}, {}, {}, {}
     for part in reference.part_names:
-        scores = {p: per_power[p][part]["energy"] for p in powers if part in per_power[p]}
-        if scores:
-            selection[part] = scores
-    chosen = {part: max(scores, key=lambda p: (scores[p], -p))
-              for part, scores in selection.items()}
-    return {"build": build, "powers": chosen, "selection": selection,
+        options = [(g, p, e) for g in candidates for p, e in per_grid[g][part].items()]
+        if not options:
+            continue
+        # the highest energy; ties go to the lower power, then to the first resolution given
+        g, p, _ = max(options, key=lambda o: (o[2], -o[1], -candidates.index(o[0])))
+        chosen[part], grids[part], selection[part] = p, g, per_grid[g][part]
+        by_resolution[part] = {f"{h}x{w}": max(per_grid[(h, w)][part].values())
+                               for h, w in candidates if per_grid[(h, w)][part]}
+    return {"build": build, "powers": chosen, "grids": grids, "selection": selection,
+            "resolution_selection": by_resolution,
             "identities": {"build": len(pids[0::2]), "selection": len(pids[1::2])}}
 
 
@@ -315,6 +343,8 @@ def phrase_verdict(method: dict[str, Any], reference: dict[str, Any], key: str =
 
     by_part = {str(p): one(diff[parts == p]) for p in sorted(set(parts.tolist()))}
     return {**one(diff), "by_part": by_part,
+            "method": float(np.nanmean([r[key] for r in a])) if a else None,
+            "reference": float(np.nanmean([r[key] for r in b])) if b else None,
             "parts_beaten": sum(v["beaten"] is True for v in by_part.values()),
             "parts": len(by_part)}
 

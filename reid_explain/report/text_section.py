@@ -23,8 +23,13 @@ if TYPE_CHECKING:
 #: the name of the strongest image-blind phrase reference in tables and summaries
 REFERENCE = "sharpened prior (image-blind, chosen on validation)"
 #: phrase-map methods of the report: the head-free similarity map, CLIP dense features
-#: (``dense_similarity``, hosts with dense embeddings) and two attributions
-PHRASE_METHODS = ("similarity", "dense_similarity", "gradcam", "attention_relevance")
+#: (``dense_similarity``, hosts with dense embeddings), two attributions, and attention
+#: relevance at pixel resolution (``relevance_ig``, ViT hosts)
+PHRASE_METHODS = ("similarity", "dense_similarity", "gradcam", "attention_relevance",
+                  "relevance_ig")
+#: methods that cost integrated gradients per phrase are scored on the first this many
+#: captions (their verdict pairs them with the reference on the same phrases)
+COSTLY_PHRASE_CAPTIONS = {"relevance_ig": 100}
 
 
 def one_caption_per_identity(data: TextImageData, n: int) -> list[int]:
@@ -121,7 +126,9 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
     methods = [m for m in PHRASE_METHODS if m == "similarity" or _supports(m, caps)]
     if getattr(explainer, "ppim", None) is not None:  # the model's own PPIM head
         methods.append("ppim")
-    maps = {m: collect_phrase_maps(explainer, data, m, max_captions=max_captions)
+    captions = {m: min(max_captions, COSTLY_PHRASE_CAPTIONS.get(m, max_captions))
+                for m in methods}
+    maps = {m: collect_phrase_maps(explainer, data, m, max_captions=captions[m])
             for m in methods}  # computed once: scored, then masked for the gap
     scores = {m: score_phrase_maps(data, maps[m]) for m in methods}
     size = tuple(data.images.shape[-2:])
@@ -131,10 +138,18 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
         scores["location prior (image-blind)"] = location_prior_scores(
             reference, data, grid, max_captions=max_captions)
         if len(np.unique(reference.image_pids)) >= 2:
-            chosen = choose_phrase_reference(reference, grid)
-            scores[REFERENCE] = score_phrase_maps(data, prior_phrase_maps(
-                chosen["build"], data, grid, max_captions, chosen["powers"]))
-            verdicts = {m: phrase_verdict(scores[m], scores[REFERENCE], seed=seed)
+            # drawn on the patch grid or at pixels, per part whichever wins on validation:
+            # a pixel-level method faces the prior at pixels too
+            chosen = choose_phrase_reference(reference, grid, resolutions=(grid, size))
+
+            def reference_scores(n: int) -> dict[str, Any]:
+                return score_phrase_maps(data, prior_phrase_maps(
+                    chosen["build"], data, grid, n, chosen["powers"], chosen["grids"]))
+
+            scores[REFERENCE] = reference_scores(max_captions)
+            verdicts = {m: phrase_verdict(scores[m], scores[REFERENCE] if captions[m] ==
+                                          max_captions else reference_scores(captions[m]),
+                                          seed=seed)
                         for m in methods}
     shared: dict = {}  # the random cells' drops, the same for every method's maps
     gaps = {m: maps_counterfactual_gap(explainer, data, maps[m], seed=seed, shared=shared)
@@ -166,12 +181,15 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
     if verdicts:
         section.para(
             f"<b>{REFERENCE}</b>: each part's mean mask over half of the validation "
-            "identities, raised to the power (per part) that gives that part's phrases the "
-            "highest energy on the other half; it never sees a scored image. A method beats "
-            "it when the 95% bootstrap interval of the per-phrase energy difference excludes "
-            "0; per part likewise.")
-        section.table([{"phrase maps": m, "energy": scores[m]["energy"],
-                        "reference energy": scores[REFERENCE]["energy"],
+            "identities, drawn on the patch grid or at pixel resolution and raised to the "
+            "power (both per part) that give that part's phrases the highest energy on the "
+            "other half; it never sees a scored image. A method beats it when the 95% "
+            "bootstrap interval of the per-phrase energy difference excludes 0; per part "
+            "likewise. " + "; ".join(f"{m} is scored on the first {captions[m]} captions, "
+                                     "the reference beside it on the same ones"
+                                     for m in methods if captions[m] < max_captions))
+        section.table([{"phrase maps": m, "energy": v["method"],
+                        "reference energy": v["reference"],
                         "− reference [95% CI]": f"{v['diff']:+.3f} [{v['diff_low']:+.3f}, "
                                                 f"{v['diff_high']:+.3f}]",
                         "beats the reference": verdict_text(v["beaten"]),
@@ -186,8 +204,11 @@ def grounding_part(explainer: ExplainerLike, data: TextImageData, reference: Tex
                        for k, v in scores.items()},
             "gaps": gaps, "chance": {k: v for k, v in chance.items() if k != "records"},
             "shown_method": best,
+            "captions": captions,
             "reference": None if chosen is None else {
                 "name": REFERENCE, "powers": chosen["powers"],
+                "grids": {part: f"{h}x{w}" for part, (h, w) in chosen["grids"].items()},
+                "resolution_selection": chosen["resolution_selection"],
                 "identities": chosen["identities"],
                 "selection": {part: {f"{p:g}": round(e, 4) for p, e in scores.items()}
                               for part, scores in chosen["selection"].items()}},

@@ -202,8 +202,9 @@ def summary_text(summary: dict[str, Any], cards: dict[str, Any]) -> str:
         from ..report.text_section import REFERENCE
 
         v = verdicts[best]
+        reference = v.get("reference", g[REFERENCE]["energy"])  # on the same phrases
         line += (f", image-blind reference (per-part sharpened prior) "
-                 f"{g[REFERENCE]['energy']:.3f}: {v['diff']:+.3f} [{v['diff_low']:+.3f}, "
+                 f"{reference:.3f}: {v['diff']:+.3f} [{v['diff_low']:+.3f}, "
                  f"{v['diff_high']:+.3f}], beats it on {v['parts_beaten']}/{v['parts']} parts")
     lines.append(line + f"; chance {chance:.3f}")
     lines.append(attribute_line(summary["attributes"]))
