@@ -232,12 +232,22 @@ class _GuidedReLUModule(torch.nn.Module):
         return _GuidedReLU.apply(x)
 
 
+def _guided_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose ReLUs pass only positive gradients (guided backprop)."""
+    import copy
+
+    guided = copy.deepcopy(model)
+    for module in list(guided.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.ReLU):
+                setattr(module, child_name, _GuidedReLUModule())
+    return guided
+
+
 def test_guided_gradcam_is_upsampled_gradcam_times_guided_backprop_by_hand():
     """Guided Grad-CAM = bilinear-upsampled Grad-CAM x guided-backprop input gradient, summed
     over colour channels and then its magnitude (or the other reductions), at the image's full
     resolution."""
-    import copy
-
     model = make_osnet()
     q, g = images(2, (128, 64)), images(2, (128, 64), seed=1)
     import warnings
@@ -254,11 +264,7 @@ def test_guided_gradcam_is_upsampled_gradcam_times_guided_backprop_by_hand():
             exp.explain(q, g, method="guided_gradcam", pairs=[(0, 1)], channels="max")
     assert result.query.maps.shape == (2, 128, 64)
     assert not [str(w.message) for w in caught]  # nothing for a user's terminal
-    guided = copy.deepcopy(model)
-    for module in list(guided.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.ReLU):
-                setattr(module, child_name, _GuidedReLUModule())
+    guided = _guided_copy(model)
     for p, (qi, gi) in enumerate([(0, 1), (1, 0)]):
         with torch.no_grad():
             g_emb = model(g[gi: gi + 1])
@@ -283,8 +289,6 @@ def test_guided_gradcam_is_upsampled_gradcam_times_guided_backprop_by_hand():
 def test_guided_layercam_is_upsampled_layercam_times_guided_backprop_by_hand():
     """Guided LayerCAM = the LayerCAM map (checked by hand above), bilinear-upsampled, times
     the guided-backprop input gradient, summed over colour channels, then its magnitude."""
-    import copy
-
     from reid_explain.report.image_section import image_methods
 
     model = make_osnet()
@@ -299,11 +303,7 @@ def test_guided_layercam_is_upsampled_layercam_times_guided_backprop_by_hand():
                         relu_attributions=False)
         assert "guided_layercam" not in image_methods(exp, None)  # by name only
     assert result.query.maps.shape == (2, 128, 64) and layercam.shape[-2:] != (128, 64)
-    guided = copy.deepcopy(model)
-    for module in list(guided.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.ReLU):
-                setattr(module, child_name, _GuidedReLUModule())
+    guided = _guided_copy(model)
     for p, (qi, gi) in enumerate([(0, 1), (1, 0)]):
         with torch.no_grad():
             g_emb = model(g[gi: gi + 1])
