@@ -118,8 +118,21 @@ def test_demo_puts_every_figure_beside_the_image_blind_reference(demo):
     html = (out / "index.html").read_text()
     assert html.index("methods beating the image-blind reference") < html.index(
         "methods beating random maps")
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+    for method, record in explanations["methods"].items():  # the mark says what the CI says
+        f = record["figures"]["person energy"]
+        mark = ">" if f["reference_beaten"] else "<" if f["reference_diff_high"] < 0 else "≈"
+        assert f"{f['method']:.3f} [" in lines[method], (method, lines[method])
+        assert f"] {mark} {f['reference']:.3f}" in lines[method], (method, mark, lines[method])
     grounding = summary["text"]["grounding"]
     assert grounding["reference"]["powers"] and grounding["verdicts"]
+    # the phrase reference may draw each part on the grid or at pixels; a pixel-level method
+    # on a caption budget is judged against the reference on its own phrases
+    assert set(grounding["reference"]["grids"].values()) <= {"16x8", "128x64"}
+    assert grounding["captions"]["relevance_ig"] <= 100
+    ig = grounding["verdicts"]["relevance_ig"]
+    assert ig["method"] == pytest.approx(grounding["scores"]["relevance_ig"]["energy"])
+    assert ig["diff"] == pytest.approx(ig["method"] - ig["reference"], abs=1e-9)
 
 
 @pytest.mark.slow

@@ -34,13 +34,26 @@ def headline(image: dict[str, Any]) -> list[dict[str, Any]]:
                     f"{short}_high": f["method_high"], f"{short}_random": f.get("random"),
                     f"{short}_beats_random": f.get("random_beaten"),
                     f"{short}_reference": f.get("reference"),
-                    f"{short}_beats_reference": f.get("reference_beaten")}
+                    f"{short}_beats_reference": f.get("reference_beaten"),
+                    f"{short}_reference_diff_low": f.get("reference_diff_low"),
+                    f"{short}_reference_diff_high": f.get("reference_diff_high"),
+                    f"{short}_higher_is_better": f.get("higher_is_better", True)}
         rows.append(row)
     return rows
 
 
-def _verdict_mark(beats: Any) -> str:
-    return {True: ">", False: "≤"}.get(beats, "?")
+def _verdict_mark(row: dict[str, Any], short: str) -> str:
+    """">" beats the reference (the paired CI on the better side of 0), "<" falls below it
+    (the CI on the worse side), "≈" not told apart (the CI holds 0), "?" undetermined. A plain
+    "≤" read 0.670 ≤ 0.605 where the method was higher but not surely so."""
+    beats = row.get(f"{short}_beats_reference")
+    low, high = row.get(f"{short}_reference_diff_low"), row.get(f"{short}_reference_diff_high")
+    if beats is True:
+        return ">"
+    if beats is None or low is None or high is None:
+        return "?"
+    worse = high < 0 if row.get(f"{short}_higher_is_better", True) else low > 0
+    return "<" if worse else "≈"
 
 
 def beating_counts(rows: list[dict[str, Any]], versus: str) -> dict[str, str]:
@@ -62,7 +75,8 @@ def image_lines(image: dict[str, Any]) -> list[str]:
              + ", ".join(f"{k} {v}" for k, v in beating_counts(rows, "random").items()),
              f"image maps ({explanations['queries']} queries, "
              f"{explanations.get('score', 'cosine')} score), each: value [95% CI], then "
-             f"> or ≤ the image-blind reference ({reference.get('name', '?')}) and its value:",
+             f"> (beats), ≈ (not told apart) or < (below) the image-blind reference "
+             f"({reference.get('name', '?')}) and its value:",
              f"  {'method':22s}" + "".join(f" {short:>30s}" for _, short in HEADLINE)]
     for row in rows:
         cells = []
@@ -72,7 +86,7 @@ def image_lines(image: dict[str, Any]) -> list[str]:
                 continue
             ref = row[f"{short}_reference"]
             cell = (f"{row[short]:.3f} [{row[f'{short}_low']:.3f},{row[f'{short}_high']:.3f}] "
-                    f"{_verdict_mark(row[f'{short}_beats_reference'])} "
+                    f"{_verdict_mark(row, short)} "
                     + ("-" if ref is None else f"{ref:.3f}"))
             cells.append(f" {cell:>30s}")
         lines.append(f"  {row['method']:22s}" + "".join(cells))
