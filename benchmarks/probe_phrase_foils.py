@@ -14,7 +14,8 @@ embedding minus the mean of its foils', so the map shows what raises the phrase 
   the foils changing both).
 
 Choice seed 778 (the first 120 captions of the second half of 40 identities, scored against
-the strongest phrase reference built on the first half); no choice is carried to a test seed.
+the strongest phrase reference built on the first half); ``--seed 779`` etc. checks the
+colour foils on identities never used for a choice.
 
     python benchmarks/probe_phrase_foils.py --crops aligned --modes plain colours parts both
 """
@@ -77,6 +78,8 @@ def reference(exp, text: str, part: str | None, mode: str) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=778,
+                        help="778 chooses; a held-out seed (779-781) checks a choice")
     parser.add_argument("--crops", choices=("aligned", "misaligned"), default="aligned")
     parser.add_argument("--modes", nargs="+", default=["plain", "colours", "parts", "both"])
     parser.add_argument("--methods", nargs="+", default=["attention_relevance", "relevance_ig"])
@@ -98,9 +101,9 @@ def main() -> None:
     )
     from reid_explain.plugin_api.targets import CosineSimilarity
 
-    results: dict = {"crops": args.crops, "rows": {}}
+    results: dict = {"seed": args.seed, "crops": args.crops, "rows": {}}
     with explainify(zoo.load("clip-synthpedes")) as exp:
-        data = load(exp, 778, 40, args.crops)
+        data = load(exp, args.seed, 40, args.crops)
         size = tuple(data.images.shape[-2:])
         grid = exp.adapter.grid_size(size)
         pids = np.unique(data.image_pids)
