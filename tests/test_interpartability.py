@@ -203,6 +203,42 @@ def test_ground_gives_one_map_per_phrase(synth_splits):
             exp.ground(images[:1], captions)
 
 
+def test_colour_foils_contrast_a_phrase_with_its_other_colours(synth_splits):
+    """foils="colours" explains cos(x, phrase) - mean cos(x, the phrase in other colours):
+    the map equals the attribution of that contrast built by hand; a phrase with no colour
+    word keeps the plain target; bad values fail before any work."""
+    from reid_explain.explain.grounding import FOIL_COLOURS, colour_foils
+    from reid_explain.plugin_api.targets import CosineSimilarity
+
+    foils = colour_foils("short Black hair.")
+    assert len(foils) == len(FOIL_COLOURS) - 1 and "short white hair." in foils
+    assert not any("black" in f.lower() for f in foils)
+    grey = colour_foils("a grey shirt")  # gray and grey are one colour: neither is a foil
+    assert len(grey) == len(FOIL_COLOURS) - 2 and not {"a gray shirt", "a grey shirt"} & set(grey)
+    assert colour_foils("a backpack") == []
+    model = tiny_clip(SMALL)
+    data = synth_splits["test"]
+    image = data.images[int(data.caption_image[0])][None]
+    phrases = [[{"text": "a red shirt", "start": 0, "end": 11},
+                {"text": "a backpack", "start": 16, "end": 26}]]
+    with explainify(model) as exp:
+        contrasted = exp.ground(image, ["a red shirt and a backpack"], method="gradcam",
+                                phrases=phrases, foils="colours")[0].maps.maps
+        plain = exp.ground(image, ["a red shirt and a backpack"], method="gradcam",
+                           phrases=phrases)[0].maps.maps
+        emb = torch.nn.functional.normalize(exp.embed_text(["a red shirt"]), dim=-1)[0]
+        foil = torch.nn.functional.normalize(exp.embed_text(colour_foils("a red shirt")),
+                                             dim=-1).mean(dim=0)
+        by_hand = exp.attribute(image, CosineSimilarity((emb - foil)[None]), method="gradcam")
+        with pytest.raises(InputError, match="foils must be None or 'colours'"):
+            exp.ground(image, ["a red shirt"], method="gradcam", foils="parts")
+        with pytest.raises(InputError, match="applies to attribution methods"):
+            exp.ground(image, ["a red shirt"], method="similarity", foils="colours")
+    torch.testing.assert_close(contrasted[0], by_hand[0], atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(contrasted[0], plain[0])  # the contrast changes the map
+    torch.testing.assert_close(contrasted[1], plain[1])  # no colour word: the plain target
+
+
 def _part_masks(data, row, parts):
     masks = data.masks[data.caption_image[row]]
     return torch.stack([masks[data.part_names.index(p)] for p in parts])[:, None]

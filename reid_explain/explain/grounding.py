@@ -113,16 +113,51 @@ def contextual_maps(explainer: ExplainerLike, images: Tensor, captions: Sequence
     return list(maps.split(counts))
 
 
+#: colour words a phrase's colour foils are drawn from (``ground(..., foils="colours")``)
+FOIL_COLOURS = ("black", "white", "gray", "grey", "red", "blue", "green", "yellow", "brown",
+                "purple", "pink", "orange", "beige", "navy", "blonde")
+
+
+def colour_foils(text: str) -> list[str]:
+    """``text`` with its first colour word replaced by each other colour of
+    :data:`FOIL_COLOURS` (``[]`` when it names none): "black hair" -> "white hair", ..."""
+    words = text.split()
+    at = next((i for i, w in enumerate(words) if w.lower().strip(",.;") in FOIL_COLOURS), None)
+    if at is None:
+        return []
+    own = words[at].lower().strip(",.;")
+    return [" ".join([*words[:at], c, *words[at + 1:]]) for c in FOIL_COLOURS
+            if c != own and {c, own} != {"gray", "grey"}]
+
+
+def foil_contrast(explainer: ExplainerLike, texts: Sequence[str], embeddings: Tensor) -> Tensor:
+    """Each phrase's normalised embedding minus the mean of its colour foils': the score a map
+    then explains is how much the image favours this phrase over the same phrase in other
+    colours, not what it shares with every colour of it (the person, the part's word)."""
+    out = F.normalize(embeddings, dim=-1).clone()
+    for i, text in enumerate(texts):
+        foils = colour_foils(text)
+        if foils:
+            out[i] -= F.normalize(explainer.embed_text(foils), dim=-1).mean(dim=0)
+    return out
+
+
 def ground(explainer: ExplainerLike, images: Tensor, captions: Sequence[str] | str,
            method: str = "similarity", phrases: Sequence[Sequence[Any]] | None = None,
            ppim: Any = None, phrase_extractor: str = "rules", temperature: float | None = None,
-           **options: Any) -> list[PhraseGrounding]:
+           foils: str | None = None, **options: Any) -> list[PhraseGrounding]:
     """One :class:`PhraseGrounding` per (image, caption) row: a map per extracted phrase.
 
     ``temperature``: the softmax temperature of ``"similarity"`` maps (default 0.1), and passed
-    on to an attribution that takes one (``dense_similarity``) when given."""
+    on to an attribution that takes one (``dense_similarity``) when given. ``foils="colours"``
+    (attribution methods): explain each phrase against its colour foils
+    (:func:`foil_contrast`; docs/results.md, "Phrases explained against foil phrases")."""
     from ..core.inputs import check_images, check_texts
 
+    if foils not in (None, "colours"):
+        raise InputError(f"foils must be None or 'colours', got {foils!r}")
+    if foils is not None and method in ("ppim", "similarity"):
+        raise InputError(f"foils={foils!r} applies to attribution methods, not {method!r}")
     captions = check_texts(captions)
     images = check_images(images, "images", explainer.adapter)
     if len(images) != len(captions):
@@ -148,7 +183,9 @@ def ground(explainer: ExplainerLike, images: Tensor, captions: Sequence[str] | s
             if temperature is not None:
                 options["temperature"] = temperature
             phrase_emb = explainer.embed_text(texts)
-            flat = explainer.attribute(images[owner], CosineSimilarity(phrase_emb),
+            target = phrase_emb if foils is None else foil_contrast(explainer, texts,
+                                                                    phrase_emb)
+            flat = explainer.attribute(images[owner], CosineSimilarity(target),
                                        method=method, **options)
             counts = torch.bincount(owner, minlength=len(captions)).tolist()
             maps = list(flat.split(counts))
