@@ -135,10 +135,15 @@ def foil_contrast(explainer: ExplainerLike, texts: Sequence[str], embeddings: Te
     then explains is how much the image favours this phrase over the same phrase in other
     colours, not what it shares with every colour of it (the person, the part's word)."""
     out = F.normalize(embeddings, dim=-1).clone()
-    for i, text in enumerate(texts):
-        foils = colour_foils(text)
-        if foils:
-            out[i] -= F.normalize(explainer.embed_text(foils), dim=-1).mean(dim=0)
+    foils = [colour_foils(text) for text in texts]
+    flat = [f for fs in foils for f in fs]
+    if not flat:
+        return out
+    # every phrase's foils through the text tower at once, not one call per phrase
+    encoded = F.normalize(explainer.embed_text(flat), dim=-1).split([len(fs) for fs in foils])
+    for i, own in enumerate(encoded):
+        if len(own):
+            out[i] -= own.mean(dim=0)
     return out
 
 
