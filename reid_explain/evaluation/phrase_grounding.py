@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..plugin_api.maps import pool_to_grid
 from ..plugin_api.masker import grid_to_pixels
 from .bootstrap import bootstrap_ci
 from .grounding_scores import energy_pointing_game, pointing_game
@@ -371,14 +372,6 @@ def _random_drops(explainer: ExplainerLike, images: Tensor, text_emb: Tensor, ba
     return (base[None] - sims.view(n_random, n)).mean(dim=0).cpu()
 
 
-def _on_grid(maps: Tensor, grid: tuple[int, ...]) -> Tensor:
-    """A map on the patch grid (area-averaged if finer), so every method's top cells are
-    masked at the same granularity."""
-    if tuple(maps.shape[-2:]) == tuple(grid):
-        return maps
-    return F.adaptive_avg_pool2d(maps[None, None], tuple(grid))[0, 0]
-
-
 def maps_counterfactual_gap(explainer: ExplainerLike, data: TextImageData, phrase_maps: PhraseMaps,
                             fraction: float = 0.2, n_random: int = 5, seed: int = 0,
                             batch_size: int = 64, shared: dict | None = None
@@ -403,7 +396,9 @@ def maps_counterfactual_gap(explainer: ExplainerLike, data: TextImageData, phras
     for b, start in enumerate(range(0, len(entries), batch_size)):
         chunk = entries[start: start + batch_size]
         rows = [r for r, _ in chunk]
-        maps = torch.stack([_on_grid(m.mean(dim=0), grid) for _, m in chunk])
+        # maps finer than the grid are area-averaged onto it: every method's top
+        # cells are masked at the same granularity
+        maps = torch.stack([pool_to_grid(m.mean(dim=0), grid) for _, m in chunk])
         images = data.images[torch.as_tensor(data.caption_image[rows])]
         text_emb = explainer.embed_text([data.captions[r] for r in rows])
         n, (h, w) = len(rows), grid

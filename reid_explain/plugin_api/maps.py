@@ -36,6 +36,15 @@ def _min_max(x: Tensor) -> Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def pool_to_grid(maps: Tensor, grid: Sequence[int]) -> Tensor:
+    """``(..., h, w)`` maps on ``grid``, area-averaged if finer (unchanged if already on it)."""
+    if tuple(maps.shape[-2:]) == tuple(grid):
+        return maps
+    lead = maps.shape[:-2]
+    pooled = F.adaptive_avg_pool2d(maps.reshape(-1, 1, *maps.shape[-2:]), tuple(grid))
+    return pooled.reshape(*lead, *pooled.shape[-2:])
+
+
 @dataclass
 class GroundingMap:
     """Maps over images, one per explained item, with the score each map explains.
@@ -109,9 +118,7 @@ class GroundingMap:
 
     def on_grid(self) -> Tensor:
         """``(N, h, w)`` on the host's patch grid (area-averaged if finer)."""
-        if tuple(self.maps.shape[-2:]) == tuple(self.grid_size):
-            return self.maps
-        return F.adaptive_avg_pool2d(self.maps[:, None], self.grid_size)[:, 0]
+        return pool_to_grid(self.maps, self.grid_size)
 
     def upsampled(self, size: tuple[int, int] | None = None, mode: str = "bilinear") -> Tensor:
         """``(N, H, W)`` at image size (or ``size``)."""
