@@ -93,7 +93,7 @@ def main() -> None:
         m = maps[i].numpy()
         y, x = np.unravel_index(int(m.argmax()), m.shape)
         ys, xs = np.nonzero(person[i])
-        dist = float(np.sqrt(((ys - y) ** 2 + (xs - x) ** 2).min())) if len(ys) else float("nan")
+        dist = float(np.sqrt(((ys - y) ** 2 + (xs - x) ** 2).min())) if len(ys) else None
         cy, cx = y // cell_h, x // cell_w
         cover = float(person[i][cy * cell_h:(cy + 1) * cell_h, cx * cell_w:(cx + 1) * cell_w]
                       .mean())
@@ -108,18 +108,19 @@ def main() -> None:
         rows.append({"where": where, "distance_px": dist, "cell_person_share": cover,
                      "has_passerby": has_passer, "person_share": float(person[i].mean())})
     misses = [r for r in rows if r["where"] != "person"]
+    distances = [r["distance_px"] for r in misses if r["distance_px"] is not None]
     summary = {"seed": args.seed, "method": args.method, "queries": n, "grid": grid,
                "counts": counts,
                "with_passerby": sum(r["has_passerby"] for r in rows),
                "misses_with_passerby": sum(r["has_passerby"] for r in misses),
-               "miss_distance_px_median": float(np.median([r["distance_px"] for r in misses]))
-               if misses else None,
-               "miss_distance_px": [round(r["distance_px"], 1) for r in misses],
+               "miss_distance_px_median": float(np.median(distances)) if distances else None,
+               "miss_distance_px": [round(d, 1) for d in distances],
                "miss_cell_person_share_mean": float(np.mean([r["cell_person_share"]
                                                              for r in misses])) if misses else None}
     print(json.dumps(summary, indent=1))
     if args.out:
-        Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+        Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1,
+                                              allow_nan=False))
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ def main() -> None:
               f"swing {ci.estimate:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}]", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"seed": args.seed, "crops": args.crops,
-                                              "summary": summary, "rows": rows}, indent=1))
+                                              "summary": summary, "rows": rows}, indent=1,
+                                             allow_nan=False))
 
 
 if __name__ == "__main__":
