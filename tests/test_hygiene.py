@@ -99,6 +99,24 @@ def test_strict_json_writes_undefined_figures_as_null_never_nan():
         json.dumps(record, allow_nan=False, default=str)
 
 
+
+def test_every_recorded_result_is_strict_json():
+    """The results the docs quote (benchmarks/*.json) parse with NaN and Infinity refused: an
+    undefined figure (a CI over one seed) is null, which no reader can mistake for a number."""
+    import json
+    from pathlib import Path
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"bare {constant}")
+
+    files = sorted((Path(__file__).resolve().parents[1] / "benchmarks").rglob("*.json"))
+    assert len(files) >= 10
+    for path in files:
+        try:
+            json.loads(path.read_text(), parse_constant=refuse)
+        except ValueError as exc:
+            pytest.fail(f"{path.name}: {exc}")
+
 def test_host_guard_undoes_what_a_careless_plugin_does_inside_it():
     """Everything a plugin can leave behind, undone on exit: hooks in dicts that were empty and
     in ones that were not, a hook dict replaced outright, an injected module, a parameter
