@@ -200,21 +200,11 @@ def run_row(family: str, name: str) -> Row:
     return row
 
 
-@pytest.fixture(autouse=True)
-def _no_onednn_warmup():
-    """oneDNN compiles a kernel per conv and input shape on first use (about 10 s per fresh
-    CNN here, against 1 s of work): the native kernels check the same adapters much faster."""
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    yield
-    torch.backends.mkldnn.enabled = enabled
-
-
 CASES = ([("torchreid", n) for n in TORCHREID] + [("timm", n) for n in TIMM]
          + [("open_clip", n) for n in OPEN_CLIP])
 ROWS: dict[str, Row] = {}
 #: seconds this file takes on 2 cores: pytest-xdist starts it first (tests/conftest.py)
-XDIST_COST_S = 180
+XDIST_COST_S = 150
 WRITE_DOCS = os.environ.get("REID_EXPLAIN_WRITE_DOCS") == "1"
 
 
