@@ -133,6 +133,18 @@ def test_demo_puts_every_figure_beside_the_image_blind_reference(demo):
     ig = grounding["verdicts"]["relevance_ig"]
     assert ig["method"] == pytest.approx(grounding["scores"]["relevance_ig"]["energy"])
     assert ig["diff"] == pytest.approx(ig["method"] - ig["reference"], abs=1e-9)
+    # word relevance beside the caption-blind references, paired with the stronger one
+    words = summary["text"]["words"]
+    assert words["method"] == "token_ig" and words["pairs"] >= 40
+    refs = words["references"]
+    assert set(refs) == {"lexical", "position"}
+    assert words["reference"] == max(refs, key=lambda r: refs[r]["gap"]["mean"])
+    assert words["diff"] == pytest.approx(words["gap"]["mean"] - words["reference_gap"],
+                                          abs=1e-9)
+    if words["beaten"]:
+        assert words["diff_low"] > 0
+    assert f"word relevance (token_ig, {words['pairs']} captions)" in text
+    assert "Word relevance against a caption-blind reference" in html
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .protocol import EvaluationResult, ReidEvalSet, evaluate, random_maps, true_matches
     from .retrieval import from_distmat, from_similarity, image_reid_metrics, text_image_metrics
     from .sanity import model_randomization_check, random_map_baseline
+    from .word_reference import word_faithfulness
 
 #: public name -> submodule; imported on first use, so that importing one light submodule
 #: (a schema, a score) does not import pandas, scipy and PIL through its siblings
@@ -32,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "text_image_metrics": "retrieval",
     "model_randomization_check": "sanity",
     "random_map_baseline": "sanity",
+    "word_faithfulness": "word_reference",
 }
 
 
@@ -42,4 +44,5 @@ __all__ = [
     "BootstrapCI", "EvaluationResult", "ReidEvalSet", "bootstrap_ci", "evaluate",
     "from_distmat", "from_similarity", "image_reid_metrics", "model_randomization_check",
     "random_map_baseline", "random_maps", "text_image_metrics", "true_matches",
+    "word_faithfulness",
 ]

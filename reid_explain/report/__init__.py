@@ -81,7 +81,8 @@ def image_sections(explainer: ExplainerLike, data: ReidEvalSet, out: Path,
 def text_sections(explainer: ExplainerLike, data: Any, out: Path,
                   methods: Sequence[str] | None = None, reference: Any = None,
                   max_captions: int = 300, top_k: int = 5,
-                  times: dict[str, float] | None = None) -> tuple[list[Section], dict[str, Any]]:
+                  times: dict[str, float] | None = None, word_captions: int = 100
+                  ) -> tuple[list[Section], dict[str, Any]]:
     """Text-to-image retrieval, caption maps and word relevance of a CLIP-style host on a
     :class:`~reid_explain.training.text_image.TextImageData`; with part masks (SynthPedes) also
     per-phrase grounding beside the location prior built from ``reference``."""
@@ -96,6 +97,13 @@ def text_sections(explainer: ExplainerLike, data: Any, out: Path,
             "retrieval": txt.text_retrieval_part(explainer, data, out, section, top_k=top_k)}
         txt.caption_maps_part(explainer, data, img.image_methods(explainer, methods), out,
                               section)
+    if ("text_counterfactual_masking" in plugin_manager.registry("metrics")
+            and "token_ig" in plugin_manager.registry("attributions")
+            and len(set(data.caption_pids.tolist())) >= 2):
+        with clock.stage("word relevance against a caption-blind reference",
+                         f"up to {word_captions} captions"):
+            summary["words"] = txt.word_part(explainer, data, section,
+                                             max_captions=word_captions)
     if data.masks is not None and data.phrases:
         with clock.stage("phrase grounding", f"up to {max_captions} captions"):
             summary["grounding"] = txt.grounding_part(explainer, data, reference, out, section,
@@ -153,7 +161,8 @@ def image_report(explainer: ExplainerLike, data: ReidEvalSet | None, out: str | 
             names.append(data.name)
         if captions is not None:
             parts, summary["text"] = text_sections(explainer, captions, tmp, methods,
-                                                   max_captions=n_queries, times=times)
+                                                   max_captions=n_queries, times=times,
+                                                   word_captions=n_queries)
             sections += parts
             names.append(f"{len(captions)} captions")
         times["total"] = round(time.perf_counter() - start, 1)

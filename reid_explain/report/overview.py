@@ -122,6 +122,18 @@ def attribute_line(study: dict[str, Any]) -> str:
     return line
 
 
+def word_line(words: dict[str, Any]) -> str:
+    """Word relevance's line: its counterfactual gap beside random words and the stronger
+    caption-blind reference, each with its mark (as the image maps' table)."""
+    gap, refs = words["gap"], words["references"]
+    reference = refs[words["reference"]]["gap"]["mean"]
+    mark = {True: ">", None: "?"}.get(words["beaten"], "<" if words["diff_high"] < 0 else "≈")
+    return (f"word relevance ({words['method']}, {words['pairs']} captions): gap "
+            f"{gap['mean']:.4f} [{gap['low']:.4f}, {gap['high']:.4f}] {mark} caption-blind "
+            f"reference ({words['reference']} prior) {reference:.4f}: {words['diff']:+.4f} "
+            f"[{words['diff_low']:+.4f}, {words['diff_high']:+.4f}]")
+
+
 def times_line(times: dict[str, float]) -> str:
     return "times (s): " + ", ".join(f"{k} {v}" for k, v in times.items())
 

@@ -22,13 +22,19 @@ import torch
 from .._util.io import atomic_path, strict_json
 from .._util.provenance import code_digest
 from ..report.html import Section, render
-from ..report.overview import attribute_line, image_lines, overview_section, times_line
+from ..report.overview import (
+    attribute_line,
+    image_lines,
+    overview_section,
+    times_line,
+    word_line,
+)
 
 #: sizes of the run: (test identities, image queries explained, captions scored)
-SIZES = {"quick": {"ids": 30, "queries": 40, "captions": 48, "sanity": 4, "trees": 50,
-                   "audit_ids": 30},
-         "full": {"ids": 100, "queries": 100, "captions": 300, "sanity": 8, "trees": 100,
-                  "audit_ids": 50}}
+SIZES = {"quick": {"ids": 30, "queries": 40, "captions": 48, "words": 40, "sanity": 4,
+                   "trees": 50, "audit_ids": 30},
+         "full": {"ids": 100, "queries": 100, "captions": 300, "words": 100, "sanity": 8,
+                  "trees": 100, "audit_ids": 50}}
 IMAGE_MODEL, TEXT_MODEL = "osnet-synthpedes", "clip-synthpedes"
 #: the crops the demo explains: detector-like boxes (Market-1501's own are DPM detections),
 #: where a map drawn without the image no longer finds the person nearly every time; on the
@@ -155,7 +161,8 @@ def run_demo(out: str | Path = "reid_explain_output/demo", methods: Sequence[str
             reference = text_image_data(val, exp.adapter.pixel_mean, exp.adapter.pixel_std)
             text_parts, summary["text"] = text_sections(
                 exp, text_data, tmp, methods, reference=reference,
-                max_captions=size["captions"], top_k=top_k, times=times)
+                max_captions=size["captions"], top_k=top_k, times=times,
+                word_captions=size["words"])
             summary["text"]["model"] = TEXT_MODEL
         summary["attributes"] = summary["image"].pop("attributes")
         summary["times"] = times | {"total": round(time.perf_counter() - start, 1)}
@@ -207,6 +214,8 @@ def summary_text(summary: dict[str, Any], cards: dict[str, Any]) -> str:
                  f"{reference:.3f}: {v['diff']:+.3f} [{v['diff_low']:+.3f}, "
                  f"{v['diff_high']:+.3f}], beats it on {v['parts_beaten']}/{v['parts']} parts")
     lines.append(line + f"; chance {chance:.3f}")
+    if "words" in summary["text"]:
+        lines.append(word_line(summary["text"]["words"]))
     lines.append(attribute_line(summary["attributes"]))
     lines += ["", times_line(summary["times"])]
     return "\n".join(lines) + "\n"
