@@ -5,7 +5,8 @@ For each SynthPedes seed (identities the zoo never saw) and crop condition: up t
 ``--captions`` captions spread over the test identities, each against its own image; token IG
 (16 steps, as the report) scored by counterfactual word removal beside random words and the
 lexical and position references (``reid_explain.evaluation.word_reference``, cross-fitted over
-identities), the verdict against the stronger one.
+identities), the verdict against the stronger one; the same for the top phrase (the captions'
+phrase spans) against a random phrase.
 
     python benchmarks/bench_word_reference.py --seeds 779 780 781 --crops aligned misaligned \
         --out benchmarks/results_word_reference.json
@@ -52,14 +53,22 @@ def main() -> None:
                                       data.images[torch.as_tensor(images)],
                                       image_of_caption.tolist(),
                                       np.asarray(data.caption_pids)[rows].tolist(), seed=seed,
-                                      text_options={"n_steps": args.n_steps})
+                                      text_options={"n_steps": args.n_steps},
+                                      phrase_spans=[[(p["start"], p["end"])
+                                                     for p in data.phrases[i]] for i in rows])
                 runs.append({"seed": seed, "crops": crops} | r)
+                ph = r["phrases"]
                 print(f"seed {seed} {crops:10s} gap {r['gap']['mean']:.4f} "
                       f"[{r['gap']['low']:.4f}, {r['gap']['high']:.4f}]; "
                       + ", ".join(f"{k} {v['gap']['mean']:.4f}"
                                   for k, v in r["references"].items())
                       + f"; - {r['reference']}: {r['diff']:+.4f} [{r['diff_low']:+.4f}, "
-                        f"{r['diff_high']:+.4f}], beats: {r['beaten']}", flush=True)
+                        f"{r['diff_high']:+.4f}], beats: {r['beaten']} | top phrase gap "
+                        f"{ph['gap']['mean']:.4f}; "
+                      + ", ".join(f"{k} {v['gap']['mean']:.4f}"
+                                  for k, v in ph["references"].items())
+                      + f"; - {ph['reference']}: {ph['diff']:+.4f} [{ph['diff_low']:+.4f}, "
+                        f"{ph['diff_high']:+.4f}], beats: {ph['beaten']}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(runs, indent=1, allow_nan=False))
 

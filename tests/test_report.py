@@ -143,7 +143,11 @@ def test_demo_puts_every_figure_beside_the_image_blind_reference(demo):
                                           abs=1e-9)
     if words["beaten"]:
         assert words["diff_low"] > 0
+    phrases = words["phrases"]  # SynthPedes captions carry phrase spans
+    assert phrases["diff"] == pytest.approx(phrases["gap"]["mean"] - phrases["reference_gap"],
+                                            abs=1e-9)
     assert f"word relevance (token_ig, {words['pairs']} captions)" in text
+    assert "; top phrase gap" in text
     assert "Word relevance against a caption-blind reference" in html
 
 

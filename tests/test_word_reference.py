@@ -94,6 +94,7 @@ def test_word_faithfulness_on_a_tiny_clip(tiny_clip_pairs):
         direct = TextCounterfactualMasking(k=0.3, n_random=3, seed=0).compute(
             MetricContext(explainer=exp, explanation=expl, text_explanation=expl,
                           gallery_embeddings=exp.embed(images), gallery_index=expl.pairs[:, 1]))
+    assert "phrases" not in result
     assert result["pairs"] == 6 and set(result["references"]) == {"lexical", "position"}
     assert result["gap"]["mean"] == pytest.approx(float(direct["gap"].mean()), abs=1e-6)
     assert result["gap"]["n"] == 6
@@ -107,6 +108,39 @@ def test_word_faithfulness_on_a_tiny_clip(tiny_clip_pairs):
     with pytest.raises(ValueError, match="at least two identities"):
         with explainify(model) as exp:
             word_faithfulness(exp, CAPTIONS, images, owners, [1] * 6)
+
+
+def spans_of(caption: str, phrases: list[str]) -> list[tuple[int, int]]:
+    return [(caption.index(p), caption.index(p) + len(p)) for p in phrases]
+
+
+def test_phrases_remove_the_top_phrase_against_a_random_one(tiny_clip_pairs):
+    model, images, owners, pids = tiny_clip_pairs
+    phrases = [["red shirt", "blue jeans"], ["black backpack"], ["white coat", "black shoes"],
+               ["green bag", "gray pants"], ["yellow dress", "brown hair"],
+               ["blue shirt", "black jeans"]]
+    spans = [spans_of(c, p) for c, p in zip(CAPTIONS, phrases, strict=True)]
+    with explainify(model) as exp:
+        result = word_faithfulness(exp, CAPTIONS, images, owners, pids, n_random=3,
+                                   text_options={"n_steps": 4}, phrase_spans=spans)
+        expl = exp.explain_text(CAPTIONS, images, method=None, text_method="token_ig",
+                                pairs=list(enumerate(owners)), text_options={"n_steps": 4})
+        from reid_explain.plugin_api.metric import MetricContext
+
+        direct = TextCounterfactualMasking(phrase_spans=dict(enumerate(spans)), n_phrases=1,
+                                           n_random=3, seed=0).compute(
+            MetricContext(explainer=exp, explanation=expl, text_explanation=expl,
+                          gallery_embeddings=exp.embed(images), gallery_index=expl.pairs[:, 1]))
+        with pytest.raises(ValueError, match="5 phrase span lists for 6 captions"):
+            word_faithfulness(exp, CAPTIONS, images, owners, pids, phrase_spans=spans[:5])
+    scored = result["phrases"]
+    # the one-phrase caption removes its only phrase whichever ranking: its gap is 0
+    gaps = direct["gap"].numpy()
+    assert gaps[1] == pytest.approx(0.0, abs=1e-7)
+    assert scored["gap"]["mean"] == pytest.approx(float(gaps.mean()), abs=1e-6)
+    assert set(scored["references"]) == {"lexical", "position"} and scored["gap"]["n"] == 6
+    assert scored["diff"] == pytest.approx(scored["gap"]["mean"] - scored["reference_gap"],
+                                           abs=1e-6)
 
 
 def test_the_references_own_relevance_does_not_beat_it_and_random_words_are_shared(

@@ -120,45 +120,24 @@ def _interval(values: np.ndarray, seed: int) -> dict[str, Any]:
     return {"mean": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n}
 
 
-def word_faithfulness(explainer: ExplainerLike, captions: Sequence[str], images: Tensor,
-                      image_of_caption: Sequence[int], pids: Sequence[int],
-                      method: str = "token_ig", k: float = 0.2, n_random: int = 5,
-                      seed: int = 0, text_options: dict[str, Any] | None = None
-                      ) -> dict[str, Any]:
-    """Each caption explained against its image ``images[image_of_caption[i]]`` by ``method``
-    (token relevance); the counterfactual word gap of the method and of each caption-blind
-    reference on the same pairs, and the method's verdicts against random words and against
-    the stronger reference. ``pids[i]`` is caption ``i``'s identity (the folds)."""
-    if len(captions) != len(image_of_caption) or len(captions) != len(pids):
-        raise ValueError(f"{len(captions)} captions, {len(image_of_caption)} image indices and "
-                         f"{len(pids)} identities: one of each per caption")
-    if len(np.unique(np.asarray(pids))) < 2:
-        raise ValueError("word faithfulness needs captions of at least two identities")
-    pairs = [(i, int(j)) for i, j in enumerate(image_of_caption)]
-    explanation = explainer.explain_text(list(captions), images, method=None,
-                                         text_method=method, pairs=pairs,
-                                         text_options=text_options)
-    text = explanation.text
-    tokens = explainer.adapter.tokenize(list(captions)).cpu()
-    special = text.special.bool().cpu()
-    shares = relevance_shares(text.relevance.detach().cpu(), special)
-    folds = identity_folds(pids)
-    image_emb = explainer.embed(images).cpu()
-    options = {"k": k, "n_random": n_random, "seed": seed}
+def _scored(explainer: ExplainerLike, explanation: TextImageExplanation,
+            relevances: dict[str, Tensor], image_emb: Tensor, options: dict[str, Any],
+            seed: int) -> dict[str, Any]:
+    """The method's gap and each reference's (relevance ``relevances[kind]``) on the same
+    pairs and random draws; the verdicts against random units and the stronger reference."""
     method_gaps = _gaps(explainer, explanation, image_emb, options, seed)
     references: dict[str, dict[str, Any]] = {}
-    for kind in WORD_REFERENCES:
-        relevance = cross_fitted_relevance(kind, tokens, special, shares, folds)
-        blind = replace(explanation, text=replace(text, relevance=relevance, method=kind))
+    for kind, relevance in relevances.items():
+        blind = replace(explanation, text=replace(explanation.text, relevance=relevance,
+                                                  method=kind))
         gaps = _gaps(explainer, blind, image_emb, options, seed)
         references[kind] = {"gap": _interval(gaps["gap"], seed),
                             "top_drop": float(np.nanmean(gaps["top_drop"])),
                             "diff": _interval(method_gaps["gap"] - gaps["gap"], seed)}
-    strongest = max(WORD_REFERENCES, key=lambda r: references[r]["gap"]["mean"])
+    strongest = max(references, key=lambda r: references[r]["gap"]["mean"])
     versus_random = _interval(method_gaps["gap"], seed)
     versus_reference = references[strongest]["diff"]
     return {
-        "method": method, "pairs": len(captions), "k": k, "n_random": n_random,
         "gap": versus_random,
         "top_drop": float(np.nanmean(method_gaps["top_drop"])),
         "random_drop": float(np.nanmean(method_gaps["random_drop"])),
@@ -169,3 +148,47 @@ def word_faithfulness(explainer: ExplainerLike, captions: Sequence[str], images:
         "diff_high": versus_reference["high"],
         "beaten": ci_verdict(versus_reference["low"], versus_reference["high"], True),
     }
+
+
+def word_faithfulness(explainer: ExplainerLike, captions: Sequence[str], images: Tensor,
+                      image_of_caption: Sequence[int], pids: Sequence[int],
+                      method: str = "token_ig", k: float = 0.2, n_random: int = 5,
+                      seed: int = 0, text_options: dict[str, Any] | None = None,
+                      phrase_spans: Sequence[Sequence[tuple[int, int]]] | None = None
+                      ) -> dict[str, Any]:
+    """Each caption explained against its image ``images[image_of_caption[i]]`` by ``method``
+    (token relevance); the counterfactual word gap of the method and of each caption-blind
+    reference on the same pairs, and the method's verdicts against random words and against
+    the stronger reference. ``pids[i]`` is caption ``i``'s identity (the folds).
+
+    With ``phrase_spans`` (per caption, character spans of its phrases) the same for whole
+    phrases under ``"phrases"``: the top phrase (relevance summed over its tokens, the
+    references' too) removed against a random phrase."""
+    if len(captions) != len(image_of_caption) or len(captions) != len(pids):
+        raise ValueError(f"{len(captions)} captions, {len(image_of_caption)} image indices and "
+                         f"{len(pids)} identities: one of each per caption")
+    if phrase_spans is not None and len(phrase_spans) != len(captions):
+        raise ValueError(f"{len(phrase_spans)} phrase span lists for {len(captions)} captions")
+    if len(np.unique(np.asarray(pids))) < 2:
+        raise ValueError("word faithfulness needs captions of at least two identities")
+    pairs = [(i, int(j)) for i, j in enumerate(image_of_caption)]
+    explanation = explainer.explain_text(list(captions), images, method=None,
+                                         text_method=method, pairs=pairs,
+                                         text_options=text_options)
+    tokens = explainer.adapter.tokenize(list(captions)).cpu()
+    special = explanation.text.special.bool().cpu()
+    shares = relevance_shares(explanation.text.relevance.detach().cpu(), special)
+    folds = identity_folds(pids)
+    relevances = {kind: cross_fitted_relevance(kind, tokens, special, shares, folds)
+                  for kind in WORD_REFERENCES}
+    image_emb = explainer.embed(images).cpu()
+    options = {"k": k, "n_random": n_random, "seed": seed}
+    out = {"method": method, "pairs": len(captions), "k": k, "n_random": n_random,
+           **_scored(explainer, explanation, relevances, image_emb, options, seed)}
+    if phrase_spans is not None:
+        spans = {i: [tuple(s) for s in caption] for i, caption in enumerate(phrase_spans)}
+        out["phrases"] = {"n_phrases": 1, **_scored(
+            explainer, explanation, relevances, image_emb,
+            {"phrase_spans": spans, "n_phrases": 1, "n_random": n_random, "seed": seed},
+            seed)}
+    return out

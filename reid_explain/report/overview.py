@@ -124,14 +124,22 @@ def attribute_line(study: dict[str, Any]) -> str:
 
 def word_line(words: dict[str, Any]) -> str:
     """Word relevance's line: its counterfactual gap beside random words and the stronger
-    caption-blind reference, each with its mark (as the image maps' table)."""
-    gap, refs = words["gap"], words["references"]
-    reference = refs[words["reference"]]["gap"]["mean"]
-    mark = {True: ">", None: "?"}.get(words["beaten"], "<" if words["diff_high"] < 0 else "≈")
-    return (f"word relevance ({words['method']}, {words['pairs']} captions): gap "
-            f"{gap['mean']:.4f} [{gap['low']:.4f}, {gap['high']:.4f}] {mark} caption-blind "
-            f"reference ({words['reference']} prior) {reference:.4f}: {words['diff']:+.4f} "
-            f"[{words['diff_low']:+.4f}, {words['diff_high']:+.4f}]")
+    caption-blind reference, each with its mark (as the image maps' table); phrases likewise
+    when the captions have phrase spans."""
+    def one(scored: dict[str, Any], unit: str) -> str:
+        gap, refs = scored["gap"], scored["references"]
+        reference = refs[scored["reference"]]["gap"]["mean"]
+        mark = {True: ">", None: "?"}.get(scored["beaten"],
+                                          "<" if scored["diff_high"] < 0 else "≈")
+        return (f"{unit} gap {gap['mean']:.4f} [{gap['low']:.4f}, {gap['high']:.4f}] {mark} "
+                f"caption-blind reference ({scored['reference']} prior) {reference:.4f}: "
+                f"{scored['diff']:+.4f} [{scored['diff_low']:+.4f}, {scored['diff_high']:+.4f}]")
+
+    line = (f"word relevance ({words['method']}, {words['pairs']} captions): "
+            + one(words, f"top {words['k']:.0%} words"))
+    if words.get("phrases"):
+        line += "; " + one(words["phrases"], "top phrase")
+    return line
 
 
 def times_line(times: dict[str, float]) -> str:

@@ -107,6 +107,10 @@ def caption_maps_part(explainer: ExplainerLike, data: TextImageData, methods: Se
     return {"captions": captions}
 
 
+def _interval_text(interval: dict[str, Any]) -> str:
+    return f"{interval['mean']:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]"
+
+
 def word_part(explainer: ExplainerLike, data: TextImageData, section: Section,
               max_captions: int = 100, seed: int = 0, n_steps: int = 16) -> dict[str, Any]:
     """Token IG's word relevance scored by counterfactual word removal beside random words and
@@ -122,31 +126,38 @@ def word_part(explainer: ExplainerLike, data: TextImageData, section: Section,
     result = word_faithfulness(explainer, [data.captions[r] for r in rows],
                                data.images[torch.as_tensor(images)], image_of_caption.tolist(),
                                np.asarray(data.caption_pids)[rows].tolist(), seed=seed,
-                               text_options={"n_steps": n_steps})
-    refs = result["references"]
+                               text_options={"n_steps": n_steps},
+                               phrase_spans=[[(p["start"], p["end"]) for p in data.phrases[r]]
+                                             for r in rows] if data.phrases else None)
     section.heading("Word relevance against a caption-blind reference")
     section.para(
         f"Token IG's word relevance ({n_steps} steps) on {result['pairs']} captions, each with "
         "its own image: "
         f"<b>gap</b> = drop of the caption-image cosine when the top {result['k']:.0%} of the "
         "words are removed, minus the drop for as many random words (the same random draws "
-        "for every row). The caption-blind references never see the scored pair: "
+        "for every row; with phrase spans also the top phrase against a random phrase, a "
+        "phrase's relevance the sum over its words). The caption-blind references never see "
+        "the scored pair: "
         "<b>lexical</b> ranks each word by its mean share of relevance in the captions of the "
         "other half of the identities, <b>position</b> by the mean share at its position. "
         "Token IG beats a reference when the 95% bootstrap interval of the per-caption gap "
-        f"difference excludes 0; it is paired with the stronger one ({result['reference']}).")
-    table = [{"word relevance": result["method"],
-              "gap [95% CI]": f"{result['gap']['mean']:.4f} [{result['gap']['low']:.4f}, "
-                              f"{result['gap']['high']:.4f}]",
-              "− reference [95% CI]": f"{result['diff']:+.4f} [{result['diff_low']:+.4f}, "
-                                      f"{result['diff_high']:+.4f}]",
-              "beats random words": verdict_text(result["beats_random"]),
-              "beats the caption-blind reference": verdict_text(result["beaten"])}]
-    table += [{"word relevance": f"{kind} reference (caption-blind)",
-               "gap [95% CI]": f"{r['gap']['mean']:.4f} [{r['gap']['low']:.4f}, "
-                               f"{r['gap']['high']:.4f}]",
-               "− reference [95% CI]": "", "beats random words": "",
-               "beats the caption-blind reference": ""} for kind, r in refs.items()]
+        "difference excludes 0; each row is paired with the stronger reference for the same "
+        "removal.")
+    table = []
+    for unit, scored in [("words", result), ("phrases", result.get("phrases"))]:
+        if scored is None:
+            continue
+        what = f"top {result['k']:.0%} of the words" if unit == "words" else "top phrase"
+        table.append({"removed": what, "relevance": result["method"],
+                      "gap [95% CI]": _interval_text(scored["gap"]),
+                      "− reference [95% CI]": f"{scored['diff']:+.4f} [{scored['diff_low']:+.4f}"
+                                              f", {scored['diff_high']:+.4f}]",
+                      "beats random": verdict_text(scored["beats_random"]),
+                      "beats the caption-blind reference": verdict_text(scored["beaten"])})
+        table += [{"removed": what, "relevance": f"{kind} reference (caption-blind)",
+                   "gap [95% CI]": _interval_text(r["gap"]), "− reference [95% CI]": "",
+                   "beats random": "", "beats the caption-blind reference": ""}
+                  for kind, r in scored["references"].items()]
     section.table(table)
     return result
 
