@@ -18,9 +18,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from reid_explain import explainify, zoo
-    from reid_explain.evaluation.word_reference import word_faithfulness
+    from reid_explain.evaluation.word_reference import split_word_faithfulness
     from reid_explain.zoo.data import render_splits, text_image_data
     from reid_explain.zoo.registry import ZOO_DATA
 
@@ -45,17 +42,8 @@ def main() -> None:
                 split = render_splits(config, max_ids={"test": args.test_ids},
                                       splits=("test",))["test"]
                 data = text_image_data(split, exp.adapter.pixel_mean, exp.adapter.pixel_std)
-                rows = np.unique(np.linspace(0, len(data) - 1,
-                                             min(args.captions, len(data))).astype(int))
-                images, image_of_caption = np.unique(np.asarray(data.caption_image)[rows],
-                                                     return_inverse=True)
-                r = word_faithfulness(exp, [data.captions[i] for i in rows],
-                                      data.images[torch.as_tensor(images)],
-                                      image_of_caption.tolist(),
-                                      np.asarray(data.caption_pids)[rows].tolist(), seed=seed,
-                                      text_options={"n_steps": args.n_steps},
-                                      phrase_spans=[[(p["start"], p["end"])
-                                                     for p in data.phrases[i]] for i in rows])
+                r = split_word_faithfulness(exp, data, args.captions, seed=seed,
+                                            text_options={"n_steps": args.n_steps})
                 runs.append({"seed": seed, "crops": crops} | r)
                 ph = r["phrases"]
                 print(f"seed {seed} {crops:10s} gap {r['gap']['mean']:.4f} "

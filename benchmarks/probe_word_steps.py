@@ -15,9 +15,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from reid_explain import explainify, zoo
-    from reid_explain.evaluation.word_reference import word_faithfulness
+    from reid_explain.evaluation.word_reference import split_word_faithfulness
     from reid_explain.zoo.data import render_splits, text_image_data
     from reid_explain.zoo.registry import ZOO_DATA
 
@@ -38,23 +35,19 @@ def main() -> None:
     runs = []
     with explainify(zoo.load("clip-synthpedes")) as exp:
         data = text_image_data(split, exp.adapter.pixel_mean, exp.adapter.pixel_std)
-        rows = np.unique(np.linspace(0, len(data) - 1, min(args.captions, len(data))).astype(int))
-        images, image_of_caption = np.unique(np.asarray(data.caption_image)[rows],
-                                             return_inverse=True)
         for steps in args.steps:
             start = time.perf_counter()
-            r = word_faithfulness(exp, [data.captions[i] for i in rows],
-                                  data.images[torch.as_tensor(images)], image_of_caption.tolist(),
-                                  np.asarray(data.caption_pids)[rows].tolist(),
-                                  text_options={"n_steps": steps})
-            runs.append({"n_steps": steps, "seconds": round(time.perf_counter() - start, 1),
+            r = split_word_faithfulness(exp, data, args.captions,
+                                        text_options={"n_steps": steps})
+            runs.append({"n_steps": steps, "pairs": r["pairs"],
+                         "seconds": round(time.perf_counter() - start, 1),
                          "gap": r["gap"]["mean"], "reference": r["reference"],
                          "reference_gap": r["reference_gap"], "diff": r["diff"],
                          "diff_low": r["diff_low"], "diff_high": r["diff_high"]})
             print(runs[-1], flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"seed": args.seed, "captions": len(rows),
-                                              "runs": runs}, indent=1, allow_nan=False))
+        Path(args.out).write_text(json.dumps({"seed": args.seed, "runs": runs}, indent=1,
+                                             allow_nan=False))
 
 
 if __name__ == "__main__":

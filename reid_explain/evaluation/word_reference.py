@@ -112,7 +112,7 @@ def _gaps(explainer: ExplainerLike, explanation: TextImageExplanation, image_emb
                             text_explanation=explanation, gallery_embeddings=image_emb,
                             gallery_index=explanation.pairs[:, 1])
     values = metric.compute(context)
-    return {k: values[k].float().numpy() for k in ("gap", "top_drop", "random_drop")}
+    return {k: values[k].double().numpy() for k in ("gap", "top_drop", "random_drop")}
 
 
 def _interval(values: np.ndarray, seed: int) -> dict[str, Any]:
@@ -192,3 +192,19 @@ def word_faithfulness(explainer: ExplainerLike, captions: Sequence[str], images:
             {"phrase_spans": spans, "n_phrases": 1, "n_random": n_random, "seed": seed},
             seed)}
     return out
+
+
+def split_word_faithfulness(explainer: ExplainerLike, data: Any, max_captions: int = 100,
+                            **options: Any) -> dict[str, Any]:
+    """:func:`word_faithfulness` on up to ``max_captions`` captions spread evenly over a
+    :class:`~reid_explain.training.text_image.TextImageData` (so over its identities), each
+    against its own image, with the data's phrase spans when it has them."""
+    rows = np.unique(np.linspace(0, len(data) - 1, min(max_captions, len(data))).astype(int))
+    images, image_of_caption = np.unique(np.asarray(data.caption_image)[rows],
+                                         return_inverse=True)
+    spans = ([[(p["start"], p["end"]) for p in data.phrases[r]] for r in rows]
+             if data.phrases else None)
+    return word_faithfulness(explainer, [data.captions[r] for r in rows],
+                             data.images[torch.as_tensor(images)], image_of_caption.tolist(),
+                             np.asarray(data.caption_pids)[rows].tolist(),
+                             phrase_spans=spans, **options)

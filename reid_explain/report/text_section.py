@@ -117,18 +117,11 @@ def word_part(explainer: ExplainerLike, data: TextImageData, section: Section,
     the caption-blind references (:mod:`~reid_explain.evaluation.word_reference`), on up to
     ``max_captions`` captions spread over the split, each against its own image. ``n_steps``
     16: on the choice seed's validation captions the gaps equal 32 steps' to four decimals at
-    half the time (``benchmarks/probe_word_steps.py``)."""
-    from ..evaluation.word_reference import word_faithfulness
+    about half the time (``benchmarks/probe_word_steps.py``)."""
+    from ..evaluation.word_reference import split_word_faithfulness
 
-    rows = np.unique(np.linspace(0, len(data) - 1, min(max_captions, len(data))).astype(int))
-    owners = np.asarray(data.caption_image)[rows]
-    images, image_of_caption = np.unique(owners, return_inverse=True)
-    result = word_faithfulness(explainer, [data.captions[r] for r in rows],
-                               data.images[torch.as_tensor(images)], image_of_caption.tolist(),
-                               np.asarray(data.caption_pids)[rows].tolist(), seed=seed,
-                               text_options={"n_steps": n_steps},
-                               phrase_spans=[[(p["start"], p["end"]) for p in data.phrases[r]]
-                                             for r in rows] if data.phrases else None)
+    result = split_word_faithfulness(explainer, data, max_captions, seed=seed,
+                                     text_options={"n_steps": n_steps})
     section.heading("Word relevance against a caption-blind reference")
     section.para(
         f"Token IG's word relevance ({n_steps} steps) on {result['pairs']} captions, each with "
