@@ -321,6 +321,11 @@ def test_report_command_on_a_user_clip_and_cuhk_pedes_json(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["text"]["retrieval"]["captions"] > 0
     assert 0 <= summary["text"]["retrieval"]["R1"] <= 100
+    # a user's captions of several identities get word relevance beside the blind reference
+    words = summary["text"]["words"]
+    assert words["pairs"] > 0 and words["reference"] in ("lexical", "position")
+    assert f"word relevance (token_ig, {words['pairs']} captions)" in (
+        out / "summary.txt").read_text()
     for src in page.images:
         with Image.open(out / src) as image:
             assert image.width > 50

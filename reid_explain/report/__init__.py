@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .._util.provenance import code_digest
 from ..plugin_api import manager as plugin_manager
 from .html import Section, render
-from .overview import attribute_line, image_lines, overview_section, times_line
+from .overview import attribute_line, image_lines, overview_section, times_line, word_line
 from .stages import StageClock
 
 if TYPE_CHECKING:
@@ -222,5 +222,7 @@ def report_text(title: str, summary: dict[str, Any]) -> str:
         lines += image_lines(summary["image"])
         if "attributes" in summary["image"]:
             lines.append(attribute_line(summary["image"]["attributes"]))
+    if "words" in summary.get("text", {}):
+        lines.append(word_line(summary["text"]["words"]))
     lines += ["", times_line(summary["times"])]
     return "\n".join(lines) + "\n"
