@@ -167,3 +167,22 @@ def test_the_references_own_relevance_does_not_beat_it_and_random_words_are_shar
     assert (ci.low, ci.high) == (0.0, 0.0) and ci_verdict(ci.low, ci.high, True) is False
     # every relevance removes the same random words: only the top drop differs
     np.testing.assert_array_equal(method["random_drop"], as_reference["random_drop"])
+
+
+def test_the_report_scores_words_only_when_its_captions_span_two_identities(tiny_clip_pairs,
+                                                                           tmp_path):
+    from reid_explain.evaluation.word_reference import spread_rows
+    from reid_explain.report import text_sections
+    from reid_explain.training.text_image import TextImageData
+
+    model, images, owners, pids = tiny_clip_pairs
+    data = TextImageData(images=images, image_pids=np.array([10, 11, 12]), captions=CAPTIONS,
+                         caption_image=np.array(owners))
+    assert spread_rows(data, 2).tolist() == [0, 5] and spread_rows(data, 1).tolist() == [0]
+    with explainify(model) as exp:
+        _, one = text_sections(exp, data, tmp_path / "one", methods=["gradcam"], top_k=2,
+                               word_captions=1)  # one caption: one identity, no verdict
+        _, two = text_sections(exp, data, tmp_path / "two", methods=["gradcam"], top_k=2,
+                               word_captions=2)
+    assert "words" not in one
+    assert two["words"]["pairs"] == 2 and "phrases" not in two["words"]

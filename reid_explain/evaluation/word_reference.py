@@ -194,12 +194,18 @@ def word_faithfulness(explainer: ExplainerLike, captions: Sequence[str], images:
     return out
 
 
+def spread_rows(data: Any, max_captions: int) -> np.ndarray:
+    """Up to ``max_captions`` caption rows spread evenly over a split (so over its
+    identities, which are stored one after another)."""
+    return np.unique(np.linspace(0, len(data) - 1, min(max_captions, len(data))).astype(int))
+
+
 def split_word_faithfulness(explainer: ExplainerLike, data: Any, max_captions: int = 100,
                             **options: Any) -> dict[str, Any]:
-    """:func:`word_faithfulness` on up to ``max_captions`` captions spread evenly over a
-    :class:`~reid_explain.training.text_image.TextImageData` (so over its identities), each
-    against its own image, with the data's phrase spans when it has them."""
-    rows = np.unique(np.linspace(0, len(data) - 1, min(max_captions, len(data))).astype(int))
+    """:func:`word_faithfulness` on the :func:`spread_rows` of a
+    :class:`~reid_explain.training.text_image.TextImageData`, each caption against its own
+    image, with the data's phrase spans when it has them."""
+    rows = spread_rows(data, max_captions)
     images, image_of_caption = np.unique(np.asarray(data.caption_image)[rows],
                                          return_inverse=True)
     spans = ([[(p["start"], p["end"]) for p in data.phrases[r]] for r in rows]

@@ -97,9 +97,11 @@ def text_sections(explainer: ExplainerLike, data: Any, out: Path,
             "retrieval": txt.text_retrieval_part(explainer, data, out, section, top_k=top_k)}
         txt.caption_maps_part(explainer, data, img.image_methods(explainer, methods), out,
                               section)
+    from ..evaluation.word_reference import spread_rows
+
     if ("text_counterfactual_masking" in plugin_manager.registry("metrics")
             and "token_ig" in plugin_manager.registry("attributions")
-            and len(set(data.caption_pids.tolist())) >= 2):
+            and len(set(data.caption_pids[spread_rows(data, word_captions)].tolist())) >= 2):
         with clock.stage("word relevance against a caption-blind reference",
                          f"up to {word_captions} captions"):
             summary["words"] = txt.word_part(explainer, data, section,
