@@ -283,6 +283,46 @@ class CNNAdapter(Adapter):
                 self.layer_name]
         return list(cache[key])
 
+    def stage_before(self, image_size: tuple[int, int], max_factor: int = 2) -> str | None:
+        """The last module before the spatial layer whose grid is finer (at most ``max_factor``
+        times per axis) and through which every path from the image to the embedding runs: a
+        stage's output (an OSNet's ``conv3.2.0``, a ResNet's ``layer3``), not a tensor inside a
+        residual block that its shortcut bypasses (a ResNet's ``layer4.0.act1``). None if there
+        is none. Found by one probe per candidate, last first: with the candidate's output
+        detached, no gradient may reach the image; cached per size."""
+        key = (int(image_size[0]), int(image_size[1]), int(max_factor))
+        cache = self.__dict__.setdefault("_stage_before_cache", {})
+        if key not in cache:
+            stages = self.stage_layers(key[:2], max_factor)
+            finer = set(stages[:-1])
+            grids = module_output_grids(self.model, self._embed_image, key[:2],
+                                        root=self.search_root())
+            names = [n for n, _ in grids]
+            end = names.index(self.layer_name) if self.layer_name in names else len(names)
+            candidates = [n for n, g in grids[:end] if g in {dict(grids)[f] for f in finer}]
+            cache[key] = next((n for n in reversed(candidates) if self._all_paths_through(
+                n, key[:2])), None)
+        return cache[key]
+
+    def _all_paths_through(self, name: str, image_size: tuple[int, int]) -> bool:
+        """Whether the embedding loses every dependence on the image when ``name``'s output is
+        detached (a random probe image: a zero image can have zero gradients anyway)."""
+        module = dict(self.model.named_modules())[name]
+        handle = module.register_forward_hook(lambda _m, _a, out: out.detach())
+        try:
+            with _eval_probe(self.model) as device, torch.enable_grad():
+                generator = torch.Generator().manual_seed(0)
+                images = torch.randn(1, 3, *image_size, generator=generator).to(device)
+                images.requires_grad_(True)
+                out = self._embed_image(images)
+                out = out if isinstance(out, Tensor) else out[0]
+                if not out.requires_grad:
+                    return True
+                grad = torch.autograd.grad(out.float().sum(), images, allow_unused=True)[0]
+        finally:
+            handle.remove()
+        return grad is None or not bool(grad.abs().max() > 0)
+
     def describe(self) -> dict[str, Any]:
         grid = self._grids.get(self.probe_size)
         return {**super().describe(), "layer": self.layer_name,

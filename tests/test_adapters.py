@@ -242,8 +242,13 @@ def test_open_clip_cnn_tower_explains_images_and_captions():
         assert exp.adapter.layer_name == "visual.layer4"
         assert exp.adapter.input_size() == (64, 64)  # the attention pool's positions are fixed
         texts = exp.embed_text(captions)
-        result = exp.explain_text(captions, x, pairs=[(0, 0), (1, 1)], relu_attributions=False)
+        result = exp.explain_text(captions, x, pairs=[(0, 0), (1, 1)], relu_attributions=False,
+                                  min_rows=0)  # the last map, 2x2 at 64x64
         assert result.image.maps.shape == (2, 2, 2)
+        # by default a last map below 16 rows is explained at the stage before it
+        finer = exp.explain_text(captions, x, pairs=[(0, 0)], relu_attributions=False)
+        assert exp.adapter.stage_before((64, 64)) == "visual.layer3"
+        assert finer.image.maps.shape == (1, 4, 4)
         assert result.text.relevance.abs().sum(dim=1).min() > 0
     expected = _grad_cam(clip.encode_image, clip.visual.layer4, x, texts)
     torch.testing.assert_close(result.image.maps, expected, rtol=1e-4, atol=1e-6)
@@ -272,3 +277,29 @@ def test_timm_cnn_and_swin_stages_are_explained_at_their_last_stage():
 
     expected = _grad_cam(embed, swin.layers[3], q, g_emb, channels_last=True)  # NHWC stages
     torch.testing.assert_close(result.query.maps, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_gradcams_finer_stage_is_one_that_every_path_runs_through():
+    """A ResNet-50 at 128x64 ends in 4x2 cells; the last 8x4 tensor before it is inside layer4's
+    first block (``layer4.0.bn1``), which the block's shortcut bypasses: Grad-CAM's stage is
+    ``layer3``, whose output everything after it reads."""
+    import torchreid
+
+    from reid_explain.plugins.attributions.gradcam import gradcam_layer
+
+    torch.manual_seed(0)
+    model = torchreid.models.build_model("resnet50", num_classes=8, pretrained=False).eval()
+    x = images(2, (128, 64))
+    with explainify(model) as exp:
+        assert exp.adapter.grid_size((128, 64)) == (4, 2)
+        assert exp.adapter.stage_layers((128, 64))[0].startswith("layer4.0.")
+        assert exp.adapter.stage_before((128, 64)) == gradcam_layer(exp.adapter, (128, 64)) \
+            == "layer3"
+        assert exp.explain(x[:1], x[1:], method="gradcam").query.maps.shape == (1, 8, 4)
+        assert exp.explain(x[:1], x[1:], method="gradcam", min_rows=0).query.maps.shape == \
+            (1, 4, 2)
+        assert gradcam_layer(exp.adapter, (128, 64), min_rows=4) is None  # 4 rows suffice
+    with explainify(make_plain(), layer="trunk") as exp:  # a 16x8 last map: Grad-CAM keeps it
+        assert exp.adapter.grid_size((64, 32)) == (16, 8)
+        assert gradcam_layer(exp.adapter, (64, 32)) is None
+        assert gradcam_layer(exp.adapter, (32, 16)) == "trunk.1"  # 8x4: the 16x8 map before

@@ -15,13 +15,28 @@ def _cos_forward(embed, reference):
     return lambda x: F.cosine_similarity(embed(x), reference.expand(x.shape[0], -1), dim=-1)
 
 
-def test_batched_gradcam_equals_captum_pair_by_pair_on_cnn():
+@pytest.mark.parametrize("min_rows", [None, 0])
+def test_batched_gradcam_equals_captum_pair_by_pair_on_cnn(min_rows):
+    """At 128x64 an OSNet's last map is 8x4: by default Grad-CAM explains at the 16x8 stage
+    before it (LayerCAM's finer stage); ``min_rows=0`` keeps the last map. Either way each
+    pair's map is Captum's LayerGradCam at that layer."""
+    from reid_explain.plugins.attributions.gradcam import gradcam_layer
+
     model = make_osnet()
     q, g = images(2, (128, 64)), images(3, (128, 64), seed=1)
+    options = {} if min_rows is None else {"min_rows": min_rows}
     with explainify(model) as exp:
-        result = exp.explain(q, g, method="gradcam")
+        result = exp.explain(q, g, method="gradcam", **options)
         assert len(result) == 6
-        layer = exp.adapter.layer
+        name = gradcam_layer(exp.adapter, (128, 64), **options)
+        if min_rows == 0:
+            assert name is None and result.query.maps.shape[-2:] == (8, 4)
+            layer = exp.adapter.layer
+        else:
+            assert name == exp.adapter.stage_layers((128, 64))[0] != exp.adapter.layer_name
+            assert result.query.maps.shape[-2:] == (16, 8)
+            layer = dict(model.named_modules())[name]
+            assert gradcam_layer(exp.adapter, (256, 128)) is None  # 16x8 there: the last map
         for p, (qi, gi) in enumerate(result.pairs.tolist()):
             with torch.no_grad():
                 q_emb, g_emb = model(q[qi: qi + 1]), model(g[gi: gi + 1])

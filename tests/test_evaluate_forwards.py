@@ -120,7 +120,8 @@ def _reference(exp, data, n_queries, seed=0):
 def test_evaluate_embeds_every_image_once_and_matches_the_straightforward_path(synth):
     n_queries = len(synth.query_pids)
     with explainify(make_osnet()) as exp:
-        exp.adapter.grid_size((128, 64))  # the adapter's one-off probe of the grid, not counted
+        exp.adapter.grid_size((128, 64))  # the adapter's one-off probes of the grid and of
+        exp.adapter.stage_before((128, 64))  # Grad-CAM's stage (8x4 last map), not counted
         log = ForwardLog(exp.model)
         try:
             result = exp.evaluate(synth, method="gradcam", metrics=METRICS, batch_size=BATCH,

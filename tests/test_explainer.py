@@ -20,7 +20,8 @@ def test_top_k_is_one_batched_forward_backward():
     model = make_osnet()
     q, g = images(1, (128, 64)), images(6, (128, 64), seed=1)
     with explainify(model) as exp:
-        exp.adapter.grid_size((128, 64))  # warm the cached grid probe
+        exp.adapter.grid_size((128, 64))  # warm the cached grid probes (the stages: Grad-CAM's
+        exp.adapter.stage_before((128, 64))  # layer at an 8x4 last map)
         sizes, handle = _count_forwards(model)
         result = exp.explain(q, g, method="gradcam", top_k=3)
         handle.remove()
@@ -127,7 +128,8 @@ def test_every_pair_in_one_pass_equals_embedding_first():
     model = make_osnet()
     q, g = images(2, (128, 64)), images(4, (128, 64), seed=1)
     with explainify(model) as exp:
-        exp.adapter.grid_size((128, 64))  # warm the cached grid probe
+        exp.adapter.grid_size((128, 64))  # warm the cached grid probes (the stages: Grad-CAM's
+        exp.adapter.stage_before((128, 64))  # layer at an 8x4 last map)
         sizes, handle = _count_forwards(model)
         one_pass = exp.explain(q, g, method="gradcam", top_k=4)
         handle.remove()

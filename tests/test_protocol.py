@@ -93,11 +93,11 @@ def test_evaluate_rows_summary_baseline_and_skips(metrics_plugin, tmp_path):
                               progress=False, score="cosine", reference=None)
         plain = exp.explain(data.query[:3], matches, pairs=[(0, 0), (1, 1), (2, 2)],
                             method="gradcam")
-    expected = direct.query.maps.flatten(1).amax(1).numpy()
+    expected = direct.query.on_grid().flatten(1).amax(1).numpy()  # what the metric reads
     got = table[table.method == "gradcam"].sort_values("query")["value"].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     got_cosine = cosine.table[cosine.table.method == "gradcam"].sort_values("query")["value"]
-    np.testing.assert_allclose(got_cosine.to_numpy(), plain.query.maps.flatten(1).amax(1),
+    np.testing.assert_allclose(got_cosine.to_numpy(), plain.query.on_grid().flatten(1).amax(1),
                                rtol=1e-5, atol=1e-7)
     assert result.info["score"] == "centred" and cosine.info["score"] == "cosine"
     assert not np.allclose(got, got_cosine.to_numpy(), rtol=1e-3)  # the centre changes maps
