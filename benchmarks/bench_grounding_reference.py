@@ -110,15 +110,21 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--score", choices=("centred", "cosine"), default="centred",
                         help="the pair score explained (evaluate's score=)")
+    parser.add_argument("--layer", default=None,
+                        help="the host's spatial layer for every method (explainify's layer=)")
+    parser.add_argument("--gradcam-min-rows", type=int, default=None,
+                        help="Grad-CAM's min_rows (0: the last map, as before stop 42)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
+    if args.gradcam_min_rows is not None:
+        OPTIONS["gradcam"] = {"min_rows": args.gradcam_min_rows}
 
     from reid_explain import explainify, zoo
 
     torch.manual_seed(0)
     runs = []
-    with explainify(zoo.load("osnet-synthpedes")) as exp:
+    with explainify(zoo.load("osnet-synthpedes"), layer=args.layer) as exp:
         for seed in args.seeds:
             for crops in args.crops:
                 runs.append(run_condition(exp, seed, crops, args.test_ids, args.val_ids,
