@@ -262,7 +262,10 @@ class CNNAdapter(Adapter):
 
     def stage_layers(self, image_size: tuple[int, int], max_factor: int = 2) -> list[str]:
         """The spatial layer and, per finer grid up to ``max_factor`` times finer per axis,
-        the last module before it with that grid (a stage's output), fine to coarse."""
+        the last module before it with that grid through which every path from the image to
+        the embedding runs: a stage's output (an OSNet's ``conv3.2.0``, a ResNet's
+        ``layer3``), not a tensor inside a residual block that its shortcut bypasses (a
+        ResNet's ``layer4.0.bn1``). Fine to coarse; cached per size."""
         if self.channels_last:
             raise AdapterError(f"{self.name} adapter: the stages of this host are (B, h, w, C) "
                                "maps; multi-stage methods need (B, C, h, w) layers")
@@ -274,39 +277,30 @@ class CNNAdapter(Adapter):
             names = [n for n, _ in grids]
             spatial = self.grid_size(key[:2])
             before = grids[:names.index(self.layer_name)] if self.layer_name in names else []
-            last: dict[tuple[int, int], str] = {}
+            candidates: dict[tuple[int, int], list[str]] = {}
             for name, grid in before:
                 if spatial[0] < grid[0] <= max_factor * spatial[0] and \
                         spatial[1] < grid[1] <= max_factor * spatial[1]:
-                    last[grid] = name
-            cache[key] = [last[g] for g in sorted(last, key=lambda g: -g[0] * g[1])] + [
-                self.layer_name]
+                    candidates.setdefault(grid, []).append(name)
+            stages = []
+            for grid in sorted(candidates, key=lambda g: -g[0] * g[1]):
+                stage = next((n for n in reversed(candidates[grid])
+                              if self._all_paths_through(n, key[:2])), None)
+                if stage is not None:
+                    stages.append(stage)
+            cache[key] = stages + [self.layer_name]
         return list(cache[key])
 
     def stage_before(self, image_size: tuple[int, int], max_factor: int = 2) -> str | None:
-        """The last module before the spatial layer whose grid is finer (at most ``max_factor``
-        times per axis) and through which every path from the image to the embedding runs: a
-        stage's output (an OSNet's ``conv3.2.0``, a ResNet's ``layer3``), not a tensor inside a
-        residual block that its shortcut bypasses (a ResNet's ``layer4.0.act1``). None if there
-        is none. Found by one probe per candidate, last first: with the candidate's output
-        detached, no gradient may reach the image; cached per size."""
-        key = (int(image_size[0]), int(image_size[1]), int(max_factor))
-        cache = self.__dict__.setdefault("_stage_before_cache", {})
-        if key not in cache:
-            stages = self.stage_layers(key[:2], max_factor)
-            finer = set(stages[:-1])
-            grids = module_output_grids(self.model, self._embed_image, key[:2],
-                                        root=self.search_root())
-            names = [n for n, _ in grids]
-            end = names.index(self.layer_name) if self.layer_name in names else len(names)
-            candidates = [n for n, g in grids[:end] if g in {dict(grids)[f] for f in finer}]
-            cache[key] = next((n for n in reversed(candidates) if self._all_paths_through(
-                n, key[:2])), None)
-        return cache[key]
+        """The finest of :meth:`stage_layers`' stages before the spatial layer (Grad-CAM's
+        layer when the spatial map is coarse), or None if there is none."""
+        stages = self.stage_layers(image_size, max_factor)
+        return stages[0] if len(stages) > 1 else None
 
     def _all_paths_through(self, name: str, image_size: tuple[int, int]) -> bool:
         """Whether the embedding loses every dependence on the image when ``name``'s output is
-        detached (a random probe image: a zero image can have zero gradients anyway)."""
+        detached: one forward and backward of a random probe image (a zero image can have zero
+        gradients anyway)."""
         module = dict(self.model.named_modules())[name]
         handle = module.register_forward_hook(lambda _m, _a, out: out.detach())
         try:

@@ -281,8 +281,8 @@ def test_timm_cnn_and_swin_stages_are_explained_at_their_last_stage():
 
 def test_gradcams_finer_stage_is_one_that_every_path_runs_through():
     """A ResNet-50 at 128x64 ends in 4x2 cells; the last 8x4 tensor before it is inside layer4's
-    first block (``layer4.0.bn1``), which the block's shortcut bypasses: Grad-CAM's stage is
-    ``layer3``, whose output everything after it reads."""
+    first block (``layer4.0.bn1``), which the block's shortcut bypasses: the stage (Grad-CAM's,
+    and LayerCAM's finer one) is ``layer3``, whose output everything after it reads."""
     import torchreid
 
     from reid_explain.plugins.attributions.gradcam import gradcam_layer
@@ -292,7 +292,10 @@ def test_gradcams_finer_stage_is_one_that_every_path_runs_through():
     x = images(2, (128, 64))
     with explainify(model) as exp:
         assert exp.adapter.grid_size((128, 64)) == (4, 2)
-        assert exp.adapter.stage_layers((128, 64))[0].startswith("layer4.0.")
+        # the last 8x4 tensor, inside layer4's first block, is bypassed by its shortcut
+        assert not exp.adapter._all_paths_through("layer4.0.bn1", (128, 64))
+        assert exp.adapter._all_paths_through("layer3", (128, 64))
+        assert exp.adapter.stage_layers((128, 64)) == ["layer3", "layer4"]  # LayerCAM's too
         assert exp.adapter.stage_before((128, 64)) == gradcam_layer(exp.adapter, (128, 64)) \
             == "layer3"
         assert exp.explain(x[:1], x[1:], method="gradcam").query.maps.shape == (1, 8, 4)

@@ -9,8 +9,9 @@ products are Captum's ``LayerGradientXActivation`` (for the non-negative activat
 ReLU, ``relu(grad) * act == relu(grad * act)``).
 
 Options: ``layers`` (module names, fine to coarse or any order; default: the host's spatial
-layer and the stage before it whose grid is at most ``max_factor`` times finer per axis, found
-by the adapter's probe), ``max_factor`` (2).
+layer and the stage before it whose grid is at most ``max_factor`` times finer per axis and
+whose output every path to the embedding runs through, found by the adapter's probes),
+``max_factor`` (2).
 """
 
 from __future__ import annotations
