@@ -87,15 +87,20 @@ def test_gradcam_peak_memory_is_one_internal_batch_whatever_k():
     reclaims its pages before the peak), and in CI two RSS readings of the same kind of call
     came out 105 and 179 MB. Held bytes measured 92.5 MB for the limit and 99.8 / 100.2 MB at
     k = 32 / 128; unbatched, k = 64 would hold 16x one batch. The RSS bound stays, read in the
-    direction reclaim cannot fake: the limit is the higher of a child before and one after."""
+    direction reclaim cannot fake: the limit is the highest of a child before, one between and
+    one after the explain children."""
     before = _gradcam_peak("limit", 0)
-    small, large = _gradcam_peak("explain-release", 16), _gradcam_peak("explain-release", 64)
+    small = _gradcam_peak("explain-release", 16)
+    between = _gradcam_peak("limit", 0)
+    large = _gradcam_peak("explain-release", 64)
     after = _gradcam_peak("limit", 0)
     held_limit = max(before["held_mb"], after["held_mb"])
     assert held_limit > 10, (before, after)  # the counter works (glibc): else nothing is read
     assert max(small["held_mb"], large["held_mb"]) <= 1.5 * held_limit, (small, large, after)
     assert large["held_mb"] - small["held_mb"] < 0.1 * held_limit, (small, large, after)
-    rss_limit = max(before["increase_mb"], after["increase_mb"])
+    # reclaim only lowers an RSS reading: the limit is the highest of three children (in CI,
+    # stop 42, two limit children both read 102 MB, where alone they read 105-151 MB)
+    rss_limit = max(before["increase_mb"], between["increase_mb"], after["increase_mb"])
     assert max(small["increase_mb"], large["increase_mb"]) <= 1.5 * rss_limit, \
         (small, large, rss_limit)
 
