@@ -45,10 +45,12 @@ def gradcam_layer(adapter: Adapter, image_size: tuple[int, int], min_rows: int =
     spatial layer, else the name of the stage before it (a CNN whose spatial map has fewer
     than ``min_rows`` rows and a stage output at most twice as fine per axis that every path
     to the embedding runs through: ``adapter.stage_before``)."""
-    if "stages" not in adapter.capabilities or adapter.grid_size(image_size)[0] >= min_rows:
+    stage_before = getattr(adapter, "stage_before", None)  # CNN adapters (and their kin)
+    if stage_before is None or "stages" not in adapter.capabilities or \
+            adapter.grid_size(image_size)[0] >= min_rows:
         return None
     try:
-        return adapter.stage_before(image_size, 2)
+        return stage_before(image_size, 2)
     except AdapterError:  # (B, h, w, C) stages: the spatial layer's own tap only
         return None
 
