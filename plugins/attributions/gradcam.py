@@ -70,10 +70,12 @@ class GradCAM(Attribution):
             raise ValueError("gradcam takes no baselines")
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         name = layer if layer is not None else gradcam_layer(self.adapter, size, min_rows)
-        modules = dict(self.adapter.model.named_modules())
-        if name is not None and name not in modules:
-            raise ValueError(f"gradcam: no module {name!r} in {type(self.adapter.model).__name__}")
-        module = None if name is None else modules[name]
+        module = None
+        if name is not None:  # looked up only then: this runs once per internal batch
+            module = dict(self.adapter.model.named_modules()).get(name)
+            if module is None:
+                raise ValueError(f"gradcam: no module {name!r} in "
+                                 f"{type(self.adapter.model).__name__}")
         if image_index is not None and len(image_index) > len(inputs):
             try:
                 return self._grad_cam(inputs, target, relu_attributions, image_index, module,
