@@ -143,6 +143,111 @@ def module_output_grids(model: nn.Module, embed: Callable[[Tensor], Any],
     return list(finished.items())
 
 
+def modules_every_path_runs_through(model: nn.Module, embed: Callable[[Tensor], Any],
+                                    names: list[str], image_size: tuple[int, int]) -> set[str]:
+    """Those of ``names`` whose output every gradient path from the image to the embedding runs
+    through (detached, it would leave the embedding blind to the image): a stage's output, not
+    a tensor inside a residual block that the shortcut bypasses.
+
+    One forward of a random probe image with grad, then the autograd graph read once. Its
+    vertices are the nodes and their output slots; kept are those on some path from the
+    embedding to the image. In a topological order of those, a vertex lies on every path
+    exactly when no edge jumps over it (a path that avoids it must step over its position;
+    an edge that steps over it closes such a path). A module that ran more than once is
+    judged by detaching all its outputs and running a backward.
+    """
+    modules = dict(model.named_modules())
+    slots: dict[str, list[tuple[Any, int]]] = {n: [] for n in names}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(_m: nn.Module, _a: Any, out: Any) -> None:  # the slot as it is made,
+            if isinstance(out, Tensor):                      # before any in-place op
+                slots[name].append((out.grad_fn, out.output_nr))
+        return record
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in dict.fromkeys(names)]
+    try:
+        with _eval_probe(model) as device, torch.enable_grad():
+            generator = torch.Generator().manual_seed(0)
+            images = torch.randn(1, 3, *image_size, generator=generator).to(device)
+            images.requires_grad_(True)
+            out = embed(images)
+            out = out if isinstance(out, Tensor) else out[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    if out.grad_fn is None:  # nothing depends on the image: every detach leaves it so
+        return set(names)
+    cuts = _cut_vertices(out, images)
+    single = {n for n, s in slots.items() if len(s) == 1}
+    found = {n for n in single if slots[n][0][0] is not None and slots[n][0] in cuts}
+    for name in set(names) - single:
+        if slots[name] and _detached_leaves_image_blind(model, embed, modules[name], image_size):
+            found.add(name)
+    return found
+
+
+def _cut_vertices(out: Tensor, images: Tensor) -> set[tuple[Any, int]]:
+    """The (node, output slot) vertices of ``out``'s autograd graph that lie on every path from
+    ``out`` to the leaf ``images``."""
+    root = (out.grad_fn, out.output_nr)
+    children: dict[Any, list[Any]] = {}  # vertex -> next vertices (slots -> their node)
+    order: list[Any] = []  # post-order
+    reaches: dict[Any, bool] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        vertex, done = stack.pop()
+        if done:
+            order.append(vertex)
+            reaches[vertex] = (getattr(vertex, "variable", None) is images
+                               or any(reaches[c] for c in children[vertex]))
+            continue
+        if vertex in children:
+            continue
+        if isinstance(vertex, tuple):  # an output slot: its node comes next
+            children[vertex] = [vertex[0]]
+        else:
+            children[vertex] = [(node, nr) for node, nr in vertex.next_functions
+                                if node is not None]
+        stack.append((vertex, True))
+        stack.extend((c, False) for c in children[vertex] if c not in children)
+    # reversed post-order is topological (the root first); keep vertices on a root-image path
+    on_path = [v for v in reversed(order) if reaches[v]]
+    position = {v: i for i, v in enumerate(on_path)}
+    jumped = [0] * (len(on_path) + 1)  # +1 where an edge jumps in, -1 where it lands
+    for v in on_path:
+        for c in children[v]:
+            if c in position and position[c] > position[v] + 1:
+                jumped[position[v] + 1] += 1
+                jumped[position[c]] -= 1
+    cuts, open_edges = set(), 0
+    for i, v in enumerate(on_path):
+        open_edges += jumped[i]
+        if open_edges == 0 and isinstance(v, tuple):
+            cuts.add(v)
+    return cuts
+
+
+def _detached_leaves_image_blind(model: nn.Module, embed: Callable[[Tensor], Any],
+                                 module: nn.Module, image_size: tuple[int, int]) -> bool:
+    """Whether the embedding's gradient with respect to a random image vanishes when every
+    output of ``module`` is detached (a forward and a backward)."""
+    handle = module.register_forward_hook(lambda _m, _a, out: out.detach())
+    try:
+        with _eval_probe(model) as device, torch.enable_grad():
+            generator = torch.Generator().manual_seed(0)
+            images = torch.randn(1, 3, *image_size, generator=generator).to(device)
+            images.requires_grad_(True)
+            out = embed(images)
+            out = out if isinstance(out, Tensor) else out[0]
+            if not out.requires_grad:
+                return True
+            grad = torch.autograd.grad(out.float().sum(), images, allow_unused=True)[0]
+    finally:
+        handle.remove()
+    return grad is None or not bool(grad.abs().max() > 0)
+
+
 def choose_spatial_layer(model: nn.Module, embed: Callable[[Tensor], Any],
                          image_size: tuple[int, int], root: nn.Module | None = None,
                          channels_last: bool = False) -> SpatialLayerChoice:
@@ -282,10 +387,12 @@ class CNNAdapter(Adapter):
                 if spatial[0] < grid[0] <= max_factor * spatial[0] and \
                         spatial[1] < grid[1] <= max_factor * spatial[1]:
                     candidates.setdefault(grid, []).append(name)
+            cuts = modules_every_path_runs_through(
+                self.model, self._embed_image, [n for g in candidates for n in candidates[g]],
+                key[:2])
             stages = []
             for grid in sorted(candidates, key=lambda g: -g[0] * g[1]):
-                stage = next((n for n in reversed(candidates[grid])
-                              if self._all_paths_through(n, key[:2])), None)
+                stage = next((n for n in reversed(candidates[grid]) if n in cuts), None)
                 if stage is not None:
                     stages.append(stage)
             cache[key] = stages + [self.layer_name]
@@ -298,24 +405,10 @@ class CNNAdapter(Adapter):
         return stages[0] if len(stages) > 1 else None
 
     def _all_paths_through(self, name: str, image_size: tuple[int, int]) -> bool:
-        """Whether the embedding loses every dependence on the image when ``name``'s output is
-        detached: one forward and backward of a random probe image (a zero image can have zero
-        gradients anyway)."""
-        module = dict(self.model.named_modules())[name]
-        handle = module.register_forward_hook(lambda _m, _a, out: out.detach())
-        try:
-            with _eval_probe(self.model) as device, torch.enable_grad():
-                generator = torch.Generator().manual_seed(0)
-                images = torch.randn(1, 3, *image_size, generator=generator).to(device)
-                images.requires_grad_(True)
-                out = self._embed_image(images)
-                out = out if isinstance(out, Tensor) else out[0]
-                if not out.requires_grad:
-                    return True
-                grad = torch.autograd.grad(out.float().sum(), images, allow_unused=True)[0]
-        finally:
-            handle.remove()
-        return grad is None or not bool(grad.abs().max() > 0)
+        """Whether every path from the image to the embedding runs through ``name``'s
+        output."""
+        return name in modules_every_path_runs_through(self.model, self._embed_image, [name],
+                                                       image_size)
 
     def describe(self) -> dict[str, Any]:
         grid = self._grids.get(self.probe_size)

@@ -306,3 +306,54 @@ def test_gradcams_finer_stage_is_one_that_every_path_runs_through():
         assert exp.adapter.grid_size((64, 32)) == (16, 8)
         assert gradcam_layer(exp.adapter, (64, 32)) is None
         assert gradcam_layer(exp.adapter, (32, 16)) == "trunk.1"  # 8x4: the 16x8 map before
+
+
+class ZeroBranchNet(nn.Module):
+    """A stem, then a block whose residual branch is zero at init (CLIP's and timm's ResNets
+    zero their blocks' last norm) beside a 1x1 shortcut, then a ReLU module used twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch = nn.Conv2d(8, 8, 3, padding=1)
+        self.shortcut = nn.Conv2d(8, 8, 1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        nn.init.zeros_(self.branch.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        y = self.act(self.shortcut(s) + self.branch(s))
+        return self.act(self.conv(y)).mean(dim=(2, 3))
+
+
+def test_every_path_is_read_from_the_graph_not_from_gradients_that_happen_to_vanish():
+    """The shortcut carries all of the gradient at init (the branch is zero) yet the branch is
+    a path around it: neither is a stage; the stem is. A module run twice counts when
+    detaching all of its outputs leaves the embedding blind to the image. Cross-checked one
+    name at a time with the detach-and-backward reading where the two must agree."""
+    from reid_explain.adapters._cnn import (
+        _detached_leaves_image_blind,
+        modules_every_path_runs_through,
+    )
+
+    torch.manual_seed(0)
+    model = ZeroBranchNet().eval()
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    names = ["stem", "branch", "shortcut", "conv", "act"]
+    assert modules_every_path_runs_through(model, embed, names, (16, 8)) == \
+        {"stem", "conv", "act"}
+    # the gradient alone would wrongly take the shortcut for a stage: it vanishes without it
+    assert _detached_leaves_image_blind(model, embed, model.shortcut, (16, 8))
+    for name in ("stem", "conv", "act", "branch"):
+        assert _detached_leaves_image_blind(model, embed, getattr(model, name), (16, 8)) == \
+            (name != "branch"), name
+    with torch.no_grad():
+        model.branch.weight.normal_()
+    assert modules_every_path_runs_through(model, embed, names, (16, 8)) == \
+        {"stem", "conv", "act"}
+    assert not _detached_leaves_image_blind(model, embed, model.shortcut, (16, 8))
+    assert not any(m._forward_hooks for m in model.modules())
