@@ -145,23 +145,20 @@ def module_output_grids(model: nn.Module, embed: Callable[[Tensor], Any],
 
 def modules_every_path_runs_through(model: nn.Module, embed: Callable[[Tensor], Any],
                                     names: list[str], image_size: tuple[int, int]) -> set[str]:
-    """Those of ``names`` whose output every gradient path from the image to the embedding runs
-    through (detached, it would leave the embedding blind to the image): a stage's output, not
+    """Those of ``names`` whose outputs every gradient path from the image to the embedding runs
+    through (detached, they would leave the embedding blind to the image): a stage's output, not
     a tensor inside a residual block that the shortcut bypasses.
 
-    One forward of a random probe image with grad, then the autograd graph read once. Its
-    vertices are the nodes and their output slots; kept are those on some path from the
-    embedding to the image. In a topological order of those, a vertex lies on every path
-    exactly when no edge jumps over it (a path that avoids it must step over its position;
-    an edge that steps over it closes such a path). A module that ran more than once is
-    judged by detaching all its outputs and running a backward.
+    One forward of a random probe image with grad, then its autograd graph read once
+    (:class:`GradientPaths`): structure, not gradient values, so a residual branch that is zero
+    at init (CLIP's and timm's ResNets zero each block's last norm) is still a way around.
     """
     modules = dict(model.named_modules())
     slots: dict[str, list[tuple[Any, int]]] = {n: [] for n in names}
 
     def hook(name: str) -> Callable[..., None]:
         def record(_m: nn.Module, _a: Any, out: Any) -> None:  # the slot as it is made,
-            if isinstance(out, Tensor):                      # before any in-place op
+            if isinstance(out, Tensor) and out.grad_fn is not None:  # before in-place ops
                 slots[name].append((out.grad_fn, out.output_nr))
         return record
 
@@ -178,74 +175,74 @@ def modules_every_path_runs_through(model: nn.Module, embed: Callable[[Tensor], 
             handle.remove()
     if out.grad_fn is None:  # nothing depends on the image: every detach leaves it so
         return set(names)
-    cuts = _cut_vertices(out, images)
-    single = {n for n, s in slots.items() if len(s) == 1}
-    found = {n for n in single if slots[n][0][0] is not None and slots[n][0] in cuts}
-    for name in set(names) - single:
-        if slots[name] and _detached_leaves_image_blind(model, embed, modules[name], image_size):
-            found.add(name)
-    return found
+    paths = GradientPaths(out, images)
+    cuts = paths.cut_vertices()
+    return {n for n, made in slots.items()
+            if made and (any(v in cuts for v in made) or paths.separated_by(set(made)))}
 
 
-def _cut_vertices(out: Tensor, images: Tensor) -> set[tuple[Any, int]]:
-    """The (node, output slot) vertices of ``out``'s autograd graph that lie on every path from
-    ``out`` to the leaf ``images``."""
-    root = (out.grad_fn, out.output_nr)
-    children: dict[Any, list[Any]] = {}  # vertex -> next vertices (slots -> their node)
-    order: list[Any] = []  # post-order
-    reaches: dict[Any, bool] = {}
-    stack: list[tuple[Any, bool]] = [(root, False)]
-    while stack:
-        vertex, done = stack.pop()
-        if done:
-            order.append(vertex)
-            reaches[vertex] = (getattr(vertex, "variable", None) is images
-                               or any(reaches[c] for c in children[vertex]))
-            continue
-        if vertex in children:
-            continue
-        if isinstance(vertex, tuple):  # an output slot: its node comes next
-            children[vertex] = [vertex[0]]
-        else:
-            children[vertex] = [(node, nr) for node, nr in vertex.next_functions
-                                if node is not None]
-        stack.append((vertex, True))
-        stack.extend((c, False) for c in children[vertex] if c not in children)
-    # reversed post-order is topological (the root first); keep vertices on a root-image path
-    on_path = [v for v in reversed(order) if reaches[v]]
-    position = {v: i for i, v in enumerate(on_path)}
-    jumped = [0] * (len(on_path) + 1)  # +1 where an edge jumps in, -1 where it lands
-    for v in on_path:
-        for c in children[v]:
-            if c in position and position[c] > position[v] + 1:
-                jumped[position[v] + 1] += 1
-                jumped[position[c]] -= 1
-    cuts, open_edges = set(), 0
-    for i, v in enumerate(on_path):
-        open_edges += jumped[i]
-        if open_edges == 0 and isinstance(v, tuple):
-            cuts.add(v)
-    return cuts
+class GradientPaths:
+    """The autograd graph from an output back to one leaf tensor, as vertices (each node, and
+    each of its output slots) that lie on some path between the two."""
 
+    def __init__(self, out: Tensor, leaf: Tensor) -> None:
+        self.root = (out.grad_fn, out.output_nr)
+        self.children: dict[Any, list[Any]] = {}  # vertex -> next vertices
+        order: list[Any] = []  # post-order
+        reaches: dict[Any, bool] = {}
+        stack: list[tuple[Any, bool]] = [(self.root, False)]
+        while stack:
+            vertex, done = stack.pop()
+            if done:
+                order.append(vertex)
+                reaches[vertex] = (getattr(vertex, "variable", None) is leaf
+                                   or any(reaches[c] for c in self.children[vertex]))
+                continue
+            if vertex in self.children:
+                continue
+            self.children[vertex] = ([vertex[0]] if isinstance(vertex, tuple) else
+                                     [(node, nr) for node, nr in vertex.next_functions
+                                      if node is not None])
+            stack.append((vertex, True))
+            stack.extend((c, False) for c in self.children[vertex] if c not in self.children)
+        # reversed post-order is topological, the root first
+        self.on_path = [v for v in reversed(order) if reaches[v]]
+        self.leaf_reached = bool(reaches[self.root])
 
-def _detached_leaves_image_blind(model: nn.Module, embed: Callable[[Tensor], Any],
-                                 module: nn.Module, image_size: tuple[int, int]) -> bool:
-    """Whether the embedding's gradient with respect to a random image vanishes when every
-    output of ``module`` is detached (a forward and a backward)."""
-    handle = module.register_forward_hook(lambda _m, _a, out: out.detach())
-    try:
-        with _eval_probe(model) as device, torch.enable_grad():
-            generator = torch.Generator().manual_seed(0)
-            images = torch.randn(1, 3, *image_size, generator=generator).to(device)
-            images.requires_grad_(True)
-            out = embed(images)
-            out = out if isinstance(out, Tensor) else out[0]
-            if not out.requires_grad:
-                return True
-            grad = torch.autograd.grad(out.float().sum(), images, allow_unused=True)[0]
-    finally:
-        handle.remove()
-    return grad is None or not bool(grad.abs().max() > 0)
+    def cut_vertices(self) -> set[Any]:
+        """Output slots on every path. In a topological order a vertex lies on every path
+        exactly when no edge jumps over its position: a path that avoids it must step over it,
+        and an edge that does closes such a path."""
+        position = {v: i for i, v in enumerate(self.on_path)}
+        jumps = [0] * (len(self.on_path) + 1)  # +1 where an edge's span opens, -1 past it
+        for v in self.on_path:
+            for c in self.children[v]:
+                if c in position and position[c] > position[v] + 1:
+                    jumps[position[v] + 1] += 1
+                    jumps[position[c]] -= 1
+        cuts, spanning = set(), 0
+        for i, v in enumerate(self.on_path):
+            spanning += jumps[i]
+            if spanning == 0 and isinstance(v, tuple):
+                cuts.add(v)
+        return cuts
+
+    def separated_by(self, vertices: set[Any]) -> bool:
+        """Whether every path runs through one of ``vertices`` (a module called more than
+        once: several outputs that together may cut what none cuts alone)."""
+        if not self.leaf_reached or self.root in vertices:
+            return True
+        useful = set(self.on_path)
+        seen, stack = {self.root}, [self.root]
+        while stack:
+            vertex = stack.pop()
+            for c in self.children[vertex]:
+                if c in useful and c not in vertices and c not in seen:
+                    if not self.children[c]:  # the leaf's node: reached around them
+                        return False
+                    seen.add(c)
+                    stack.append(c)
+        return True
 
 
 def choose_spatial_layer(model: nn.Module, embed: Callable[[Tensor], Any],

@@ -174,7 +174,7 @@ def run_row(family: str, name: str) -> Row:
         row.grid = f"{grid[0]}x{grid[1]}"
         for method in image_methods(exp, None):
             try:
-                result = exp.explain(query, gallery, method=method, pairs=[(0, 0)],
+                result = exp.explain(query, gallery, method=method, top_k=1,
                                      **method_options(method, size))
                 why = non_degenerate(result.query.maps) or non_degenerate(result.gallery.maps)
             except Exception as exc:  # recorded: the row says which method fails and why
