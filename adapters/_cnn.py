@@ -173,9 +173,9 @@ def modules_every_path_runs_through(model: nn.Module, embed: Callable[[Tensor], 
     finally:
         for handle in handles:
             handle.remove()
-    if out.grad_fn is None:  # nothing depends on the image: every detach leaves it so
-        return set(names)
-    paths = GradientPaths(out, images)
+    paths = GradientPaths(out, images) if out.grad_fn is not None else None
+    if paths is None or not paths.leaf_reached:  # nothing depends on the image: every
+        return set(names)                       # detach leaves it so
     cuts = paths.cut_vertices()
     return {n for n, made in slots.items()
             if made and (any(v in cuts for v in made) or paths.separated_by(set(made)))}
@@ -207,13 +207,14 @@ class GradientPaths:
             stack.extend((c, False) for c in self.children[vertex] if c not in self.children)
         # reversed post-order is topological, the root first
         self.on_path = [v for v in reversed(order) if reaches[v]]
+        self.position = {v: i for i, v in enumerate(self.on_path)}
         self.leaf_reached = bool(reaches[self.root])
 
     def cut_vertices(self) -> set[Any]:
         """Output slots on every path. In a topological order a vertex lies on every path
         exactly when no edge jumps over its position: a path that avoids it must step over it,
         and an edge that does closes such a path."""
-        position = {v: i for i, v in enumerate(self.on_path)}
+        position = self.position
         jumps = [0] * (len(self.on_path) + 1)  # +1 where an edge's span opens, -1 past it
         for v in self.on_path:
             for c in self.children[v]:
@@ -232,12 +233,11 @@ class GradientPaths:
         once: several outputs that together may cut what none cuts alone)."""
         if not self.leaf_reached or self.root in vertices:
             return True
-        useful = set(self.on_path)
         seen, stack = {self.root}, [self.root]
         while stack:
             vertex = stack.pop()
             for c in self.children[vertex]:
-                if c in useful and c not in vertices and c not in seen:
+                if c in self.position and c not in vertices and c not in seen:
                     if not self.children[c]:  # the leaf's node: reached around them
                         return False
                     seen.add(c)
