@@ -195,6 +195,23 @@ def test_explain_validates_inputs():
             exp.explain(images(1, (128, 64)), images(1, (128, 64)), pairs=[(0, 3)])
 
 
+def test_a_layer_the_host_lacks_is_named_and_leaves_the_host_as_it_was():
+    """``layer=`` (Grad-CAM) and ``layers=`` (LayerCAM) name modules of the host: a name it
+    lacks fails with that name and the host's class, before any hook is placed."""
+    from hygiene import host_state
+
+    model = make_osnet()
+    before = host_state(model)
+    q, g = images(1, (128, 64)), images(1, (128, 64), seed=1)
+    with explainify(model) as exp:
+        with pytest.raises(PluginError, match=r"gradcam: no module 'conv9' in OSNet"):
+            exp.explain(q, g, method="gradcam", layer="conv9", pairs=[(0, 0)])
+        stage = exp.adapter.layer_name
+        with pytest.raises(PluginError, match=r"layercam: no module 'conv9', 'fc\.9' in OSNet"):
+            exp.explain(q, g, method="layercam", layers=[stage, "conv9", "fc.9"], pairs=[(0, 0)])
+    assert host_state(model) == before
+
+
 def test_layercam_fuses_stages_of_positive_gradient_times_activation_by_hand():
     """LayerCAM = mean over stages of relu(dS/dA * A) summed over channels, each scaled to a
     maximum of 1 at the finest stage's grid; the stages are the spatial layer and the stage

@@ -70,12 +70,8 @@ class GradCAM(Attribution):
             raise ValueError("gradcam takes no baselines")
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         name = layer if layer is not None else gradcam_layer(self.adapter, size, min_rows)
-        module = None
-        if name is not None:  # looked up only then: this runs once per internal batch
-            module = dict(self.adapter.model.named_modules()).get(name)
-            if module is None:
-                raise ValueError(f"gradcam: no module {name!r} in "
-                                 f"{type(self.adapter.model).__name__}")
+        # looked up only for a named layer: this runs once per internal batch
+        module = None if name is None else self.host_modules([name])[0]
         if image_index is not None and len(image_index) > len(inputs):
             try:
                 return self._grad_cam(inputs, target, relu_attributions, image_index, module,

@@ -44,13 +44,8 @@ class LayerCAM(Attribution):
             raise ValueError("layercam takes no baselines")
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         names = list(layers) if layers else self.adapter.stage_layers(size, max_factor)
-        modules = dict(self.adapter.model.named_modules())
-        unknown = [n for n in names if n not in modules]
-        if unknown:
-            raise ValueError(f"layercam: no module {unknown} in "
-                             f"{type(self.adapter.model).__name__}")
         per_layer = LayerGradientXActivation(self.forward_func(target),
-                                             [modules[n] for n in names]).attribute(
+                                             self.host_modules(names)).attribute(
             inputs, additional_forward_args=target.args, **options)
         if isinstance(per_layer, Tensor):
             per_layer = [per_layer]

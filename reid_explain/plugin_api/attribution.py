@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .adapter import Adapter
 from .targets import Target
@@ -52,6 +52,16 @@ class Attribution:
             return target(embed(inputs), *args)
 
         return forward
+
+    def host_modules(self, names: list[str]) -> list[nn.Module]:
+        """The host's modules of these names (a ``layer=``/``layers=`` option or the stages
+        the adapter found), or a ValueError naming every one the host lacks."""
+        modules = dict(self.adapter.model.named_modules())
+        unknown = [n for n in names if n not in modules]
+        if unknown:
+            raise ValueError(f"{self.name}: no module {', '.join(map(repr, unknown))} in "
+                             f"{type(self.adapter.model).__name__}")
+        return [modules[n] for n in names]
 
     def attribute(self, inputs: Tensor, target: Target, baselines: Any = None,
                   **options: Any) -> Tensor:
