@@ -32,9 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: basic colour words recognised in a phrase and used as colour foils
-COLOURS = ("black", "white", "gray", "red", "blue", "green", "yellow", "brown", "purple", "pink",
-           "orange", "beige", "navy", "blonde")
+from reid_explain.synthpedes.identities import COLOURS as SYNTH_COLOURS
+
+#: colour words recognised in a phrase and used as colour foils: every colour SynthPedes draws
+COLOURS = tuple(SYNTH_COLOURS)
 #: one noun phrase per part, for part foils
 NOUNS = {"upper_body": "a {} shirt", "lower_body": "{} pants", "shoes": "{} shoes",
          "hair": "{} hair", "hat": "a {} hat", "backpack": "a {} backpack", "bag": "a {} bag",
