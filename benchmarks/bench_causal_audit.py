@@ -3,10 +3,12 @@
 For each SynthPedes seed (identities the zoo never saw): the causal audit re-renders every query
 of the first ``--ids`` test identities with each attribute changed
 (``reid_explain.attributes.causal``); the observational study (``run_study``) ranks the same
-attributes from the same queries' AP and rank-1 hits; each of the study's rankings (consensus,
-then every response x method) gets Spearman rho and top-3 agreement with the causal ranking.
+attributes from the same queries' AP and rank-1 hits, and pairwise reliance
+(``attributes.pair_reliance``) from the same queries' and gallery's embeddings; each ranking
+(consensus, pairwise reliance, then every response x method of the study) gets Spearman rho and
+top-3 agreement with the causal ranking.
 
-    python benchmarks/bench_causal_audit.py --seeds 301 302 --ids 150 --markdown \
+    python benchmarks/bench_causal_audit.py --seeds 301 302 303 304 --ids 150 --markdown \
         --out benchmarks/results_causal_audit.json
 """
 
@@ -35,6 +37,29 @@ def attribute_table(config: dict[str, Any], pids: list[int]) -> pd.DataFrame:
     return table
 
 
+def distractor_pair_reliance(exp: Any, config: dict[str, Any], ids: int) -> Any:
+    """``pair_reliance`` on the audit's own unchanged queries and gallery (the first ``ids``
+    test identities)."""
+    from reid_explain.attributes.pair_reliance import pair_reliance
+    from reid_explain.core.inputs import normalised_images
+    from reid_explain.synthpedes.planning import SynthConfig, plan, render_sample
+
+    synth = plan(SynthConfig(**config))
+    keep = set(sorted(synth.test_pids)[:ids])
+    feats, pids = {}, {}
+    for split in ("query", "gallery"):
+        specs = [s for s in synth.samples if s.split == split and s.pid in keep]
+        images = [render_sample(synth, s, with_captions=False).rendered.image for s in specs]
+        feats[split] = torch.cat([exp.embed(normalised_images(images[i:i + 128],
+                                                              exp.adapter.pixel_mean,
+                                                              exp.adapter.pixel_std))
+                                  for i in range(0, len(images), 128)])
+        pids[split] = [s.pid for s in specs]
+    table = attribute_table(config, sorted(keep))
+    return pair_reliance(feats["query"], feats["gallery"], pids["query"], pids["gallery"],
+                         table)
+
+
 def run_seed(exp: Any, seed: int, ids: int, trees: int) -> dict[str, Any]:
     from reid_explain.attributes import run_study
     from reid_explain.attributes.causal import agreement, causal_audit
@@ -52,6 +77,8 @@ def run_seed(exp: Any, seed: int, ids: int, trees: int) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         study = run_study(outcomes, attributes, hit="hit", n_estimators=trees)
     rankings = {"consensus": study.order}
+    pairs = distractor_pair_reliance(exp, config, ids)
+    rankings["pair_reliance"] = pairs.ranking
     for column in study.ranking.columns:
         if "." in column:  # "<response>.<method>" ranks
             rankings[column] = list(study.ranking.sort_values(column, kind="stable")["attribute"])

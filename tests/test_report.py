@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from reid_explain._util.provenance import code_digest
+from reid_explain.attributes.causal import agreement
 from reid_explain.cli import main
 
 # seconds on 2 cores (pytest-xdist starts the longest files first): 95 more where the demo's
@@ -180,6 +181,12 @@ def test_demo_writes_a_complete_report(demo, capsys):
     assert all(r["ap_drop_low"] <= r["ap_drop"] <= r["ap_drop_high"] for r in causal["attributes"])
     assert -1 <= causal["agreement"]["spearman"] <= 1
     assert "causal reliance (same person re-rendered" in text
+    pairs = summary["attributes"]["pair_reliance"]  # distractors sharing a state, issue 28
+    effects = [r["effect"] for r in pairs["attributes"]]
+    assert effects == sorted(effects, reverse=True) and pairs["config"]["pairs"] > 1000
+    assert all(r["low"] <= r["effect"] <= r["high"] for r in pairs["attributes"])
+    assert causal["pair_agreement"] == agreement(causal["ranking"], pairs["ranking"])
+    assert "pairwise reliance (similarity a shared state adds" in text
     assert {p["name"] for p in summary["plugins"]} >= {"gradcam", "counterfactual_masking"}
 
 

@@ -29,6 +29,7 @@ from .design import (
 from .forest import ForestFit, forest_importance
 from .glm import GlmFit, fit_glm, glm_exog
 from .outcomes import per_query_outcomes
+from .pair_reliance import PairReliance, pair_reliance
 from .rank_intervals import RankIntervals, rank_intervals
 from .shap_values import ShapFit, tree_shap
 from .study import AttributeStudy, ResponseAnalysis, delta_ranking, run_study
@@ -42,6 +43,7 @@ __all__ = [
     "CausalAudit",
     "ForestFit",
     "GlmFit",
+    "PairReliance",
     "RankIntervals",
     "ResponseAnalysis",
     "ShapFit",
@@ -56,6 +58,7 @@ __all__ = [
     "forest_importance",
     "glm_exog",
     "method_ranks",
+    "pair_reliance",
     "per_query_outcomes",
     "rank_intervals",
     "prepare_outcomes",

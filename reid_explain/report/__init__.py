@@ -68,6 +68,9 @@ def image_sections(explainer: ExplainerLike, data: ReidEvalSet, out: Path,
             summary["attributes"] = img.attribute_part(got["outcomes"], attributes, out, study,
                                                        n_estimators=trees,
                                                        rank_bootstrap=rank_bootstrap)
+        with clock.stage("pairwise attribute reliance", "distractor pairs"):
+            summary["attributes"]["pair_reliance"] = img.pair_part(got["features"], data,
+                                                                   attributes, study)
         if causal is not None:
             from ..attributes.causal import audit_explainer
 

@@ -111,6 +111,11 @@ def attribute_line(study: dict[str, Any]) -> str:
                 "identities): " + " > ".join("{" + ", ".join(g) + "}" for g in groups))
     else:
         line = f"{prefix}, most relied-on first: " + ", ".join(study["ranking"][:5])
+    pairs = study.get("pair_reliance", {})
+    if "ranking" in pairs:
+        line += ("\npairwise reliance (similarity a shared state adds to a distractor): "
+                 + ", ".join(f"{r['attribute']} {r['effect']:+.3f}"
+                             for r in pairs["attributes"][:5]))
     causal = study.get("causal")
     if causal:
         line += ("\ncausal reliance (same person re-rendered, AP drop): " + ", ".join(
@@ -118,6 +123,10 @@ def attribute_line(study: dict[str, Any]) -> str:
         a = causal.get("agreement")
         if a:
             line += (f"; the study agrees at Spearman ρ {a['spearman']:.2f}, top-3 "
+                     f"{a['top3_shared']}/3")
+        a = causal.get("pair_agreement")
+        if a:
+            line += (f"; pairwise reliance at ρ {a['spearman']:.2f}, top-3 "
                      f"{a['top3_shared']}/3")
     return line
 
