@@ -168,3 +168,17 @@ def test_host_guard_takes_a_module_that_lacks_a_hook_dict():
     assert host_state(model) == before
     assert not model[1]._forward_hooks and not model[0]._forward_pre_hooks
     assert "_forward_hooks_always_called" not in model[1].__dict__
+
+
+def test_the_fingerprint_sees_one_flipped_bit_and_names_its_tensor():
+    """What every hygiene check rests on: a change of one bit of one weight (the smallest a
+    stray in-place update can make) changes ``host_state``, and at that tensor only."""
+    model = make_plain()
+    before = host_state(model)
+    name, weight = next(iter(model.state_dict().items()))
+    with torch.no_grad():
+        weight.view(-1)[3:4].view(torch.int32).bitwise_xor_(1)  # the mantissa's lowest bit
+    after = host_state(model)
+    assert after != before
+    changed = [k for k in before["state_dict"] if before["state_dict"][k] != after["state_dict"][k]]
+    assert changed == [name]
