@@ -280,6 +280,12 @@ def test_report_command_on_a_user_checkpoint_and_market_folder(tmp_path, capsys)
     assert summary["image"]["attributes"]["ranking"]  # from the export's market_attribute.mat
     # the study's size as asked (the demo's report checks the default 20 draws' intervals)
     assert summary["image"]["attributes"]["rank_intervals"]["draws_used"] == 3
+    # pairwise reliance reads the same .mat (multi-hot colours as sets) beside the study
+    pairs = summary["image"]["attributes"]["pair_reliance"]
+    assert pairs["config"]["pairs"] > 100, pairs
+    labelled = set(pairs["ranking"]) | set(pairs["config"]["constant_attributes"])
+    assert labelled == set(summary["image"]["attributes"]["causal"]["ranking"])
+    assert len(labelled) == 12
     # a SynthPedes export can be re-rendered: the causal audit stands beside the study
     causal = summary["image"]["attributes"]["causal"]
     assert causal["config"]["data_seed"] == 5 and len(causal["ranking"]) == 12
