@@ -41,6 +41,10 @@ def main() -> None:
                         "fit first) and report its gap to the oracle")
     p.add_argument("--router-epochs", type=int, default=30,
                    help="epochs of the pixel router's own fit")
+    p.add_argument("--router-seeds", nargs="*", type=int, default=[],
+                   help="SynthPedes seeds whose people the pixel router also learns from "
+                        "(--router-ids each; never a --seeds value)")
+    p.add_argument("--router-ids", type=int, default=1500)
     p.add_argument("--ablation-routing", default="oracle", choices=["oracle", "learned"],
                    help="route the ablation by the labels (oracle) or the router's predictions")
     p.add_argument("--causal", action="store_true",
@@ -64,6 +68,8 @@ def main() -> None:
                                              seed, epochs=args.epochs, n_ids=args.n_ids,
                                              threads=1, host=args.host, router=args.router or False,
                                              router_epochs=args.router_epochs,
+                                             router_seeds=args.router_seeds,
+                                             router_ids=args.router_ids,
                                              ablation_routing=args.ablation_routing,
                                              causal=args.causal)
             seconds = time.perf_counter() - start

@@ -10,6 +10,8 @@ alters an image: the pixels that differ when each held-out image is re-rendered 
 gender (``reid_explain.attributes.causal.changed_render``).
 
     python benchmarks/probe_attribute_cnn.py --seed 611 --ids 1500 --epochs 12
+    python benchmarks/probe_attribute_cnn.py --seed 611 --ids 1500 --epochs 12 \
+        --extra-train-seeds 612 --threads 2   # twice the people to learn from
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def main() -> None:
     p.add_argument("--ids", type=int, default=1500)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--extra-train-seeds", type=int, nargs="*", default=[],
+                   help="SynthPedes seeds whose people (all of them: other draws than --seed's) "
+                        "are added to the training images; held out stays --seed's test split")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,17 +72,21 @@ def main() -> None:
     names = list(MARKET1501.names)
     states = {a: list(MARKET1501[a].states) for a in names}
     images, labels, is_test, views, specs = [], [], [], [], []
-    for spec in synth.samples:
-        if spec.pid == 0:
-            continue
-        images.append(render_sample(synth, spec, with_captions=False).rendered.image)
-        person = synth.identity_of(spec)
-        labels.append([states[a].index(person.get(a)) for a in names])
-        is_test.append(spec.pid in test)
-        rng = _gen(synth.config.seed, spec.pid, spec.cam, spec.idx)
-        views.append(sample_view(rng, synth.cameras[spec.cam - 1],
-                                 synth.config.occlusion_prob).viewpoint)
-        specs.append(spec)
+    # --seed's people (its test split held out), then --extra-train-seeds' people, all to learn
+    # from (other draws: none of them is a held-out person)
+    for synth_i in [synth] + [plan(SynthConfig(**(cfg | {"seed": extra})))
+                              for extra in args.extra_train_seeds]:
+        for spec in synth_i.samples:
+            if spec.pid == 0:
+                continue
+            images.append(render_sample(synth_i, spec, with_captions=False).rendered.image)
+            person = synth_i.identity_of(spec)
+            labels.append([states[a].index(person.get(a)) for a in names])
+            is_test.append(synth_i is synth and spec.pid in test)
+            rng = _gen(synth_i.config.seed, spec.pid, spec.cam, spec.idx)
+            views.append(sample_view(rng, synth_i.cameras[spec.cam - 1],
+                                     synth_i.config.occlusion_prob).viewpoint)
+            specs.append(spec)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
     x = (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)
     y = torch.tensor(labels)
@@ -134,6 +143,7 @@ def main() -> None:
     by_view = {v: round(float(correct[views_a[te.numpy()] == v, g].mean()), 3)
                for v in ("front", "back", "side")}
     result = {"seed": args.seed, "ids": args.ids, "epochs": args.epochs,
+              "extra_train_seeds": args.extra_train_seeds,
               "train_images": len(tr), "held_out_images": len(te),
               "accuracy": accuracy, "mean_accuracy": round(float(correct.mean()), 3),
               "gender_by_view": by_view,

@@ -296,6 +296,26 @@ def test_planted_study_checks_its_routing_options_before_any_work():
         planted_order_study(None, ablation_routing="learned")
     with pytest.raises(ValueError, match="must be 'oracle' or 'learned'"):
         planted_order_study(None, ablation_routing="labels")
+    with pytest.raises(ValueError, match="people for the pixel router"):
+        planted_order_study(None, router=True, router_seeds=(5,))
+    with pytest.raises(ValueError, match="must not hold the study's own seed 3"):
+        planted_order_study(None, seed=3, router="pixels", router_seeds=(4, 3))
+
+
+def test_the_pixel_router_also_learns_from_other_seeds_people():
+    """``router_seeds``: the router's own fit reads the study's training images and every
+    labelled image of the other seeds' people (a gallery's distractors carry no attributes)."""
+    from reid_explain.synthpedes.planning import SynthConfig, plan
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = planted_order_study(None, seed=0, n_ids=60, images_per_id=4, epochs=1,
+                                     router="pixels", router_epochs=1, threads=1,
+                                     study_options=TINY, router_seeds=(7,), router_ids=10)
+    own = sum(s.split == "train" for s in plan(SynthConfig(n_ids=60, images_per_id=4,
+                                                           couple=False)).samples)
+    assert result.metrics["router_people"] == {"seeds": [7], "images": own + 10 * 4}
+    assert "router_accuracy.gender" in result.metrics
 
 
 def test_predicted_codes_route_by_what_the_router_reads_from_the_zoo_host():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,7 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
                         threads: int | None = None, host: str = "random",
                         router: bool | str = False, ablation_routing: str = "oracle",
                         router_lr: float = 3e-3, router_epochs: int = 30,
+                        router_seeds: Sequence[int] = (), router_ids: int = 1500,
                         causal: bool = False) -> PlantedResult:
     """Export SynthPedes with ``planted_order``, train oracle-routed experts, run the study.
 
@@ -122,7 +123,12 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
     its pixels show, not on the labels the study plants (the less circular check).
     ``router="pixels"`` uses a :class:`~reid_explain.moe.routers.PixelRouter` instead, fit on
     the training split's images first (``router_epochs``, :func:`~reid_explain.moe.train.
-    train_router`) and then held fixed while the experts train.
+    train_router`) and then held fixed while the experts train. ``router_seeds``: SynthPedes
+    seeds whose people (``router_ids`` identities each, every split, the same planted order and
+    coupling) the pixel router also learns from, as an attribute recogniser is trained on its own
+    labelled set: other draws than ``seed``'s, so none is a test identity (the experts still
+    train on ``seed``'s training split only). Gender is drawn as body widths, so it takes a
+    reader thousands of people to learn (docs/results.md, issue 28).
 
     ``causal=True`` also runs the causal audit (:func:`moe_causal_audit`) on the trained model,
     routed as the ablation is, and on the host alone (experts off), and measures the
@@ -136,6 +142,11 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
                          f"{ablation_routing!r}")
     if ablation_routing == "learned" and not router:
         raise ValueError("ablation_routing='learned' needs router=True")
+    if router_seeds and router != "pixels":
+        raise ValueError("router_seeds are people for the pixel router: pass router='pixels'")
+    if seed in router_seeds:
+        raise ValueError(f"router_seeds must not hold the study's own seed {seed}: its test "
+                         "identities would be read by the router")
     import torchvision.transforms as T
 
     from reid_explain.data.attributes import load_attributes
@@ -179,6 +190,20 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
         splits = {name: load_split(ImageReidDataset(base, name, transform=transform,
                                                     attributes=table))
                   for name in ("train", "query", "gallery")}
+        router_split = splits["train"]
+        for extra in router_seeds:  # more people for the router alone, none of them tested
+            folder = base.parent / f"router_people_{extra}"
+            export_synthpedes(folder, replace(config, seed=extra, n_ids=router_ids),
+                              formats=("market", "attributes"))
+            extra_table = load_attributes(folder / "market1501" / "market_attribute.mat")
+            parts = [load_split(ImageReidDataset(folder, name, transform=transform,
+                                                 attributes=extra_table))
+                     for name in ("train", "query", "gallery")]
+            # labelled people only: a gallery's distractors carry codes of -1 (no attributes)
+            labelled = [{key: q[key][(q["attributes"] >= 0).all(dim=1)]
+                         for key in ("img", "attributes")} for q in parts]
+            router_split = {key: torch.cat([router_split[key]] + [q[key] for q in labelled])
+                            for key in ("img", "attributes")}
         seconds["data"] = time.perf_counter() - t
 
         session = attach(model, modifications=["lora_moe"],
@@ -193,7 +218,7 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
             learned = None
             if router == "pixels":
                 learned = PixelRouter(moe.layout)
-                train_router(moe, learned, splits["train"], epochs=router_epochs, seed=seed)
+                train_router(moe, learned, router_split, epochs=router_epochs, seed=seed)
             elif router:
                 learned = LearnedRouter(moe.layout, dim)
             train_image_moe(moe, splits["train"], classifier,
@@ -253,6 +278,7 @@ def planted_order_study(planted_order: Sequence[str] | None, seed: int = 0, *,
         summary[f"{routing}_gain_over_host"] = [gain["ap_gain"], gain["low"], gain["high"]]
     if "router_accuracy" in metrics:
         summary.update({f"router_accuracy.{k}": v for k, v in metrics["router_accuracy"].items()})
+        summary["router_people"] = {"seeds": list(router_seeds), "images": len(router_split["img"])}
     causal_summary = None
     if causal:
         causal_summary = {name: audit.to_json() for name, audit in audits.items()}
