@@ -51,6 +51,8 @@ def main() -> None:
                    help="also audit the trained model's causal reliance (re-rendered queries, "
                         "routed as the ablation is) and the host's alone, and measure the "
                         "ablation rankings against it")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per run (1: two runs side by side on 2 cores)")
     p.add_argument("--json", default=None, help="also write every run's summary here")
     args = p.parse_args()
 
@@ -66,7 +68,8 @@ def main() -> None:
                 warnings.simplefilter("ignore")
                 result = planted_order_study(None if order == "default" else order.split(","),
                                              seed, epochs=args.epochs, n_ids=args.n_ids,
-                                             threads=1, host=args.host, router=args.router or False,
+                                             threads=args.threads, host=args.host,
+                                             router=args.router or False,
                                              router_epochs=args.router_epochs,
                                              router_seeds=args.router_seeds,
                                              router_ids=args.router_ids,
